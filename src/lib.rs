@@ -1,0 +1,13 @@
+//! drbdpool: the control plane joining DRBD (data path) and the Proxmox cluster
+//! file system (cluster state). See docs/ARCHITECTURE.md for the map.
+
+pub mod error;
+pub mod exec;
+pub mod naming;
+pub mod placement;
+pub mod store;
+pub mod protocol;
+pub mod backend;
+pub mod drbd;
+pub mod agent;
+pub mod cli;

@@ -1,0 +1,1 @@
+//! TODO(core): see docs/ARCHITECTURE.md
