@@ -5,6 +5,7 @@ pub mod error;
 pub mod exec;
 pub mod naming;
 pub mod placement;
+pub mod node;
 pub mod store;
 pub mod protocol;
 pub mod backend;

@@ -1,1 +1,2 @@
-//! TODO: see docs/ARCHITECTURE.md
+//! The cluster store. TODO(core): Store (open, atomic writes), lock, alloc. See docs/ARCHITECTURE.md.
+pub mod docs;

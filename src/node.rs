@@ -1,0 +1,31 @@
+//! What the plugin handlers need from this node: the local side of a volume.
+//! Implemented by `agent::LocalNode` (real backends + real or simulated DRBD);
+//! handler tests use a fake.
+
+use crate::error::Result;
+use crate::store::docs::{Space, VolumeDoc, VolumeObserved};
+
+pub trait NodeOps {
+    /// This node's name.
+    fn name(&self) -> &str;
+    /// Create (or complete) this node's replica: backing device, resource file,
+    /// metadata, resource up. Idempotent; safe to run beside the agent.
+    fn ensure_replica(&self, vol: &VolumeDoc) -> Result<VolumeObserved>;
+    /// Take the local replica down and delete its backing device and resource file. Idempotent.
+    fn remove_replica(&self, vol: &VolumeDoc) -> Result<()>;
+    /// The local replica's current state (None: not configured here).
+    fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>>;
+    /// Make the local replica Primary (the caller has checked that it may).
+    fn promote(&self, vol: &VolumeDoc) -> Result<()>;
+    /// Back to Secondary; refuses while the device is open.
+    fn demote(&self, vol: &VolumeDoc) -> Result<()>;
+    /// Grow the local backing device and then DRBD (`drbdadm resize`) once all replicas are grown.
+    fn grow_backing(&self, vol: &VolumeDoc) -> Result<()>;
+    fn grow_drbd(&self, vol: &VolumeDoc) -> Result<()>;
+    /// Mark a freshly created, connected thin resource UpToDate on both sides without a full sync.
+    fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()>;
+    /// Allow or forbid two primaries for this resource (live migration window).
+    fn set_dual_primary(&self, vol: &VolumeDoc, on: bool) -> Result<()>;
+    /// Free/total space of the storage's backend on this node.
+    fn space(&self, vol_backend: &crate::store::docs::BackendSpec) -> Result<Space>;
+}

@@ -1,0 +1,188 @@
+//! The documents of the cluster store. Desired state (VolumeDoc, NodeDoc) is
+//! written by the helper under the cluster lock; observed state (NodeState) is
+//! written only by each node's own agent.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Format version of every document this build writes. A document with a
+/// higher version is refused, never misread.
+pub const FORMAT: u32 = 1;
+
+fn format_v() -> u32 {
+    FORMAT
+}
+
+/// One node of the cluster that can hold replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDoc {
+    #[serde(default = "format_v")]
+    pub format: u32,
+    /// Proxmox node name (`uname -n`).
+    pub name: String,
+    /// Replication address (IPv4 or IPv6, no port) on the dedicated DRBD network.
+    pub address: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Lvmthin,
+    Lvm,
+    File,
+}
+
+/// Where a node keeps the backing device of a replica. Copied from the
+/// storage's storage.cfg properties at alloc time, so agents need no storage.cfg.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BackendSpec {
+    pub kind: BackendKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinpool: Option<String>,
+    /// Directory of sparse image files (file backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub node: String,
+    /// DRBD node id within this resource (0..31).
+    pub node_id: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    /// Allocated (minor/port reserved), replicas being created.
+    #[default]
+    Creating,
+    Ready,
+    /// Being removed; agents take their replica down and delete it.
+    Deleting,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDoc {
+    pub name: String,
+    pub created: u64,
+}
+
+/// Live-migration window: dual-primary allowed while `target` takes over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DualPrimary {
+    pub source: String,
+    pub target: String,
+    pub since: u64,
+}
+
+/// Desired state of one volume (`volumes/<storeid>/<volname>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeDoc {
+    #[serde(default = "format_v")]
+    pub format: u32,
+    pub storeid: String,
+    pub volname: String,
+    pub vmid: u32,
+    /// DRBD resource name; also the backing LV / file name. Unique cluster-wide.
+    pub resource: String,
+    pub size_kib: u64,
+    pub minor: u32,
+    pub port: u16,
+    /// Placement order; replicas[0] is the node that creates the data (initial primary).
+    pub replicas: Vec<Replica>,
+    pub backend: BackendSpec,
+    /// Per-resource shared secret for the replication link.
+    pub secret: String,
+    #[serde(default)]
+    pub state: VolumeState,
+    /// A template (`base-...`) volume: read-only, clones may reference it.
+    #[serde(default)]
+    pub base: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotDoc>,
+    /// Nodes whose replica the fence-peer handler marked outdated: never promote there.
+    #[serde(default)]
+    pub outdated: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dual_primary: Option<DualPrimary>,
+    pub created: u64,
+    /// Bumped on every change of desired state (resize, replicas, ...).
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl VolumeDoc {
+    pub fn replica(&self, node: &str) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.node == node)
+    }
+    pub fn device_path(&self) -> String {
+        format!("/dev/drbd{}", self.minor)
+    }
+}
+
+/// Free space of one storage on one node, in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Space {
+    pub total: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+/// What a node sees of one peer of a resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct PeerObserved {
+    pub node: String,
+    /// Connected, Connecting, StandAlone, ... (DRBD words, kept verbatim)
+    pub connection: String,
+    pub role: String,
+    pub disk: String,
+    pub replication: String,
+    #[serde(default)]
+    pub out_of_sync_kib: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_percent: Option<f64>,
+}
+
+/// What a node sees of its own replica of one resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct VolumeObserved {
+    /// Backing device exists, metadata created, resource up.
+    pub ready: bool,
+    /// The VolumeDoc generation this replica was last reconciled to.
+    pub generation: u64,
+    /// Primary / Secondary / Unknown
+    pub role: String,
+    /// UpToDate / Outdated / Inconsistent / Diskless / ...
+    pub disk: String,
+    #[serde(default)]
+    pub open: bool,
+    #[serde(default)]
+    pub size_kib: u64,
+    #[serde(default)]
+    pub peers: Vec<PeerObserved>,
+    /// Last reconcile error for this volume, shown by `drbdpool status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Observed state of one node (`state/<node>.json`), written by its agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    #[serde(default = "format_v")]
+    pub format: u32,
+    pub node: String,
+    /// Unix seconds of the last write (heartbeat).
+    pub updated: u64,
+    #[serde(default)]
+    pub storages: BTreeMap<String, Space>,
+    /// Keyed by DRBD resource name.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeObserved>,
+}
