@@ -1,2 +1,244 @@
-//! The cluster store. TODO(core): Store (open, atomic writes), lock, alloc. See docs/ARCHITECTURE.md.
+//! The cluster store: desired and observed state as small JSON documents in a
+//! directory (/etc/pve/priv/drbdpool in production, a temp dir in tests).
+//! Every write is atomic (temp file, fsync, rename, fsync dir) because a crash
+//! at any point must leave either the old or the new document, never a torn one.
+
 pub mod docs;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use docs::{NodeDoc, NodeState, VolumeDoc, FORMAT};
+
+pub const DEFAULT_ROOT: &str = "/etc/pve/priv/drbdpool";
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The store directory: explicit flag, else `DRBDPOOL_STORE`, else /etc/pve/priv/drbdpool.
+    pub fn resolve_root(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("DRBDPOOL_STORE") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_ROOT),
+        }
+    }
+
+    /// Open (and create the sub-directories of) a store.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for sub in ["nodes", "volumes", "state"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(|e| {
+                Error::Store(format!(
+                    "cannot create store directory {}: {e} (is /etc/pve mounted and quorate? set --store or DRBDPOOL_STORE for a test store)",
+                    d.display()
+                ))
+            })?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where locks live: pmxcfs only gives mkdir-lock semantics in /etc/pve/priv/lock.
+    pub fn lock_dir(&self) -> PathBuf {
+        if self.root.starts_with("/etc/pve") {
+            PathBuf::from("/etc/pve/priv/lock")
+        } else {
+            self.root.join("lock")
+        }
+    }
+
+    fn volume_path(&self, storeid: &str, volname: &str) -> PathBuf {
+        self.root.join("volumes").join(storeid).join(format!("{volname}.json"))
+    }
+
+    // ---- volumes ----
+
+    pub fn volume(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
+        read_doc(&self.volume_path(storeid, volname))
+    }
+
+    pub fn put_volume(&self, v: &VolumeDoc) -> Result<()> {
+        let dir = self.root.join("volumes").join(&v.storeid);
+        fs::create_dir_all(&dir).map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
+        write_doc(&self.volume_path(&v.storeid, &v.volname), v)
+    }
+
+    pub fn remove_volume(&self, storeid: &str, volname: &str) -> Result<()> {
+        remove_doc(&self.volume_path(storeid, volname))
+    }
+
+    /// Volume names of one storage, from the directory listing alone (no document reads).
+    pub fn volume_names(&self, storeid: &str) -> Result<Vec<String>> {
+        list_names(&self.root.join("volumes").join(storeid))
+    }
+
+    /// All volume documents of one storage.
+    pub fn volumes(&self, storeid: &str) -> Result<Vec<VolumeDoc>> {
+        let mut out = Vec::new();
+        for name in self.volume_names(storeid)? {
+            if let Some(v) = self.volume(storeid, &name)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Store ids that have volumes.
+    pub fn storeids(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("volumes");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| Error::Store(format!("cannot read {}: {e}", dir.display())))? {
+            let e = e.map_err(|e| Error::Store(format!("cannot read {}: {e}", dir.display())))?;
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every volume of every drbdpool storage (what an agent reconciles).
+    pub fn all_volumes(&self) -> Result<Vec<VolumeDoc>> {
+        let mut out = Vec::new();
+        for s in self.storeids()? {
+            out.extend(self.volumes(&s)?);
+        }
+        Ok(out)
+    }
+
+    // ---- nodes ----
+
+    pub fn node(&self, name: &str) -> Result<Option<NodeDoc>> {
+        read_doc(&self.root.join("nodes").join(format!("{name}.json")))
+    }
+
+    pub fn put_node(&self, n: &NodeDoc) -> Result<()> {
+        write_doc(&self.root.join("nodes").join(format!("{}.json", n.name)), n)
+    }
+
+    pub fn remove_node(&self, name: &str) -> Result<()> {
+        remove_doc(&self.root.join("nodes").join(format!("{name}.json")))
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeDoc>> {
+        let mut out = Vec::new();
+        for name in list_names(&self.root.join("nodes"))? {
+            if let Some(n) = self.node(&name)? {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- observed state ----
+
+    pub fn node_state(&self, node: &str) -> Result<Option<NodeState>> {
+        read_doc(&self.root.join("state").join(format!("{node}.json")))
+    }
+
+    pub fn put_node_state(&self, s: &NodeState) -> Result<()> {
+        write_doc(&self.root.join("state").join(format!("{}.json", s.node)), s)
+    }
+
+    pub fn node_states(&self) -> Result<Vec<NodeState>> {
+        let mut out = Vec::new();
+        for name in list_names(&self.root.join("state"))? {
+            if let Some(n) = self.node_state(&name)? {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `<name>.json` files of a directory, without the suffix, sorted. Temp files are skipped.
+fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", dir.display()))),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::Store(format!("cannot read {}: {e}", dir.display())))?;
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if let Some(stem) = n.strip_suffix(".json") {
+            if !stem.starts_with('.') {
+                out.push(stem.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[derive(serde::Deserialize)]
+struct FormatOnly {
+    #[serde(default)]
+    format: u32,
+}
+
+/// Read a document; `None` if it does not exist. A newer format is refused.
+pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
+    };
+    let f: FormatOnly = serde_json::from_slice(&data)
+        .map_err(|e| Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display())))?;
+    if f.format > FORMAT {
+        return Err(Error::Store(format!(
+            "{} has format {} but this drbdpool understands up to {FORMAT}: it was written by a newer drbdpool; upgrade this node",
+            path.display(),
+            f.format
+        )));
+    }
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|e| Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display())))
+}
+
+/// Write a document atomically: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_doc<T: Serialize>(path: &Path, doc: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(doc).map_err(|e| Error::Store(format!("cannot encode {}: {e}", path.display())))?;
+    write_atomic(path, &data)
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::Store(format!("{} has no parent directory", path.display())))?;
+    let serr = |what: &str, e: std::io::Error| Error::Store(format!("cannot {what} {}: {e}", path.display()));
+    // Dot-prefixed so listings never mistake it for a document.
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(|e| serr("create a temp file for", e))?;
+    tmp.write_all(data).map_err(|e| serr("write", e))?;
+    tmp.as_file().sync_all().map_err(|e| serr("fsync", e))?;
+    tmp.persist(path).map_err(|e| serr("rename into place", e.error))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all(); // pmxcfs does not support fsync on directories; best effort
+    }
+    Ok(())
+}
+
+fn remove_doc(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Store(format!("cannot remove {}: {e}", path.display()))),
+    }
+}
