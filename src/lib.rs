@@ -6,6 +6,7 @@ pub mod exec;
 pub mod naming;
 pub mod placement;
 pub mod node;
+pub mod ha;
 pub mod store;
 pub mod protocol;
 pub mod backend;
