@@ -7,6 +7,7 @@ pub mod naming;
 pub mod placement;
 pub mod node;
 pub mod ha;
+pub mod doctor;
 pub mod store;
 pub mod protocol;
 pub mod backend;
