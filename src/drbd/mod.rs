@@ -99,3 +99,18 @@ pub trait Replication: Send + Sync {
     /// Mark the local replica Outdated (fence-peer on the peer's request).
     fn outdate(&self, resource: &str) -> Result<()>;
 }
+
+// The DRBD side proper (sim.rs is the simulated side, kept by the node side).
+pub mod events2;
+pub mod proc_drbd;
+pub mod real;
+pub mod render;
+pub mod status_json;
+pub mod version;
+
+/// Real outputs of the DRBD tools, copied from the lab (tests/fixtures/drbd/README-drbd84-real.md).
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/drbd/");
+    std::fs::read_to_string(format!("{p}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
