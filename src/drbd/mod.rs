@@ -98,6 +98,12 @@ pub trait Replication: Send + Sync {
     fn resize(&self, resource: &str) -> Result<()>;
     /// Mark the local replica Outdated (fence-peer on the peer's request).
     fn outdate(&self, resource: &str) -> Result<()>;
+    /// Allow or forbid two primaries at runtime (live-migration window; docs/ARCHITECTURE.md).
+    /// Default for sides that cannot: a clear refusal.
+    fn set_dual_primary(&self, resource: &str, on: bool) -> Result<()> {
+        let _ = on;
+        Err(crate::error::Error::Refused(format!("{resource}: this replication side cannot toggle allow-two-primaries")))
+    }
 }
 
 // The DRBD side proper (sim.rs is the simulated side, kept by the node side).

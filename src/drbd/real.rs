@@ -163,15 +163,22 @@ impl DrbdAdm {
         Ok(self.snapshot()?.resource(resource).is_some())
     }
 
-    /// Does the backing device carry DRBD metadata? Only a definite
-    /// "No valid meta data found" counts as no; anything else is an error.
+    /// Does the backing device carry DRBD metadata? (Only asked while the resource is down.)
+    /// `get-gi` is cheap but fails silently (exit 1) on a blank device, so a failure is
+    /// confirmed with `dump-md`, which says "No valid meta data found". Only that answer
+    /// counts as "none": anything unexplained is an error, never a licence to create-md.
     pub fn has_metadata(&self, resource: &str) -> Result<bool> {
-        let cmd = self.adm().args(["get-gi", resource]);
-        let out = self.runner.run(&cmd)?;
-        if out.success() {
+        if self.runner.run(&self.adm().args(["get-gi", resource]))?.success() {
             return Ok(true);
         }
-        if out.stderr.contains("No valid meta data found") {
+        let cmd = self.adm().args(["dump-md", resource]).timeout(SLOW);
+        let out = self.runner.run(&cmd)?;
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        if out.success() || text.contains("unclean") {
+            // Metadata with an unapplied activity log is still metadata (`up` applies it).
+            return Ok(true);
+        }
+        if text.contains("No valid meta data found") {
             return Ok(false);
         }
         Err(Error::Tool(format!(
@@ -215,13 +222,6 @@ impl DrbdAdm {
 
     fn run_checked(&self, cmd: Cmd) -> Result<Output> {
         self.runner.check(&cmd)
-    }
-
-    /// Allow or forbid two primaries at runtime (live-migration window), without
-    /// touching the file: the next `apply` makes the file's value win again.
-    pub fn set_dual_primary(&self, resource: &str, on: bool) -> Result<()> {
-        let v = if on { "--allow-two-primaries=yes" } else { "--allow-two-primaries=no" };
-        self.run_checked(self.adm().args(["net-options", v, resource]).timeout(SLOW)).map(|_| ())
     }
 
     /// `drbdadm resize`, with `--assume-clean` when the new area reads zeroes on every
@@ -436,6 +436,13 @@ impl Replication for DrbdAdm {
 
     fn outdate(&self, resource: &str) -> Result<()> {
         self.run_checked(self.adm().args(["outdate", resource]).timeout(SLOW)).map(|_| ())
+    }
+
+    /// Allow or forbid two primaries at runtime (live-migration window), without
+    /// touching the file: the next `apply` makes the file's value win again.
+    fn set_dual_primary(&self, resource: &str, on: bool) -> Result<()> {
+        let v = if on { "--allow-two-primaries=yes" } else { "--allow-two-primaries=no" };
+        self.run_checked(self.adm().args(["net-options", v, resource]).timeout(SLOW)).map(|_| ())
     }
 }
 

@@ -74,6 +74,13 @@ impl Flavor {
     }
     /// Refuse plans this module cannot run, before anything is written.
     pub fn check_hosts(self, resource: &str, hosts: usize) -> Result<()> {
+        if self == Flavor::V84 && hosts < 2 {
+            // drbdadm-84 reports "Missing section 'on <PEER> { ... }'" and would connect to "N/A".
+            return Err(Error::Refused(format!(
+                "resource {resource} has {hosts} replica(s) but the in-tree DRBD 8.4 kernel module needs exactly 2 nodes \
+                 per resource: use 2 replicas"
+            )));
+        }
         if hosts > self.max_hosts() {
             return Err(Error::Refused(match self {
                 Flavor::V84 => format!(
@@ -228,6 +235,8 @@ mod tests {
     #[test]
     fn eight_four_refuses_three_replicas() {
         assert!(Flavor::V84.check_hosts("r", 2).is_ok());
+        assert!(Flavor::V84.check_hosts("r", 1).unwrap_err().to_string().contains("exactly 2 nodes"));
+        assert!(Flavor::V9.check_hosts("r", 1).is_ok());
         let e = Flavor::V84.check_hosts("vm-100-disk-0", 3).unwrap_err();
         assert_eq!(e.kind(), "refused");
         assert!(e.to_string().contains("only 2 nodes"), "{e}");

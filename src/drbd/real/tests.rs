@@ -47,15 +47,17 @@ impl T {
     }
 }
 
-fn no_md() -> Output {
-    Output::fail(1, "No valid meta data found\n")
+/// Real drbd-utils 9.22 on a blank device: get-gi exits 1 silently, dump-md says why.
+fn no_md(r: &RecordingRunner) {
+    r.on(&["drbdadm", "get-gi"], Output::fail(1, ""));
+    r.on(&["drbdadm", "dump-md"], Output::fail(1, "No valid meta data found\n"));
 }
 
 #[test]
 fn apply_fresh_creates_metadata_and_brings_up() {
     let t = setup(Flavor::V9);
     t.events(DOWN);
-    t.r.on(&["drbdadm", "get-gi"], no_md());
+    no_md(&t.r);
     let a = t.adm.apply(&plan(2)).unwrap();
     assert_eq!(a, Applied { created_metadata: true, changed_config: true });
     assert_eq!(
@@ -64,6 +66,7 @@ fn apply_fresh_creates_metadata_and_brings_up() {
             format!("drbdadm --config-to-test {} sh-nop", t.tmp()),
             "drbdsetup events2 --now --statistics".into(),
             "drbdadm get-gi vm-100-disk-0".into(),
+            "drbdadm dump-md vm-100-disk-0".into(),
             "drbdadm -- --force create-md vm-100-disk-0".into(),
             "drbdadm up vm-100-disk-0".into(),
         ]
@@ -81,8 +84,15 @@ fn apply_never_wipes_existing_metadata() {
     let a = t.adm.apply(&plan(2)).unwrap();
     assert_eq!(a, Applied { created_metadata: false, changed_config: true });
     let calls = t.r.calls();
-    assert!(!calls.iter().any(|c| c.contains("create-md")), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.contains("create-md") || c.contains("dump-md")), "{calls:?}");
     assert_eq!(calls.last().unwrap(), "drbdadm up vm-100-disk-0");
+    // Metadata whose activity log was not applied (crash) is metadata too.
+    let t = setup(Flavor::V84);
+    t.events(DOWN);
+    t.r.on(&["drbdadm", "get-gi"], Output::fail(255, ""));
+    t.r.on(&["drbdadm", "dump-md"], Output::fail(255, "Found meta data is \"unclean\", please apply-al first\n"));
+    assert!(!t.adm.apply(&plan(2)).unwrap().created_metadata);
+    assert!(!t.r.calls().iter().any(|c| c.contains("create-md")));
 }
 
 #[test]
@@ -90,6 +100,7 @@ fn apply_does_nothing_when_metadata_state_is_unknown() {
     let t = setup(Flavor::V9);
     t.events(DOWN);
     t.r.on(&["drbdadm", "get-gi"], Output::fail(20, "open(/dev/pve/vm-100-disk-0) failed: No such file or directory\n"));
+    t.r.on(&["drbdadm", "dump-md"], Output::fail(20, "open(/dev/pve/vm-100-disk-0) failed: No such file or directory\n"));
     let e = t.adm.apply(&plan(2)).unwrap_err();
     assert_eq!(e.kind(), "tool");
     assert!(e.to_string().contains("nothing was created"), "{e}");
@@ -451,6 +462,21 @@ mod real_utils {
     }
 
     #[test]
+    fn v9_single_node_parsed_by_real_drbdadm() {
+        if !have_drbdadm() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), &plan(1), Flavor::V9);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("connection") && !text.contains("fencing") && !text.contains("quorum"), "{text}");
+        let out = dry_up(&file, "pve1", Flavor::V9);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert_eq!(out.stdout.lines().next(), Some("drbdsetup new-resource vm-100-disk-0 0"));
+        assert!(out.stdout.contains("drbdsetup attach 1000 /dev/pve/vm-100-disk-0"), "{}", out.stdout);
+    }
+
+    #[test]
     fn v84_two_nodes_parsed_by_real_drbdadm() {
         if !have_drbdadm() {
             return;
@@ -544,5 +570,100 @@ mod real_utils {
         if have_drbdadm() {
             write_config_with_real_drbdadm(Flavor::V84);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real drbdmeta on a loop device (root only; no kernel module needed):
+// apply() creates metadata on an empty device and never again once it exists.
+
+mod real_metadata {
+    use super::*;
+    use crate::exec::RealRunner;
+
+    /// drbdsetup needs the kernel module: script those calls, run everything else for real.
+    struct Hybrid {
+        rec: RecordingRunner,
+    }
+    impl Runner for Hybrid {
+        fn run(&self, cmd: &Cmd) -> Result<Output> {
+            let out = self.rec.run(cmd)?;
+            if cmd.program == "drbdsetup" || cmd.args.iter().any(|a| a == "up") {
+                Ok(out)
+            } else {
+                RealRunner.run(cmd)
+            }
+        }
+    }
+
+    struct Loop {
+        dev: String,
+        _img: tempfile::NamedTempFile,
+    }
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = RealRunner.run(&Cmd::new("losetup").args(["-d", &self.dev]));
+        }
+    }
+
+    fn loop_device() -> Option<Loop> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: not root, cannot attach a loop device for the real drbdmeta test");
+            return None;
+        }
+        let img = tempfile::NamedTempFile::new().ok()?;
+        img.as_file().set_len(64 << 20).ok()?;
+        let out = RealRunner.run(&Cmd::new("losetup").args(["-f", "--show", &img.path().to_string_lossy()])).ok()?;
+        if !out.success() {
+            eprintln!("SKIPPED: losetup failed: {}", out.stderr.trim());
+            return None;
+        }
+        Some(Loop { dev: out.stdout.trim().to_string(), _img: img })
+    }
+
+    fn run(f: Flavor) {
+        if RealRunner.run(&Cmd::new("drbdmeta")).is_err() {
+            eprintln!("SKIPPED: drbdmeta is not installed (apt-get install drbd-utils)");
+            return;
+        }
+        let Some(lo) = loop_device() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("drbd.conf");
+        std::fs::write(&conf, format!("global {{ usage-count no; }}\ninclude \"{}/*.res\";\n", dir.path().display())).unwrap();
+        let rec = RecordingRunner::new();
+        rec.on(&["drbdsetup", "events2"], Output::ok(DOWN));
+        let version = if f == Flavor::V9 { "9.2.0" } else { "8.4.11" };
+        let adm = DrbdAdm::new_in(Arc::new(Hybrid { rec: rec.clone() }), dir.path())
+            .with_conf(&conf)
+            .with_flavor(f)
+            .with_env("__DRBD_NODE__", "pve1")
+            .with_env("DRBD_DRIVER_VERSION_OVERRIDE", version);
+        let mut p = plan(2);
+        p.backing = lo.dev.clone();
+        // Without a resource file drbdadm cannot look: an error, not a guess.
+        assert_eq!(adm.has_metadata(RES).unwrap_err().kind(), "tool");
+        assert!(adm.write_config(&p).unwrap().0);
+        assert!(!adm.has_metadata(RES).unwrap(), "a zeroed device has no metadata");
+        let a = adm.apply(&p).unwrap();
+        assert_eq!(a, Applied { created_metadata: true, changed_config: false });
+        assert!(adm.has_metadata(RES).unwrap());
+        assert!(adm.fresh_metadata(RES).unwrap(), "just-created metadata");
+        // Second run (e.g. after a reboot, resource down): metadata exists, so no create-md.
+        rec.clear();
+        let a = adm.apply(&p).unwrap();
+        assert_eq!(a, Applied { created_metadata: false, changed_config: false });
+        let calls = rec.calls();
+        assert!(!calls.iter().any(|c| c.contains("create-md")), "{calls:?}");
+        assert!(calls.iter().any(|c| c.ends_with("up vm-100-disk-0")), "{calls:?}");
+    }
+
+    #[test]
+    fn v9_metadata_created_once_on_a_real_device() {
+        run(Flavor::V9);
+    }
+
+    #[test]
+    fn v84_metadata_created_once_on_a_real_device() {
+        run(Flavor::V84);
     }
 }
