@@ -35,7 +35,9 @@ pub fn parse_line(line: &str) -> Result<Option<Line>, String> {
     match words.as_slice() {
         [] => Ok(None),
         ["exists", "-"] => Ok(Some(Line::InitialDone)),
-        ["-", "skipped", n, ..] => n.parse().map(|n| Some(Line::Skipped(n))).map_err(|_| format!("bad skip count {n:?}")),
+        ["-", "skipped", n, ..] => {
+            n.parse().map(|n| Some(Line::Skipped(n))).map_err(|_| format!("bad skip count {n:?}"))
+        }
         [action, object, rest @ ..] => {
             if !ACTIONS.contains(action) {
                 return Err(format!("unknown action {action:?}"));
@@ -63,14 +65,43 @@ fn looks_like_timestamp(w: &str) -> bool {
 const RESOURCE_KEYS: &[&str] =
     &["name", "role", "suspended", "write-ordering", "may_promote", "promotion_score", "force-io-failures", "new_name"];
 const DEVICE_KEYS: &[&str] = &[
-    "name", "volume", "minor", "disk", "backing_dev", "client", "open", "quorum", "size", "read", "written", "al-writes",
-    "bm-writes", "upper-pending", "lower-pending", "al-suspended", "blocked",
+    "name",
+    "volume",
+    "minor",
+    "disk",
+    "backing_dev",
+    "client",
+    "open",
+    "quorum",
+    "size",
+    "read",
+    "written",
+    "al-writes",
+    "bm-writes",
+    "upper-pending",
+    "lower-pending",
+    "al-suspended",
+    "blocked",
 ];
 const CONNECTION_KEYS: &[&str] =
     &["name", "peer-node-id", "conn-name", "connection", "role", "congested", "ap-in-flight", "rs-in-flight"];
 const PEER_DEVICE_KEYS: &[&str] = &[
-    "name", "peer-node-id", "conn-name", "volume", "replication", "peer-disk", "peer-client", "resync-suspended",
-    "received", "sent", "out-of-sync", "pending", "unacked", "done", "dbdt1", "eta",
+    "name",
+    "peer-node-id",
+    "conn-name",
+    "volume",
+    "replication",
+    "peer-disk",
+    "peer-client",
+    "resync-suspended",
+    "received",
+    "sent",
+    "out-of-sync",
+    "pending",
+    "unacked",
+    "done",
+    "dbdt1",
+    "eta",
 ];
 const PATH_KEYS: &[&str] = &["name", "peer-node-id", "conn-name", "local", "peer", "established"];
 const HELPER_KEYS: &[&str] = &["name", "peer-node-id", "conn-name", "volume", "minor", "helper", "status"];
@@ -78,16 +109,45 @@ const HELPER_KEYS: &[&str] = &["name", "peer-node-id", "conn-name", "volume", "m
 // Value sets (drbd-reactor src/drbd.rs, DRBD 9 and 8.4 mapped names).
 const ROLES: &[&str] = &["Primary", "Secondary", "Unknown"];
 const DISKS: &[&str] = &[
-    "Diskless", "Attaching", "Detaching", "Failed", "Negotiating", "Inconsistent", "Outdated", "DUnknown", "Consistent",
+    "Diskless",
+    "Attaching",
+    "Detaching",
+    "Failed",
+    "Negotiating",
+    "Inconsistent",
+    "Outdated",
+    "DUnknown",
+    "Consistent",
     "UpToDate",
 ];
 const CONNECTIONS: &[&str] = &[
-    "StandAlone", "Disconnecting", "Unconnected", "Timeout", "BrokenPipe", "NetworkFailure", "ProtocolError", "TearDown",
-    "Connecting", "Connected",
+    "StandAlone",
+    "Disconnecting",
+    "Unconnected",
+    "Timeout",
+    "BrokenPipe",
+    "NetworkFailure",
+    "ProtocolError",
+    "TearDown",
+    "Connecting",
+    "Connected",
 ];
 const REPLICATIONS: &[&str] = &[
-    "Off", "Established", "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID", "SyncSource",
-    "SyncTarget", "VerifyS", "VerifyT", "PausedSyncS", "PausedSyncT", "Ahead", "Behind",
+    "Off",
+    "Established",
+    "StartingSyncS",
+    "StartingSyncT",
+    "WFBitMapS",
+    "WFBitMapT",
+    "WFSyncUUID",
+    "SyncSource",
+    "SyncTarget",
+    "VerifyS",
+    "VerifyT",
+    "PausedSyncS",
+    "PausedSyncT",
+    "Ahead",
+    "Behind",
 ];
 
 /// Merged state of every resource seen on the stream, plus what was odd about it.
@@ -261,7 +321,11 @@ impl Events2State {
                 let c = match pos {
                     Some(i) => &mut r.connections[i],
                     None => {
-                        r.connections.push(ConnectionStatus { peer_node_id: peer_id, conn_name: conn_name.clone(), ..Default::default() });
+                        r.connections.push(ConnectionStatus {
+                            peer_node_id: peer_id,
+                            conn_name: conn_name.clone(),
+                            ..Default::default()
+                        });
                         r.connections.last_mut().unwrap()
                     }
                 };
@@ -409,9 +473,15 @@ mod tests {
         assert_eq!(d.open, None); // 8.4 does not say
         assert_eq!(d.extra.get("blocked").map(String::as_str), Some("no"));
         let c = &r.connections[0];
-        assert_eq!((c.peer_node_id, c.conn_name.as_str(), c.connection.as_str(), c.peer_role.as_str()), (Some(0), "peer", "Connected", "Secondary"));
+        assert_eq!(
+            (c.peer_node_id, c.conn_name.as_str(), c.connection.as_str(), c.peer_role.as_str()),
+            (Some(0), "peer", "Connected", "Secondary")
+        );
         let p = &c.peer_devices[0];
-        assert_eq!((p.replication.as_str(), p.peer_disk.as_str(), p.out_of_sync_kib), ("Established", "Inconsistent", 262100));
+        assert_eq!(
+            (p.replication.as_str(), p.peer_disk.as_str(), p.out_of_sync_kib),
+            ("Established", "Inconsistent", 262100)
+        );
         assert_eq!(p.done_percent, None);
     }
 
@@ -505,10 +575,15 @@ mod tests {
         assert_eq!(r.devices[0].open, None);
         let c = &r.connections[0];
         assert_eq!((c.peer_node_id, c.conn_name.as_str(), c.connection.as_str()), (Some(2), "pve3", "Connected"));
-        assert_eq!(c.extra.get("path ipv4:10.0.0.1:7000 ipv4:10.0.0.3:7000").map(String::as_str), Some("established:yes"));
+        assert_eq!(
+            c.extra.get("path ipv4:10.0.0.1:7000 ipv4:10.0.0.3:7000").map(String::as_str),
+            Some("established:yes")
+        );
         assert_eq!(c.peer_devices[0].done_percent, Some(37.5), "DRBD's own done: wins");
         // Sync finished: the stale percentage goes.
-        s.feed("change peer-device name:r1 peer-node-id:2 conn-name:pve3 volume:0 replication:Established out-of-sync:0");
+        s.feed(
+            "change peer-device name:r1 peer-node-id:2 conn-name:pve3 volume:0 replication:Established out-of-sync:0",
+        );
         assert_eq!(s.resource("r1").unwrap().connections[0].peer_devices[0].done_percent, None);
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::events2::{self, Events2State};
 use super::render::{self, file_name};
 use super::version::{self, Flavor};
-use super::{proc_drbd, Applied, ResourcePlan, ResourceStatus, Replication};
+use super::{proc_drbd, Applied, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Output, Runner};
 
@@ -142,7 +142,12 @@ impl DrbdAdm {
             } else {
                 ""
             };
-            return Err(Error::Tool(format!("`{}` failed (exit {}): {}{hint}", cmd.display(), out.status, out.stderr.trim())));
+            return Err(Error::Tool(format!(
+                "`{}` failed (exit {}): {}{hint}",
+                cmd.display(),
+                out.status,
+                out.stderr.trim()
+            )));
         }
         let s = events2::parse_now(&out.stdout);
         if s.garbage_lines > 0 || !s.unknown.is_empty() {
@@ -153,8 +158,9 @@ impl DrbdAdm {
 
     /// 8.4 fallback: /proc/drbd, with minors named from the plans (`minor -> resource`).
     pub fn status_from_proc(&self, minors: &BTreeMap<u32, String>) -> Result<Vec<ResourceStatus>> {
-        let text = std::fs::read_to_string(&self.proc_drbd)
-            .map_err(|e| Error::Tool(format!("cannot read {}: {e} (load the drbd module: modprobe drbd)", self.proc_drbd.display())))?;
+        let text = std::fs::read_to_string(&self.proc_drbd).map_err(|e| {
+            Error::Tool(format!("cannot read {}: {e} (load the drbd module: modprobe drbd)", self.proc_drbd.display()))
+        })?;
         let p = proc_drbd::parse(&text);
         Ok(proc_drbd::to_status(&p, |m| minors.get(&m).cloned()))
     }
@@ -196,7 +202,9 @@ impl DrbdAdm {
         let cmd = match (flavor, live_exists) {
             // 9: the whole configuration with the candidate instead of the live file
             // (also catches minor/port clashes with other resources).
-            (Flavor::V9, true) => self.adm().args(["--config-to-test", &tmp_s, "--config-to-exclude", &live_s, "sh-nop"]),
+            (Flavor::V9, true) => {
+                self.adm().args(["--config-to-test", &tmp_s, "--config-to-exclude", &live_s, "sh-nop"])
+            }
             (_, false) => self.adm().args(["--config-to-test", &tmp_s, "sh-nop"]),
             // drbdadm-84 has no --config-to-exclude: test the candidate on its own.
             (Flavor::V84, true) => {
@@ -287,7 +295,25 @@ impl Replication for DrbdAdm {
                 self.run_checked(self.adm().args(["--", "--force", "create-md", res]).timeout(SLOW))?;
                 applied.created_metadata = true;
             }
-            self.run_checked(self.adm().args(["up", res]).timeout(SLOW))?;
+            let cmd = self.adm().args(["up", res]).timeout(SLOW);
+            let out = self.runner.run(&cmd)?;
+            if !out.success() {
+                let hint = if out.stderr.contains("not defined in your config") {
+                    format!(
+                        " (is {}/*.res included by the main DRBD config, /etc/drbd.conf or DRBDPOOL_DRBD_CONF, \
+                         and is this node's name one of the plan's hosts?)",
+                        self.res_dir.display()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::Tool(format!(
+                    "`{}` failed (exit {}): {}{hint}",
+                    cmd.display(),
+                    out.status,
+                    out.stderr.trim()
+                )));
+            }
             return Ok(applied);
         }
         // Up: adjust even when the file is unchanged, to repair drift (e.g. a dropped connection).
@@ -324,7 +350,12 @@ impl Replication for DrbdAdm {
                         "cannot take {resource} down: its device is still open (a guest or process uses it); stop that first"
                     )));
                 }
-                return Err(Error::Tool(format!("`{}` failed (exit {}): {}", cmd.display(), out.status, out.stderr.trim())));
+                return Err(Error::Tool(format!(
+                    "`{}` failed (exit {}): {}",
+                    cmd.display(),
+                    out.status,
+                    out.stderr.trim()
+                )));
             }
         }
         match std::fs::remove_file(&live) {
@@ -386,16 +417,21 @@ impl Replication for DrbdAdm {
                     out.stderr.trim()
                 )));
             }
-            return Err(Error::Tool(format!("`{}` failed (exit {}): {}", cmd.display(), out.status, out.stderr.trim())));
+            return Err(Error::Tool(format!(
+                "`{}` failed (exit {}): {}",
+                cmd.display(),
+                out.status,
+                out.stderr.trim()
+            )));
         }
         unreachable!("the loop returns on its last attempt")
     }
 
     fn skip_initial_sync(&self, resource: &str) -> Result<()> {
         let snap = self.snapshot()?;
-        let r = snap
-            .resource(resource)
-            .ok_or_else(|| Error::Refused(format!("cannot skip the initial sync of {resource}: it is not up on this node")))?;
+        let r = snap.resource(resource).ok_or_else(|| {
+            Error::Refused(format!("cannot skip the initial sync of {resource}: it is not up on this node"))
+        })?;
         let local_ok = !r.devices.is_empty() && r.devices.iter().all(|d| d.disk == "Inconsistent");
         let peers_ok = !r.connections.is_empty()
             && r.connections.iter().all(|c| {
@@ -409,7 +445,8 @@ impl Replication for DrbdAdm {
                 .connections
                 .iter()
                 .map(|c| {
-                    let pd: Vec<String> = c.peer_devices.iter().map(|p| format!("{}/{}", p.replication, p.peer_disk)).collect();
+                    let pd: Vec<String> =
+                        c.peer_devices.iter().map(|p| format!("{}/{}", p.replication, p.peer_disk)).collect();
                     format!("{} {} {}", c.conn_name, c.connection, pd.join(","))
                 })
                 .collect();
@@ -426,8 +463,10 @@ impl Replication for DrbdAdm {
                  declaring the replicas identical could hide real differences, so a normal sync must run"
             )));
         }
-        self.run_checked(self.adm().args(["--", "--clear-bitmap", "new-current-uuid", &format!("{resource}/0")]).timeout(SLOW))
-            .map(|_| ())
+        self.run_checked(
+            self.adm().args(["--", "--clear-bitmap", "new-current-uuid", &format!("{resource}/0")]).timeout(SLOW),
+        )
+        .map(|_| ())
     }
 
     fn resize(&self, resource: &str) -> Result<()> {

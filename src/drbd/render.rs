@@ -49,14 +49,22 @@ fn validate(p: &ResourcePlan) -> Result<()> {
     {
         return bad("resource name must be 1-128 characters of A-Z a-z 0-9 _ - . + (not starting with - or .)".into());
     }
-    if p.secret.is_empty() || p.secret.len() > SECRET_MAX || !p.secret.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\') {
-        return bad(format!("shared secret must be 1-{SECRET_MAX} printable ASCII characters without quotes or backslashes"));
+    if p.secret.is_empty()
+        || p.secret.len() > SECRET_MAX
+        || !p.secret.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    {
+        return bad(format!(
+            "shared secret must be 1-{SECRET_MAX} printable ASCII characters without quotes or backslashes"
+        ));
     }
     if p.port == 0 {
         return bad("port 0 is not a valid TCP port".into());
     }
     if !p.backing.starts_with('/') || !p.backing.chars().all(|c| c.is_ascii_graphic() && !"\";{}#\\".contains(c)) {
-        return bad(format!("backing device {:?} must be an absolute path without spaces, quotes, ; {{ }} or #", p.backing));
+        return bad(format!(
+            "backing device {:?} must be an absolute path without spaces, quotes, ; {{ }} or #",
+            p.backing
+        ));
     }
     if p.hosts.is_empty() {
         return bad("no replica hosts".into());
@@ -77,11 +85,18 @@ fn validate(p: &ResourcePlan) -> Result<()> {
             return bad(format!("node-id {} is used by two hosts", h.node_id));
         }
         if h.address.parse::<IpAddr>().is_err() {
-            return bad(format!("address {:?} of {} is not an IPv4 or IPv6 address (no port: the port is per resource)", h.address, h.name));
+            return bad(format!(
+                "address {:?} of {} is not an IPv4 or IPv6 address (no port: the port is per resource)",
+                h.address, h.name
+            ));
         }
     }
     if !names.contains(p.local.as_str()) {
-        return bad(format!("this node ({}) is not one of its hosts ({})", p.local, names.into_iter().collect::<Vec<_>>().join(", ")));
+        return bad(format!(
+            "this node ({}) is not one of its hosts ({})",
+            p.local,
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        ));
     }
     Ok(())
 }
@@ -187,7 +202,11 @@ pub(crate) mod tests {
 
     pub(crate) fn plan(n: usize) -> ResourcePlan {
         let hosts = (0..n)
-            .map(|i| PlanHost { name: format!("pve{}", i + 1), node_id: i as u8, address: format!("10.99.1.{}", i + 1) })
+            .map(|i| PlanHost {
+                name: format!("pve{}", i + 1),
+                node_id: i as u8,
+                address: format!("10.99.1.{}", i + 1),
+            })
             .collect();
         ResourcePlan {
             resource: "vm-100-disk-0".into(),
@@ -246,10 +265,15 @@ resource "vm-100-disk-0" {
     #[test]
     fn v9_three_nodes_quorum_no_fencing() {
         let got = render(&plan(3), Flavor::V9).unwrap();
-        assert!(got.contains("    options {\n        quorum majority;\n        on-no-quorum io-error;\n    }\n"), "{got}");
+        assert!(
+            got.contains("    options {\n        quorum majority;\n        on-no-quorum io-error;\n    }\n"),
+            "{got}"
+        );
         assert!(!got.contains("fencing") && !got.contains("fence-peer"), "{got}");
         assert_eq!(got.matches("connection {").count(), 3);
-        assert!(got.contains("host \"pve2\" address ipv4 10.99.1.2:7000;\n        host \"pve3\" address ipv4 10.99.1.3:7000;"));
+        assert!(got.contains(
+            "host \"pve2\" address ipv4 10.99.1.2:7000;\n        host \"pve3\" address ipv4 10.99.1.3:7000;"
+        ));
         assert!(!got.contains("allow-two-primaries"));
     }
 
@@ -290,7 +314,11 @@ resource "vm-100-disk-0" {
         assert_eq!(got, want);
         // Same shape as the real 8.4 dump (device/disk/meta-disk/address per host).
         let dump = crate::drbd::fixture("drbdadm-dump.r0.out");
-        for k in ["device           /dev/drbd0 minor 0;", "meta-disk        internal;", "address          ipv4 10.99.1.1:7789;"] {
+        for k in [
+            "device           /dev/drbd0 minor 0;",
+            "meta-disk        internal;",
+            "address          ipv4 10.99.1.1:7789;",
+        ] {
             assert!(dump.contains(k), "fixture changed: {k}");
         }
     }
@@ -328,7 +356,8 @@ resource "vm-100-disk-0" {
 
     #[test]
     fn bad_plans_are_refused_with_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut ResourcePlan)>, &str)> = vec![
+        type Case = (Box<dyn Fn(&mut ResourcePlan)>, &'static str);
+        let cases: Vec<Case> = vec![
             (Box::new(|p| p.resource = "a b".into()), "resource name"),
             (Box::new(|p| p.secret = "with\"quote".into()), "shared secret"),
             (Box::new(|p| p.secret = "x".repeat(65)), "shared secret"),

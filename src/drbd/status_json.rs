@@ -172,10 +172,16 @@ mod tests {
         assert_eq!((d.minor, d.disk.as_str(), d.open, d.size_kib), (1000, "UpToDate", Some(true), Some(2109208)));
         assert_eq!(d.extra.get("quorum").map(String::as_str), Some("true"));
         let c = &r.connections[0];
-        assert_eq!((c.peer_node_id, c.conn_name.as_str(), c.connection.as_str(), c.peer_role.as_str()), (Some(0), "pve1", "Connected", "Secondary"));
+        assert_eq!(
+            (c.peer_node_id, c.conn_name.as_str(), c.connection.as_str(), c.peer_role.as_str()),
+            (Some(0), "pve1", "Connected", "Secondary")
+        );
         assert!(c.extra.contains_key("paths"));
         let p = &c.peer_devices[0];
-        assert_eq!((p.replication.as_str(), p.peer_disk.as_str(), p.out_of_sync_kib, p.done_percent), ("SyncSource", "Inconsistent", 1000, Some(42.5)));
+        assert_eq!(
+            (p.replication.as_str(), p.peer_disk.as_str(), p.out_of_sync_kib, p.done_percent),
+            ("SyncSource", "Inconsistent", 1000, Some(42.5))
+        );
         assert_eq!(p.extra.get("resync-suspended").map(String::as_str), Some("no"));
         let p2 = &r.connections[1].peer_devices[0];
         assert_eq!((p2.replication.as_str(), p2.done_percent), ("Off", None), "no resync, no percentage");

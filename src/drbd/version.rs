@@ -139,7 +139,9 @@ pub fn parse_proc_drbd_version(text: &str) -> Option<Ver> {
 /// Decide the flavor, or say exactly what is missing and how to fix it.
 pub fn classify(v: &Versions) -> Result<Flavor> {
     let utils = v.utils.ok_or_else(|| {
-        Error::Tool("drbd-utils not found (drbdadm did not report a version): install them: apt-get install drbd-utils".into())
+        Error::Tool(
+            "drbd-utils not found (drbdadm did not report a version): install them: apt-get install drbd-utils".into(),
+        )
     })?;
     if utils < MIN_UTILS {
         return Err(Error::Tool(format!(

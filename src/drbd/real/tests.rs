@@ -76,11 +76,24 @@ fn apply_fresh_creates_metadata_and_brings_up() {
 }
 
 #[test]
+fn apply_up_failure_explains_include() {
+    let t = setup(Flavor::V9);
+    t.events(DOWN);
+    t.r.on(&["drbdadm", "get-gi"], Output::ok("0000000000000004:0:0:0:0:0:0:0:0:0:0:0\n"));
+    t.r.on(&["drbdadm", "up"], Output::fail(1, "'vm-100-disk-0' not defined in your config (for this host).\n"));
+    let e = t.adm.apply(&plan(2)).unwrap_err().to_string();
+    assert!(e.contains("included by the main DRBD config"), "{e}");
+}
+
+#[test]
 fn apply_never_wipes_existing_metadata() {
     let t = setup(Flavor::V9);
     t.events(DOWN);
     // A replica that was up before (reboot, agent restart): metadata with history.
-    t.r.on(&["drbdadm", "get-gi"], Output::ok("A1B2C3D4E5F60708:0000000000000000:0000000000000000:0000000000000000:1:1:0:1:0:0:0\n"));
+    t.r.on(
+        &["drbdadm", "get-gi"],
+        Output::ok("A1B2C3D4E5F60708:0000000000000000:0000000000000000:0000000000000000:1:1:0:1:0:0:0\n"),
+    );
     let a = t.adm.apply(&plan(2)).unwrap();
     assert_eq!(a, Applied { created_metadata: false, changed_config: true });
     let calls = t.r.calls();
@@ -99,8 +112,14 @@ fn apply_never_wipes_existing_metadata() {
 fn apply_does_nothing_when_metadata_state_is_unknown() {
     let t = setup(Flavor::V9);
     t.events(DOWN);
-    t.r.on(&["drbdadm", "get-gi"], Output::fail(20, "open(/dev/pve/vm-100-disk-0) failed: No such file or directory\n"));
-    t.r.on(&["drbdadm", "dump-md"], Output::fail(20, "open(/dev/pve/vm-100-disk-0) failed: No such file or directory\n"));
+    t.r.on(
+        &["drbdadm", "get-gi"],
+        Output::fail(20, "open(/dev/pve/vm-100-disk-0) failed: No such file or directory\n"),
+    );
+    t.r.on(
+        &["drbdadm", "dump-md"],
+        Output::fail(20, "open(/dev/pve/vm-100-disk-0) failed: No such file or directory\n"),
+    );
     let e = t.adm.apply(&plan(2)).unwrap_err();
     assert_eq!(e.kind(), "tool");
     assert!(e.to_string().contains("nothing was created"), "{e}");
@@ -150,10 +169,16 @@ fn apply_restores_previous_file_when_adjust_fails() {
     let old_text = render::render(&old, Flavor::V9).unwrap();
     std::fs::write(t.live(), &old_text).unwrap();
     t.events(&up_state("UpToDate", "Connected", "Established", "UpToDate"));
-    t.r.once(&["drbdadm", "adjust"], Output::fail(10, "vm-100-disk-0: Failure: (102) Local address(port) already in use.\n"));
+    t.r.once(
+        &["drbdadm", "adjust"],
+        Output::fail(10, "vm-100-disk-0: Failure: (102) Local address(port) already in use.\n"),
+    );
     let e = t.adm.apply(&plan(2)).unwrap_err();
     assert_eq!(e.kind(), "tool");
-    assert!(e.to_string().contains("already in use") && e.to_string().contains("previous resource file was restored"), "{e}");
+    assert!(
+        e.to_string().contains("already in use") && e.to_string().contains("previous resource file was restored"),
+        "{e}"
+    );
     assert_eq!(
         t.r.calls(),
         vec![
@@ -170,9 +195,15 @@ fn apply_restores_previous_file_when_adjust_fails() {
 fn apply_rejected_candidate_changes_nothing() {
     let t = setup(Flavor::V9);
     std::fs::write(t.live(), "old bytes\n").unwrap();
-    t.r.on(&["drbdadm", "--config-to-test"], Output::fail(10, "x.res:0: conflicting use of device-minor 'device-minor:pve1:1000'\n"));
+    t.r.on(
+        &["drbdadm", "--config-to-test"],
+        Output::fail(10, "x.res:0: conflicting use of device-minor 'device-minor:pve1:1000'\n"),
+    );
     let e = t.adm.apply(&plan(2)).unwrap_err();
-    assert!(e.to_string().contains("conflicting use of device-minor") && e.to_string().contains("left unchanged"), "{e}");
+    assert!(
+        e.to_string().contains("conflicting use of device-minor") && e.to_string().contains("left unchanged"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_to_string(t.live()).unwrap(), "old bytes\n");
     assert_eq!(t.r.calls().len(), 1, "nothing after the failed test: {:?}", t.r.calls());
     assert!(!Path::new(&t.tmp()).exists());
@@ -200,7 +231,8 @@ fn apply_84_refuses_three_replicas_before_any_command() {
 #[test]
 fn conf_flag_goes_first() {
     let t = setup(Flavor::V9);
-    let adm = DrbdAdm::new_in(Arc::new(t.r.clone()), t.dir.path()).with_flavor(Flavor::V9).with_conf("/tmp/x/drbd.conf");
+    let adm =
+        DrbdAdm::new_in(Arc::new(t.r.clone()), t.dir.path()).with_flavor(Flavor::V9).with_conf("/tmp/x/drbd.conf");
     adm.outdate(RES).unwrap();
     assert_eq!(t.r.calls(), vec!["drbdadm -c /tmp/x/drbd.conf outdate vm-100-disk-0"]);
 }
@@ -208,7 +240,8 @@ fn conf_flag_goes_first() {
 #[test]
 fn promote_retries_concurrent_state_changes() {
     let t = setup(Flavor::V9);
-    let busy = Output::fail(11, "vm-100-disk-0: State change failed: (-19) Concurrent state changes detected and aborted\n");
+    let busy =
+        Output::fail(11, "vm-100-disk-0: State change failed: (-19) Concurrent state changes detected and aborted\n");
     t.r.once(&["drbdadm", "primary"], busy.clone());
     t.r.once(&["drbdadm", "primary"], busy);
     t.adm.promote(RES).unwrap();
@@ -235,7 +268,10 @@ fn demote_held_open_is_refused_after_retries() {
     assert_eq!(t.r.calls(), vec!["drbdadm secondary vm-100-disk-0"; 3]);
     // A transient probe: succeeds on the second try.
     let t = setup(Flavor::V9);
-    t.r.once(&["drbdadm", "secondary"], Output::fail(11, "0: State change failed: (-12) Device is held open by someone\n"));
+    t.r.once(
+        &["drbdadm", "secondary"],
+        Output::fail(11, "0: State change failed: (-12) Device is held open by someone\n"),
+    );
     t.adm.demote(RES).unwrap();
     assert_eq!(t.r.calls().len(), 2);
 }
@@ -244,7 +280,10 @@ fn demote_held_open_is_refused_after_retries() {
 fn skip_initial_sync_on_fresh_connected_inconsistent() {
     let t = setup(Flavor::V9);
     t.events(&up_state("Inconsistent", "Connected", "Established", "Inconsistent"));
-    t.r.on(&["drbdadm", "get-gi"], Output::ok("0000000000000004:0000000000000000:0000000000000000:0000000000000000:0:0:0:0:0:0:0:0\n"));
+    t.r.on(
+        &["drbdadm", "get-gi"],
+        Output::ok("0000000000000004:0000000000000000:0000000000000000:0000000000000000:0:0:0:0:0:0:0:0\n"),
+    );
     t.adm.skip_initial_sync(RES).unwrap();
     assert_eq!(
         t.r.calls(),
@@ -260,7 +299,10 @@ fn skip_initial_sync_on_fresh_connected_inconsistent() {
 fn skip_initial_sync_refuses_used_metadata() {
     let t = setup(Flavor::V84);
     t.events(&up_state("Inconsistent", "Connected", "Established", "Inconsistent"));
-    t.r.on(&["drbdadm", "get-gi"], Output::ok("C0FFEE0000000001:0000000000000000:0000000000000000:0000000000000000:0:0:0:0:0:0:0\n"));
+    t.r.on(
+        &["drbdadm", "get-gi"],
+        Output::ok("C0FFEE0000000001:0000000000000000:0000000000000000:0000000000000000:0:0:0:0:0:0:0\n"),
+    );
     let e = t.adm.skip_initial_sync(RES).unwrap_err();
     assert_eq!(e.kind(), "refused");
     assert!(!t.r.calls().iter().any(|c| c.contains("new-current-uuid")));
@@ -379,7 +421,10 @@ mod real_utils {
     use crate::exec::RealRunner;
 
     fn have_drbdadm() -> bool {
-        let ok = RealRunner.run(&Cmd::new("drbdadm").arg("--version")).map(|o| o.stdout.contains("DRBDADM_VERSION")).unwrap_or(false);
+        let ok = RealRunner
+            .run(&Cmd::new("drbdadm").arg("--version"))
+            .map(|o| o.stdout.contains("DRBDADM_VERSION"))
+            .unwrap_or(false);
         if !ok {
             eprintln!("SKIPPED: drbdadm is not installed (apt-get install drbd-utils); real-parser test not run");
         }
@@ -432,7 +477,12 @@ mod real_utils {
         assert_eq!(out.stdout.lines().collect::<Vec<_>>(), want);
         // The handlers are part of the configuration drbdadm understood.
         let dump = RealRunner
-            .run(&Cmd::new("drbdadm").args(["-c", &file.to_string_lossy(), "dump", RES]).env("__DRBD_NODE__", "pve2").env("DRBD_DRIVER_VERSION_OVERRIDE", "9.2.0"))
+            .run(
+                &Cmd::new("drbdadm")
+                    .args(["-c", &file.to_string_lossy(), "dump", RES])
+                    .env("__DRBD_NODE__", "pve2")
+                    .env("DRBD_DRIVER_VERSION_OVERRIDE", "9.2.0"),
+            )
             .unwrap();
         assert!(dump.stdout.contains("fence-peer       \"/usr/bin/drbdpool fence-peer\";"), "{}", dump.stdout);
         assert!(dump.stdout.contains("unfence-peer     \"/usr/bin/drbdpool unfence-peer\";"), "{}", dump.stdout);
@@ -451,14 +501,28 @@ mod real_utils {
         assert_eq!(out.status, 0, "{}", out.stderr);
         let lines: Vec<&str> = out.stdout.lines().collect();
         assert_eq!(lines[0], "drbdsetup new-resource vm-100-disk-0 2 --quorum=majority --on-no-quorum=io-error");
-        assert!(lines.contains(&"drbdsetup new-path vm-100-disk-0 0 ipv4:10.99.1.3:7000 ipv4:10.99.1.1:7000"), "{lines:?}");
-        assert!(lines.contains(&"drbdsetup new-path vm-100-disk-0 1 ipv4:10.99.1.3:7000 ipv4:10.99.1.2:7000"), "{lines:?}");
+        assert!(
+            lines.contains(&"drbdsetup new-path vm-100-disk-0 0 ipv4:10.99.1.3:7000 ipv4:10.99.1.1:7000"),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"drbdsetup new-path vm-100-disk-0 1 ipv4:10.99.1.3:7000 ipv4:10.99.1.2:7000"),
+            "{lines:?}"
+        );
         let peers: Vec<&&str> = lines.iter().filter(|l| l.starts_with("drbdsetup new-peer")).collect();
         assert_eq!(peers.len(), 2);
         for l in peers {
-            assert!(l.contains("--allow-two-primaries=yes") && l.contains("--cram-hmac-alg=sha256") && !l.contains("fencing"), "{l}");
+            assert!(
+                l.contains("--allow-two-primaries=yes")
+                    && l.contains("--cram-hmac-alg=sha256")
+                    && !l.contains("fencing"),
+                "{l}"
+            );
         }
-        assert!(lines.contains(&"drbdsetup connect vm-100-disk-0 0") && lines.contains(&"drbdsetup connect vm-100-disk-0 1"));
+        assert!(
+            lines.contains(&"drbdsetup connect vm-100-disk-0 0")
+                && lines.contains(&"drbdsetup connect vm-100-disk-0 1")
+        );
     }
 
     #[test]
@@ -495,7 +559,9 @@ mod real_utils {
         assert_eq!(out.stdout.lines().collect::<Vec<_>>(), want);
         // Same command shapes as the real 8.4 lab's `drbdadm -d up r0` (fixture).
         let lab = fixture("drbdadm-sh-nop.out");
-        for prefix in ["drbdsetup-84 new-resource ", "drbdsetup-84 new-minor ", "drbdsetup-84 attach ", "drbdsetup-84 connect "] {
+        for prefix in
+            ["drbdsetup-84 new-resource ", "drbdsetup-84 new-minor ", "drbdsetup-84 attach ", "drbdsetup-84 connect "]
+        {
             assert!(lab.contains(prefix) && out.stdout.contains(prefix), "{prefix}");
         }
     }
@@ -509,8 +575,14 @@ mod real_utils {
         let file = write(dir.path(), &plan(2), Flavor::V84);
         let f = file.to_string_lossy().to_string();
         for (args, want) in [
-            (vec!["--", "--clear-bitmap", "new-current-uuid", "vm-100-disk-0/0"], "drbdsetup-84 new-current-uuid 1000 --clear-bitmap"),
-            (vec!["--", "--force", "create-md", RES], "drbdmeta 1000 v08 /dev/pve/vm-100-disk-0 internal create-md --force"),
+            (
+                vec!["--", "--clear-bitmap", "new-current-uuid", "vm-100-disk-0/0"],
+                "drbdsetup-84 new-current-uuid 1000 --clear-bitmap",
+            ),
+            (
+                vec!["--", "--force", "create-md", RES],
+                "drbdmeta 1000 v08 /dev/pve/vm-100-disk-0 internal create-md --force",
+            ),
             (vec!["net-options", "--allow-two-primaries=yes", RES], "--allow-two-primaries=yes"),
             (vec!["--", "--assume-clean", "resize", RES], "drbdsetup-84 resize 1000 --assume-clean"),
             (vec!["primary", RES], "drbdsetup-84 primary 1000"),
@@ -519,7 +591,13 @@ mod real_utils {
             (vec!["get-gi", RES], "drbdsetup-84 get-gi 1000"),
         ] {
             let out = RealRunner
-                .run(&Cmd::new("drbdadm").args(["-d", "-c", &f]).args(args.clone()).env("__DRBD_NODE__", "pve1").env("DRBD_DRIVER_VERSION_OVERRIDE", "8.4.11"))
+                .run(
+                    &Cmd::new("drbdadm")
+                        .args(["-d", "-c", &f])
+                        .args(args.clone())
+                        .env("__DRBD_NODE__", "pve1")
+                        .env("DRBD_DRIVER_VERSION_OVERRIDE", "8.4.11"),
+                )
                 .unwrap();
             assert_eq!(out.status, 0, "{args:?}: {}", out.stderr);
             assert!(out.stdout.contains(want), "{args:?}: {}", out.stdout);
@@ -533,7 +611,8 @@ mod real_utils {
         let res_dir = dir.path().join("drbd.d");
         std::fs::create_dir(&res_dir).unwrap();
         let conf = dir.path().join("drbd.conf");
-        std::fs::write(&conf, format!("global {{ usage-count no; }}\ninclude \"{}/*.res\";\n", res_dir.display())).unwrap();
+        std::fs::write(&conf, format!("global {{ usage-count no; }}\ninclude \"{}/*.res\";\n", res_dir.display()))
+            .unwrap();
         let adm = DrbdAdm::new_in(Arc::new(RealRunner), &res_dir)
             .with_conf(&conf)
             .with_flavor(f)
@@ -629,7 +708,8 @@ mod real_metadata {
         let Some(lo) = loop_device() else { return };
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("drbd.conf");
-        std::fs::write(&conf, format!("global {{ usage-count no; }}\ninclude \"{}/*.res\";\n", dir.path().display())).unwrap();
+        std::fs::write(&conf, format!("global {{ usage-count no; }}\ninclude \"{}/*.res\";\n", dir.path().display()))
+            .unwrap();
         let rec = RecordingRunner::new();
         rec.on(&["drbdsetup", "events2"], Output::ok(DOWN));
         let version = if f == Flavor::V9 { "9.2.0" } else { "8.4.11" };
