@@ -97,9 +97,12 @@ impl DrbdAdm {
     pub fn res_path(&self, resource: &str) -> PathBuf {
         self.res_dir.join(file_name(resource))
     }
-    /// Hidden and not ending in .res, so drbd.conf's `*.res` include never sees it.
+    /// Hidden and not ending in .res, so drbd.conf's `*.res` include never sees it;
+    /// unique per process and call, so a handler and the agent never share one.
     fn tmp_path(&self, resource: &str) -> PathBuf {
-        self.res_dir.join(format!(".{}.tmp", file_name(resource)))
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.res_dir.join(format!(".{}.{}-{n}.tmp", file_name(resource), std::process::id()))
     }
 
     /// DRBD 9 or 8.4 (asked once, then remembered).

@@ -39,8 +39,13 @@ impl T {
     fn live(&self) -> PathBuf {
         self.dir.path().join("drbdpool-vm-100-disk-0.res")
     }
+    /// The candidate path the first command tested: hidden, next to the live file, not `*.res`.
     fn tmp(&self) -> String {
-        self.dir.path().join(".drbdpool-vm-100-disk-0.res.tmp").display().to_string()
+        let prefix = format!("{}/.drbdpool-vm-100-disk-0.res.{}-", self.dir.path().display(), std::process::id());
+        let cmds = self.r.cmds();
+        let arg = cmds.first().and_then(|c| c.args.iter().find(|a| a.ends_with(".tmp"))).expect("a candidate was tested");
+        assert!(arg.starts_with(&prefix), "{arg} should start with {prefix}");
+        arg.clone()
     }
     fn events(&self, text: &str) {
         self.r.on(&["drbdsetup", "events2", "--now", "--statistics"], Output::ok(text));
