@@ -98,4 +98,25 @@ pub trait Replication: Send + Sync {
     fn resize(&self, resource: &str) -> Result<()>;
     /// Mark the local replica Outdated (fence-peer on the peer's request).
     fn outdate(&self, resource: &str) -> Result<()>;
+    /// Allow or forbid two primaries at runtime (live-migration window; docs/ARCHITECTURE.md).
+    /// Default for sides that cannot: a clear refusal.
+    fn set_dual_primary(&self, resource: &str, on: bool) -> Result<()> {
+        let _ = on;
+        Err(crate::error::Error::Refused(format!("{resource}: this replication side cannot toggle allow-two-primaries")))
+    }
+}
+
+// The DRBD side proper (sim.rs is the simulated side, kept by the node side).
+pub mod events2;
+pub mod proc_drbd;
+pub mod real;
+pub mod render;
+pub mod status_json;
+pub mod version;
+
+/// Real outputs of the DRBD tools, copied from the lab (tests/fixtures/drbd/README-drbd84-real.md).
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/drbd/");
+    std::fs::read_to_string(format!("{p}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }

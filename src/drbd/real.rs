@@ -1,0 +1,492 @@
+//! The real `Replication`: drbdadm/drbdsetup through the exec seam, resource
+//! files in a directory (default /etc/drbd.d, included by Debian's
+//! /etc/drbd.conf as `drbd.d/*.res`).
+//!
+//! Safety rules (all proven by the command-sequence tests below):
+//! - a candidate file is tested by drbdadm before it replaces the live one;
+//!   an unchanged file is not rewritten;
+//! - metadata is created only when drbdmeta finds none (`create-md --force`
+//!   overwrites existing metadata, so it is never run on a device that has some);
+//! - a failed `adjust` puts the previous file back and adjusts again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::events2::{self, Events2State};
+use super::render::{self, file_name};
+use super::version::{self, Flavor};
+use super::{proc_drbd, Applied, Replication, ResourcePlan, ResourceStatus};
+use crate::error::{Error, Result};
+use crate::exec::{Cmd, Output, Runner};
+
+pub const DEFAULT_RES_DIR: &str = "/etc/drbd.d";
+/// Metadata that was just created and never used: current UUID "just created".
+const UUID_JUST_CREATED: &str = "0000000000000004";
+/// Bring-up and reconfiguration may wait for the kernel (state changes, peers).
+const SLOW: Duration = Duration::from_secs(60);
+
+pub struct DrbdAdm {
+    runner: Arc<dyn Runner>,
+    res_dir: PathBuf,
+    /// `drbdadm -c <conf>`; None: drbdadm's own default (/etc/drbd.conf).
+    conf: Option<PathBuf>,
+    proc_drbd: PathBuf,
+    flavor: Mutex<Option<Flavor>>,
+    /// Extra environment for every drbdadm/drbdsetup call.
+    env: Vec<(String, String)>,
+    retry_delay: Duration,
+    attempts: u32,
+}
+
+impl DrbdAdm {
+    /// Resource directory from `DRBDPOOL_RES_DIR` (else /etc/drbd.d), main config from
+    /// `DRBDPOOL_DRBD_CONF` (else drbdadm's default). A non-default directory must be
+    /// included by the main config.
+    pub fn new(runner: Arc<dyn Runner>) -> Self {
+        let res_dir = std::env::var_os("DRBDPOOL_RES_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RES_DIR.into());
+        let mut d = Self::new_in(runner, res_dir);
+        d.conf = std::env::var_os("DRBDPOOL_DRBD_CONF").map(PathBuf::from);
+        d
+    }
+    /// Explicit resource directory, drbdadm's default main config; ignores the environment.
+    pub fn new_in(runner: Arc<dyn Runner>, res_dir: impl Into<PathBuf>) -> Self {
+        DrbdAdm {
+            runner,
+            res_dir: res_dir.into(),
+            conf: None,
+            proc_drbd: "/proc/drbd".into(),
+            flavor: Mutex::new(None),
+            env: Vec::new(),
+            retry_delay: Duration::from_millis(500),
+            attempts: 3,
+        }
+    }
+    pub fn with_res_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.res_dir = dir.into();
+        self
+    }
+    pub fn with_conf(mut self, conf: impl Into<PathBuf>) -> Self {
+        self.conf = Some(conf.into());
+        self
+    }
+    pub fn with_proc_drbd(mut self, p: impl Into<PathBuf>) -> Self {
+        self.proc_drbd = p.into();
+        self
+    }
+    /// Skip detection (tests, or a caller that already asked).
+    pub fn with_flavor(self, f: Flavor) -> Self {
+        *self.flavor.lock().unwrap() = Some(f);
+        self
+    }
+    pub fn with_env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn with_retry(mut self, attempts: u32, delay: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.retry_delay = delay;
+        self
+    }
+
+    pub fn res_dir(&self) -> &Path {
+        &self.res_dir
+    }
+    /// The live resource file of `resource`.
+    pub fn res_path(&self, resource: &str) -> PathBuf {
+        self.res_dir.join(file_name(resource))
+    }
+    /// Hidden and not ending in .res, so drbd.conf's `*.res` include never sees it;
+    /// unique per process and call, so a handler and the agent never share one.
+    fn tmp_path(&self, resource: &str) -> PathBuf {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.res_dir.join(format!(".{}.{}-{n}.tmp", file_name(resource), std::process::id()))
+    }
+
+    /// DRBD 9 or 8.4 (asked once, then remembered).
+    pub fn flavor(&self) -> Result<Flavor> {
+        let mut g = self.flavor.lock().unwrap();
+        if let Some(f) = *g {
+            return Ok(f);
+        }
+        let (_, f) = version::detect(self.runner.as_ref(), &self.proc_drbd)?;
+        *g = Some(f);
+        Ok(f)
+    }
+
+    fn adm(&self) -> Cmd {
+        let mut c = Cmd::new("drbdadm");
+        for (k, v) in &self.env {
+            c = c.env(k, v);
+        }
+        if let Some(conf) = &self.conf {
+            c = c.arg("-c").arg(conf.to_string_lossy());
+        }
+        c
+    }
+
+    fn setup(&self) -> Cmd {
+        let mut c = Cmd::new("drbdsetup");
+        for (k, v) in &self.env {
+            c = c.env(k, v);
+        }
+        c
+    }
+
+    /// One consistent snapshot of every resource the kernel knows (events2 works on 9 and 8.4).
+    pub fn snapshot(&self) -> Result<Events2State> {
+        let cmd = self.setup().args(["events2", "--now", "--statistics"]);
+        let out = self.runner.run(&cmd)?;
+        if !out.success() {
+            let hint = if out.stderr.contains("modprobe") || out.status == 20 {
+                " (is the drbd kernel module loaded? load the drbd module: modprobe drbd)"
+            } else {
+                ""
+            };
+            return Err(Error::Tool(format!(
+                "`{}` failed (exit {}): {}{hint}",
+                cmd.display(),
+                out.status,
+                out.stderr.trim()
+            )));
+        }
+        let s = events2::parse_now(&out.stdout);
+        if s.garbage_lines > 0 || !s.unknown.is_empty() {
+            tracing::warn!(garbage = s.garbage_lines, unknown = ?s.unknown, "drbdsetup events2: unexpected output kept/skipped");
+        }
+        Ok(s)
+    }
+
+    /// 8.4 fallback: /proc/drbd, with minors named from the plans (`minor -> resource`).
+    pub fn status_from_proc(&self, minors: &BTreeMap<u32, String>) -> Result<Vec<ResourceStatus>> {
+        let text = std::fs::read_to_string(&self.proc_drbd).map_err(|e| {
+            Error::Tool(format!("cannot read {}: {e} (load the drbd module: modprobe drbd)", self.proc_drbd.display()))
+        })?;
+        let p = proc_drbd::parse(&text);
+        Ok(proc_drbd::to_status(&p, |m| minors.get(&m).cloned()))
+    }
+
+    fn is_up(&self, resource: &str) -> Result<bool> {
+        Ok(self.snapshot()?.resource(resource).is_some())
+    }
+
+    /// Does the backing device carry DRBD metadata? (Only asked while the resource is down.)
+    /// `get-gi` is cheap but fails silently (exit 1) on a blank device, so a failure is
+    /// confirmed with `dump-md`, which says "No valid meta data found". Only that answer
+    /// counts as "none": anything unexplained is an error, never a licence to create-md.
+    pub fn has_metadata(&self, resource: &str) -> Result<bool> {
+        if self.runner.run(&self.adm().args(["get-gi", resource]))?.success() {
+            return Ok(true);
+        }
+        let cmd = self.adm().args(["dump-md", resource]).timeout(SLOW);
+        let out = self.runner.run(&cmd)?;
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        if out.success() || text.contains("unclean") {
+            // Metadata with an unapplied activity log is still metadata (`up` applies it).
+            return Ok(true);
+        }
+        if text.contains("No valid meta data found") {
+            return Ok(false);
+        }
+        Err(Error::Tool(format!(
+            "cannot tell whether {resource}'s backing device has DRBD metadata: `{}` failed (exit {}): {}; nothing was created",
+            cmd.display(),
+            out.status,
+            out.stderr.trim()
+        )))
+    }
+
+    /// Test the candidate file with drbdadm without touching the live one.
+    fn test_candidate(&self, flavor: Flavor, resource: &str, tmp: &Path, live_exists: bool) -> Result<()> {
+        let tmp_s = tmp.to_string_lossy().to_string();
+        let live_s = self.res_path(resource).to_string_lossy().to_string();
+        let cmd = match (flavor, live_exists) {
+            // 9: the whole configuration with the candidate instead of the live file
+            // (also catches minor/port clashes with other resources).
+            (Flavor::V9, true) => {
+                self.adm().args(["--config-to-test", &tmp_s, "--config-to-exclude", &live_s, "sh-nop"])
+            }
+            (_, false) => self.adm().args(["--config-to-test", &tmp_s, "sh-nop"]),
+            // drbdadm-84 has no --config-to-exclude: test the candidate on its own.
+            (Flavor::V84, true) => {
+                let mut c = Cmd::new("drbdadm");
+                for (k, v) in &self.env {
+                    c = c.env(k, v);
+                }
+                c.args(["-c", &tmp_s, "sh-nop"])
+            }
+        };
+        let out = self.runner.run(&cmd)?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(Error::Tool(format!(
+                "drbdadm rejected the generated resource file for {resource} (`{}`, exit {}): {}; the live file was left unchanged",
+                cmd.display(),
+                out.status,
+                out.stderr.trim()
+            )))
+        }
+    }
+
+    fn run_checked(&self, cmd: Cmd) -> Result<Output> {
+        self.runner.check(&cmd)
+    }
+
+    /// `drbdadm resize`, with `--assume-clean` when the new area reads zeroes on every
+    /// replica (thin backends): no resync of the grown part.
+    pub fn resize_opts(&self, resource: &str, assume_clean: bool) -> Result<()> {
+        let mut c = self.adm();
+        if assume_clean {
+            c = c.args(["--", "--assume-clean"]);
+        }
+        self.run_checked(c.args(["resize", resource]).timeout(SLOW)).map(|_| ())
+    }
+
+    /// Current UUIDs of the local metadata towards every peer (one line per peer on 9).
+    fn fresh_metadata(&self, resource: &str) -> Result<bool> {
+        let out = self.run_checked(self.adm().args(["get-gi", resource]))?;
+        let lines: Vec<&str> = out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        Ok(!lines.is_empty() && lines.iter().all(|l| l.split(':').next() == Some(UUID_JUST_CREATED)))
+    }
+
+    /// Render, and if the bytes differ from the live file, test the candidate with
+    /// drbdadm and atomically replace the live file. Returns (changed, previous bytes).
+    pub fn write_config(&self, plan: &ResourcePlan) -> Result<(bool, Option<Vec<u8>>)> {
+        let flavor = self.flavor()?;
+        let text = render::render(plan, flavor)?;
+        let res = plan.resource.as_str();
+        std::fs::create_dir_all(&self.res_dir)
+            .map_err(|e| Error::Tool(format!("cannot create {}: {e}", self.res_dir.display())))?;
+        let live = self.res_path(res);
+        let old = match std::fs::read(&live) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::Tool(format!("cannot read {}: {e}", live.display()))),
+        };
+        if old.as_deref() == Some(text.as_bytes()) {
+            return Ok((false, old));
+        }
+        let tmp = self.tmp_path(res);
+        std::fs::write(&tmp, &text).map_err(|e| Error::Tool(format!("cannot write {}: {e}", tmp.display())))?;
+        let tested = self.test_candidate(flavor, res, &tmp, old.is_some());
+        let _ = std::fs::remove_file(&tmp);
+        tested?;
+        self.write_live(res, text.as_bytes())?;
+        Ok((true, old))
+    }
+
+    fn write_live(&self, resource: &str, data: &[u8]) -> Result<()> {
+        crate::store::write_atomic(&self.res_path(resource), data)
+            .map_err(|e| Error::Tool(format!("cannot write the resource file of {resource}: {e}")))
+    }
+}
+
+fn retryable(out: &Output, needle: &str) -> bool {
+    !out.success() && (out.stderr.contains(needle) || out.stdout.contains(needle))
+}
+
+impl Replication for DrbdAdm {
+    fn apply(&self, plan: &ResourcePlan) -> Result<Applied> {
+        let res = plan.resource.as_str();
+        let (changed, old) = self.write_config(plan)?;
+        let mut applied = Applied { changed_config: changed, ..Default::default() };
+        if !self.is_up(res)? {
+            if !self.has_metadata(res)? {
+                self.run_checked(self.adm().args(["--", "--force", "create-md", res]).timeout(SLOW))?;
+                applied.created_metadata = true;
+            }
+            let cmd = self.adm().args(["up", res]).timeout(SLOW);
+            let out = self.runner.run(&cmd)?;
+            if !out.success() {
+                let hint = if out.stderr.contains("not defined in your config") {
+                    format!(
+                        " (is {}/*.res included by the main DRBD config, /etc/drbd.conf or DRBDPOOL_DRBD_CONF, \
+                         and is this node's name one of the plan's hosts?)",
+                        self.res_dir.display()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::Tool(format!(
+                    "`{}` failed (exit {}): {}{hint}",
+                    cmd.display(),
+                    out.status,
+                    out.stderr.trim()
+                )));
+            }
+            return Ok(applied);
+        }
+        // Up: adjust even when the file is unchanged, to repair drift (e.g. a dropped connection).
+        let adj = self.runner.run(&self.adm().args(["adjust", res]).timeout(SLOW))?;
+        if adj.success() {
+            return Ok(applied);
+        }
+        let mut msg = format!("`drbdadm adjust {res}` failed (exit {}): {}", adj.status, adj.stderr.trim());
+        if changed {
+            match &old {
+                Some(prev) => {
+                    self.write_live(res, prev)?;
+                    let again = self.runner.run(&self.adm().args(["adjust", res]).timeout(SLOW))?;
+                    msg.push_str("; the previous resource file was restored");
+                    if !again.success() {
+                        msg.push_str(&format!(" but adjusting to it failed too: {}", again.stderr.trim()));
+                    }
+                }
+                None => msg.push_str("; there was no previous resource file to restore"),
+            }
+        }
+        Err(Error::Tool(msg))
+    }
+
+    fn down(&self, resource: &str) -> Result<()> {
+        let live = self.res_path(resource);
+        if self.is_up(resource)? {
+            // Without its file drbdadm no longer knows the resource; drbdsetup does.
+            let cmd = if live.exists() { self.adm() } else { self.setup() }.args(["down", resource]).timeout(SLOW);
+            let out = self.runner.run(&cmd)?;
+            if !out.success() {
+                if retryable(&out, "held open") {
+                    return Err(Error::Refused(format!(
+                        "cannot take {resource} down: its device is still open (a guest or process uses it); stop that first"
+                    )));
+                }
+                return Err(Error::Tool(format!(
+                    "`{}` failed (exit {}): {}",
+                    cmd.display(),
+                    out.status,
+                    out.stderr.trim()
+                )));
+            }
+        }
+        match std::fs::remove_file(&live) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Tool(format!("cannot remove {}: {e}", live.display()))),
+        }
+    }
+
+    fn status(&self) -> Result<Vec<ResourceStatus>> {
+        Ok(self.snapshot()?.resources())
+    }
+
+    fn promote(&self, resource: &str) -> Result<()> {
+        let cmd = self.adm().args(["primary", resource]).timeout(SLOW);
+        for attempt in 1..=self.attempts {
+            let out = self.runner.run(&cmd)?;
+            if out.success() {
+                return Ok(());
+            }
+            // Two-phase commits of DRBD 9 collide now and then: try again.
+            if retryable(&out, "Concurrent state changes detected") && attempt < self.attempts {
+                std::thread::sleep(self.retry_delay);
+                continue;
+            }
+            let err = out.stderr.trim();
+            if err.contains("Multiple primaries not allowed") {
+                return Err(Error::Refused(format!(
+                    "cannot make {resource} Primary here: it is Primary on another node (two primaries are allowed only \
+                     during a live migration); demote it there first. drbdadm said: {err}"
+                )));
+            }
+            if err.contains("UpToDate") || err.contains("Need access to UpToDate data") || err.contains("(-2)") {
+                return Err(Error::Refused(format!(
+                    "cannot make {resource} Primary here: this replica has no access to UpToDate data. drbdadm said: {err}"
+                )));
+            }
+            return Err(Error::Tool(format!("`{}` failed (exit {}): {err}", cmd.display(), out.status)));
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    fn demote(&self, resource: &str) -> Result<()> {
+        let cmd = self.adm().args(["secondary", resource]).timeout(SLOW);
+        for attempt in 1..=self.attempts {
+            let out = self.runner.run(&cmd)?;
+            if out.success() {
+                return Ok(());
+            }
+            // udev/blkid probes hold the device for a moment after a guest stops: retry those.
+            if retryable(&out, "held open") {
+                if attempt < self.attempts {
+                    std::thread::sleep(self.retry_delay);
+                    continue;
+                }
+                return Err(Error::Refused(format!(
+                    "cannot make {resource} Secondary: its device is held open (a running guest or another process uses it); \
+                     stop it first. drbdadm said: {}",
+                    out.stderr.trim()
+                )));
+            }
+            return Err(Error::Tool(format!(
+                "`{}` failed (exit {}): {}",
+                cmd.display(),
+                out.status,
+                out.stderr.trim()
+            )));
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    fn skip_initial_sync(&self, resource: &str) -> Result<()> {
+        let snap = self.snapshot()?;
+        let r = snap.resource(resource).ok_or_else(|| {
+            Error::Refused(format!("cannot skip the initial sync of {resource}: it is not up on this node"))
+        })?;
+        let local_ok = !r.devices.is_empty() && r.devices.iter().all(|d| d.disk == "Inconsistent");
+        let peers_ok = !r.connections.is_empty()
+            && r.connections.iter().all(|c| {
+                c.connection == "Connected"
+                    && !c.peer_devices.is_empty()
+                    && c.peer_devices.iter().all(|p| p.replication == "Established" && p.peer_disk == "Inconsistent")
+            });
+        if !local_ok || !peers_ok {
+            let disks: Vec<String> = r.devices.iter().map(|d| d.disk.clone()).collect();
+            let peers: Vec<String> = r
+                .connections
+                .iter()
+                .map(|c| {
+                    let pd: Vec<String> =
+                        c.peer_devices.iter().map(|p| format!("{}/{}", p.replication, p.peer_disk)).collect();
+                    format!("{} {} {}", c.conn_name, c.connection, pd.join(","))
+                })
+                .collect();
+            return Err(Error::Refused(format!(
+                "cannot skip the initial sync of {resource}: it needs every replica connected and Inconsistent with fresh \
+                 metadata, but here disk is [{}] and peers are [{}]",
+                disks.join(","),
+                peers.join("; ")
+            )));
+        }
+        if !self.fresh_metadata(resource)? {
+            return Err(Error::Refused(format!(
+                "cannot skip the initial sync of {resource}: its metadata has a data history (not just created); \
+                 declaring the replicas identical could hide real differences, so a normal sync must run"
+            )));
+        }
+        self.run_checked(
+            self.adm().args(["--", "--clear-bitmap", "new-current-uuid", &format!("{resource}/0")]).timeout(SLOW),
+        )
+        .map(|_| ())
+    }
+
+    fn resize(&self, resource: &str) -> Result<()> {
+        self.resize_opts(resource, false)
+    }
+
+    fn outdate(&self, resource: &str) -> Result<()> {
+        self.run_checked(self.adm().args(["outdate", resource]).timeout(SLOW)).map(|_| ())
+    }
+
+    /// Allow or forbid two primaries at runtime (live-migration window), without
+    /// touching the file: the next `apply` makes the file's value win again.
+    fn set_dual_primary(&self, resource: &str, on: bool) -> Result<()> {
+        let v = if on { "--allow-two-primaries=yes" } else { "--allow-two-primaries=no" };
+        self.run_checked(self.adm().args(["net-options", v, resource]).timeout(SLOW)).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;
