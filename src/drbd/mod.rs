@@ -114,9 +114,9 @@ pub mod render;
 pub mod status_json;
 pub mod version;
 
-/// Real outputs of the DRBD tools, copied from the lab (tests/fixtures/drbd/README-drbd84-real.md).
+/// Real outputs of the DRBD tools, copied from the lab (tests/fixtures/drbd84-real/README.md).
 #[cfg(test)]
 pub(crate) fn fixture(name: &str) -> String {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/drbd/");
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/drbd84-real/");
     std::fs::read_to_string(format!("{p}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
