@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod sim;
+
 use crate::error::Result;
 
 /// Everything needed to render and bring up one resource on this node.
@@ -98,4 +100,16 @@ pub trait Replication: Send + Sync {
     fn resize(&self, resource: &str) -> Result<()>;
     /// Mark the local replica Outdated (fence-peer on the peer's request).
     fn outdate(&self, resource: &str) -> Result<()>;
+    /// Names of the resources configured on this node (resource files), up or not.
+    /// Default: the resources `status` reports.
+    fn configured(&self) -> Result<Vec<String>> {
+        Ok(self.status()?.into_iter().map(|r| r.name).collect())
+    }
+    /// Thick backends: declare this node's fresh data the good copy so a full initial
+    /// sync runs to the peers (`drbdadm primary --force` then `drbdadm secondary`).
+    fn start_initial_sync(&self, resource: &str) -> Result<()> {
+        Err(crate::error::Error::Tool(format!(
+            "{resource}: this DRBD side cannot start an initial full sync (start_initial_sync not implemented)"
+        )))
+    }
 }
