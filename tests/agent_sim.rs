@@ -57,6 +57,13 @@ fn agents_create_grow_and_delete_a_volume() {
     let after = std::fs::metadata(&p).unwrap();
     assert_eq!((before.ino(), before.mtime_nsec()), (after.ino(), after.mtime_nsec()), "unchanged state was rewritten");
 
+    // A restarted agent (no memory) re-applies idempotently and still writes nothing.
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    a.pass().unwrap();
+    let again = std::fs::metadata(&p).unwrap();
+    assert_eq!((before.ino(), before.mtime_nsec()), (again.ino(), again.mtime_nsec()), "restart rewrote the state");
+    assert_eq!(lab.store.node_state("a").unwrap().unwrap().volumes["dp-r1"].disk, "UpToDate");
+
     // Growth: size and generation bumped.
     vol.size_kib = 8192;
     vol.generation = 2;

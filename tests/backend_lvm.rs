@@ -95,7 +95,8 @@ fn lvmthin_space_is_the_pools_like_proxmox() {
     r.on(&["lvs"], Output::ok(include_str!("fixtures/lvs.json.after-resize.out").replace("\"lv_name\":\"pool\",", "\"lv_name\":\"pool\", \"lv_attr\":\"twi-aotz--\",")));
     let s = thin(&r).space().unwrap();
     assert_eq!(s.total, 1073741824);
-    assert_eq!(s.used, (1073741824f64 * 3.14 / 100.0) as u64);
+    // data_percent "3.14" in the fixture
+    assert_eq!(s.used, (1073741824f64 * 314.0 / 10000.0) as u64);
     assert_eq!(s.avail, s.total - s.used);
 }
 

@@ -222,7 +222,7 @@ impl NodeOps for LocalNode {
             let mut o = self.observed_from(vol, &st);
             // The replica matches this generation only if the backing holds the planned size.
             let b = self.backend(&vol.backend)?.lookup(&vol.resource)?;
-            if b.map_or(true, |b| b.size_kib < drbd_backing_kib(vol.size_kib)) {
+            if b.is_none_or(|b| b.size_kib < drbd_backing_kib(vol.size_kib)) {
                 o.generation = 0;
             }
             return Ok(Some(o));

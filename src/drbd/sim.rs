@@ -419,7 +419,7 @@ impl Replication for SimDrbd {
                 .iter()
                 .map(|h: &PlanHost| SimHost { name: h.name.clone(), node_id: h.node_id, address: h.address.clone() })
                 .collect();
-            let config_changed = prev.as_ref().map_or(true, |p| {
+            let config_changed = prev.as_ref().is_none_or(|p| {
                 p.minor != plan.minor
                     || p.port != plan.port
                     || p.secret != plan.secret
@@ -429,7 +429,7 @@ impl Replication for SimDrbd {
                     || p.want_size_kib != plan.size_kib
             });
             applied.changed_config = config_changed;
-            if prev.as_ref().map_or(true, |p| !p.up || p.backing != plan.backing) {
+            if prev.as_ref().is_none_or(|p| !p.up || p.backing != plan.backing) {
                 // attach: metadata comes from the device; none there = create-md
                 r.md = match read_md(&plan.backing)? {
                     Some(md) => md,
