@@ -64,6 +64,16 @@ fn agents_create_grow_and_delete_a_volume() {
     assert_eq!((before.ino(), before.mtime_nsec()), (again.ino(), again.mtime_nsec()), "restart rewrote the state");
     assert_eq!(lab.store.node_state("a").unwrap().unwrap().volumes["dp-r1"].disk, "UpToDate");
 
+    // Heartbeat: a state older than 60 s is rewritten even if nothing changed.
+    let mut st = lab.store.node_state("a").unwrap().unwrap();
+    st.updated -= 61;
+    lab.store.put_node_state(&st).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    a.pass().unwrap();
+    let hb = lab.store.node_state("a").unwrap().unwrap();
+    assert!(hb.updated >= st.updated + 61, "heartbeat not written");
+    assert_eq!(hb.volumes, st.volumes);
+
     // Growth: size and generation bumped.
     vol.size_kib = 8192;
     vol.generation = 2;

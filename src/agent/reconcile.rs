@@ -13,6 +13,8 @@ use crate::store::Store;
 
 /// Rewrite the NodeState at least this often even if nothing changed.
 pub const HEARTBEAT_SECS: u64 = 60;
+/// Re-measure storage space at most this often (an `lvs` per storage).
+pub const SPACE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Agent {
     store: Store,
@@ -22,6 +24,7 @@ pub struct Agent {
     /// Resources of deleting docs already removed here (saves backend lookups).
     removed: HashSet<String>,
     last: Option<NodeState>,
+    space: Option<(std::time::Instant, BTreeSet<String>, BTreeMap<String, Space>)>,
 }
 
 fn now() -> u64 {
@@ -42,7 +45,7 @@ fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> b
 
 impl Agent {
     pub fn new(store: Store, local: LocalNode) -> Agent {
-        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), last: None }
+        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), last: None, space: None }
     }
 
     pub fn local(&self) -> &LocalNode {
@@ -254,7 +257,19 @@ impl Agent {
     }
 
     /// Space of every storage that has volumes, as this node sees it.
-    fn storages(&self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
+    fn storages(&mut self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
+        let ids: BTreeSet<String> = docs.iter().map(|v| v.storeid.clone()).collect();
+        if let Some((at, known, s)) = &self.space {
+            if at.elapsed() < SPACE_EVERY && *known == ids {
+                return s.clone();
+            }
+        }
+        let out = self.measure(docs);
+        self.space = Some((std::time::Instant::now(), ids, out.clone()));
+        out
+    }
+
+    fn measure(&self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
         let mut out = BTreeMap::new();
         for v in docs {
             if out.contains_key(&v.storeid) {
