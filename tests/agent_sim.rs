@@ -8,7 +8,7 @@ use common::{can_loop, Lab};
 use drbdpool::agent::{drbd_backing_kib, Agent};
 use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
 use drbdpool::node::NodeOps;
-use drbdpool::store::docs::{BackendKind, VolumeState};
+use drbdpool::store::docs::VolumeState;
 
 fn passes(agents: &mut [&mut Agent], n: usize) {
     for _ in 0..n {
@@ -48,6 +48,8 @@ fn agents_create_grow_and_delete_a_volume() {
         assert_eq!(o.peers[0].connection, "Connected");
         assert!(s.storages["pool1"].total > 0);
     }
+
+    assert_eq!(full_syncs(&lab, "a", "dp-r1") + full_syncs(&lab, "b", "dp-r1"), 0, "thin: initial sync skipped");
 
     // Nothing changed: the NodeState file is not rewritten.
     let p = lab.store.root().join("state/a.json");
@@ -172,9 +174,7 @@ fn local_node_refuses_what_is_unsafe() {
     // Peer not connected: no skipping, no promotion of Inconsistent data.
     assert_eq!(a.skip_initial_sync(&vol).unwrap_err().kind(), "refused");
     assert_eq!(a.promote(&vol).unwrap_err().kind(), "refused");
-    let mut thick = vol.clone();
-    thick.backend.kind = BackendKind::Lvm;
-    assert_eq!(a.skip_initial_sync(&thick).unwrap_err().kind(), "refused");
+    assert_eq!(lab.local_thick("a").skip_initial_sync(&vol).unwrap_err().kind(), "refused", "thick: never skip");
 
     let b = lab.local("b");
     b.ensure_replica(&vol).unwrap();
@@ -193,4 +193,32 @@ fn local_node_refuses_what_is_unsafe() {
     assert_eq!(a.observe(&vol).unwrap(), None);
     assert!(b.observe(&vol).unwrap().unwrap().ready);
     b.remove_replica(&vol).unwrap();
+}
+
+#[test]
+fn thick_replicas_get_a_full_initial_sync_from_the_first_replica() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let vol = lab.volume("dp-thick", &["a", "b"], 2048);
+    lab.store.put_volume(&vol).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local_thick("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local_thick("b"));
+    // b first: b is not replicas[0], so it must not start anything on its own.
+    b.pass().unwrap();
+    a.pass().unwrap();
+    b.pass().unwrap();
+    a.pass().unwrap();
+    for n in ["a", "b"] {
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes["dp-thick"];
+        assert_eq!(o.disk, "UpToDate", "{n}: {o:?}");
+    }
+    assert_eq!(full_syncs(&lab, "b", "dp-thick"), 1, "thick: b must get a full initial sync");
+    assert_eq!(full_syncs(&lab, "a", "dp-thick"), 0, "a is the sync source");
+}
+
+fn full_syncs(lab: &Lab, node: &str, res: &str) -> u32 {
+    let st = lab.sim(node).status().unwrap().into_iter().find(|s| s.name == res).unwrap();
+    st.devices[0].extra["sim-full-syncs"].parse().unwrap()
 }

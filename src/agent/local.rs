@@ -8,7 +8,7 @@ use crate::drbd::{PlanHost, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::exec::Runner;
 use crate::node::NodeOps;
-use crate::store::docs::{BackendKind, BackendSpec, PeerObserved, Space, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::docs::{BackendSpec, PeerObserved, Space, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::Store;
 
 /// Builds the backend of a BackendSpec. Production: `backend_for` with the real
@@ -109,11 +109,16 @@ impl LocalNode {
             .connections
             .iter()
             .map(|c| {
-                let node = c
-                    .peer_node_id
-                    .and_then(|id| vol.replicas.iter().find(|r| r.node_id as u32 == id && r.node != self.node))
-                    .map(|r| r.node.clone())
-                    .unwrap_or_else(|| c.conn_name.clone());
+                let others: Vec<_> = vol.replicas.iter().filter(|r| r.node != self.node).collect();
+                // DRBD 8.4 has one peer, fakes peer-node-id 0 and names every connection "peer".
+                let node = if others.len() == 1 && st.connections.len() == 1 {
+                    others[0].node.clone()
+                } else {
+                    c.peer_node_id
+                        .and_then(|id| others.iter().find(|r| r.node_id as u32 == id))
+                        .map(|r| r.node.clone())
+                        .unwrap_or_else(|| c.conn_name.clone())
+                };
                 let pd = c.peer_devices.first();
                 PeerObserved {
                     node,
@@ -163,8 +168,9 @@ impl LocalNode {
         self.repl.start_initial_sync(&vol.resource)
     }
 
-    pub fn is_thin(&self, spec: &BackendSpec) -> bool {
-        spec.kind != BackendKind::Lvm
+    /// Whether the backend reads zeroes where nothing was written (no initial sync needed).
+    pub fn is_thin(&self, spec: &BackendSpec) -> Result<bool> {
+        Ok(self.backend(spec)?.thin())
     }
 }
 
@@ -270,7 +276,7 @@ impl NodeOps for LocalNode {
 
     fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
-        if !self.is_thin(&vol.backend) {
+        if !self.is_thin(&vol.backend)? {
             return Err(Error::Refused(format!(
                 "{}: the initial sync can only be skipped on thin backends (lvmthin, file)",
                 vol.resource

@@ -23,6 +23,9 @@ pub struct Agent {
     applied: HashMap<String, (u64, bool)>,
     /// Resources of deleting docs already removed here (saves backend lookups).
     removed: HashSet<String>,
+    /// resource -> generation for which `drbdadm resize` was run (once per generation:
+    /// if DRBD's size still differs afterwards, repeating it every second would not help).
+    resized: HashMap<String, u64>,
     last: Option<NodeState>,
     space: Option<(std::time::Instant, BTreeSet<String>, BTreeMap<String, Space>)>,
 }
@@ -45,7 +48,7 @@ fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> b
 
 impl Agent {
     pub fn new(store: Store, local: LocalNode) -> Agent {
-        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), last: None, space: None }
+        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), last: None, space: None }
     }
 
     pub fn local(&self) -> &LocalNode {
@@ -168,7 +171,7 @@ impl Agent {
         if first {
             let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
             if self.local.initial_sync_due(vol, st) {
-                if self.local.is_thin(&vol.backend) {
+                if self.local.is_thin(&vol.backend)? {
                     tracing::info!(resource = %res, "fresh thin replicas connected: skipping the initial sync");
                     self.local.skip_initial_sync(vol)?;
                 } else {
@@ -180,9 +183,14 @@ impl Agent {
             // Grow DRBD once every replica reports its backing grown for this generation.
             let st = &status[res];
             let size = st.devices.first().and_then(|d| d.size_kib).unwrap_or(0);
-            if size < vol.size_kib && self.all_replicas_at(vol, states) && st.connections.iter().all(|c| c.connection == "Connected") {
+            if size < vol.size_kib
+                && self.resized.get(res) != Some(&vol.generation)
+                && self.all_replicas_at(vol, states)
+                && st.connections.iter().all(|c| c.connection == "Connected")
+            {
                 tracing::info!(resource = %res, from = size, to = vol.size_kib, "growing the DRBD device");
                 self.local.grow_drbd(vol)?;
+                self.resized.insert(res.clone(), vol.generation);
                 self.refresh(res, status)?;
             }
         }

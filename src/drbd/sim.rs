@@ -26,7 +26,8 @@
 //!   (the sim assumes the fence-peer handler did its job; real DRBD without
 //!   fencing would show the stale node UpToDate until it connects).
 //! - On connect the older side is synced from the newer UpToDate side, instantly
-//!   (no SyncSource/SyncTarget phases are modelled); both Inconsistent stay so;
+//!   (no SyncSource/SyncTarget phases are modelled; full syncs of an Inconsistent
+//!   node are counted in the device's `extra["sim-full-syncs"]`); both Inconsistent stay so;
 //!   diverged generations (both wrote while apart) = split brain: StandAlone.
 //! - `skip_initial_sync` only when this node and every peer are connected,
 //!   Inconsistent and have never been UpToDate; then all are UpToDate.
@@ -93,6 +94,10 @@ struct SimRes {
     role: String,
     open: bool,
     md: Md,
+    /// Full syncs this node received (Inconsistent -> UpToDate from a peer); reported
+    /// as `extra["sim-full-syncs"]` so tests can tell a skipped initial sync from a full one.
+    #[serde(default)]
+    full_syncs: u32,
 }
 
 impl SimRes {
@@ -216,6 +221,9 @@ impl SimDrbd {
                     let same = dst.md.uuid == src.md.uuid && dst.md.disk != "Inconsistent";
                     if dst_older || (same && dst.md.disk != "UpToDate") {
                         let d = w.get_mut(b).unwrap();
+                        if d.md.disk == "Inconsistent" {
+                            d.full_syncs += 1;
+                        }
                         d.md = src.md.clone();
                         changed = true;
                     }
@@ -265,7 +273,7 @@ impl SimDrbd {
                 disk: me.md.disk.clone(),
                 open: Some(me.open),
                 size_kib: Some(me.size_kib),
-                extra: BTreeMap::new(),
+                extra: BTreeMap::from([("sim-full-syncs".to_string(), me.full_syncs.to_string())]),
             }],
             connections,
             extra: BTreeMap::from([("sim".to_string(), "yes".to_string())]),

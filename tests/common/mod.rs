@@ -63,6 +63,14 @@ impl Lab {
         });
         LocalNode::with_backends(self.store.clone(), node, factory, Box::new(SimDrbd::new(self.sim_dir(), node).unwrap()))
     }
+    /// Like `local`, but the backend claims to be thick (thin() false), as LVM thick is.
+    pub fn local_thick(&self, node: &str) -> LocalNode {
+        let dir = self.node_dir(node).to_string_lossy().into_owned();
+        let factory: BackendFactory = Arc::new(move |_spec: &BackendSpec| {
+            Ok(Box::new(Thick(FileBackend::new(&dir, Arc::new(RealRunner))?)) as Box<dyn drbdpool::backend::Backend>)
+        });
+        LocalNode::with_backends(self.store.clone(), node, factory, Box::new(SimDrbd::new(self.sim_dir(), node).unwrap()))
+    }
     pub fn sim(&self, node: &str) -> SimDrbd {
         SimDrbd::new(self.sim_dir(), node).unwrap()
     }
@@ -106,5 +114,41 @@ impl Drop for Lab {
                 }
             }
         }
+    }
+}
+
+/// A file backend that reports itself thick: exercises the full-initial-sync path.
+pub struct Thick(pub FileBackend);
+
+impl drbdpool::backend::Backend for Thick {
+    fn create(&self, n: &str, k: u64) -> drbdpool::error::Result<drbdpool::backend::Backing> {
+        self.0.create(n, k)
+    }
+    fn remove(&self, n: &str) -> drbdpool::error::Result<()> {
+        self.0.remove(n)
+    }
+    fn resize(&self, n: &str, k: u64) -> drbdpool::error::Result<drbdpool::backend::Backing> {
+        self.0.resize(n, k)
+    }
+    fn lookup(&self, n: &str) -> drbdpool::error::Result<Option<drbdpool::backend::Backing>> {
+        self.0.lookup(n)
+    }
+    fn space(&self) -> drbdpool::error::Result<drbdpool::store::docs::Space> {
+        self.0.space()
+    }
+    fn thin(&self) -> bool {
+        false
+    }
+    fn snapshot(&self, n: &str, s: &str) -> drbdpool::error::Result<()> {
+        self.0.snapshot(n, s)
+    }
+    fn remove_snapshot(&self, n: &str, s: &str) -> drbdpool::error::Result<()> {
+        self.0.remove_snapshot(n, s)
+    }
+    fn rollback(&self, n: &str, s: &str) -> drbdpool::error::Result<()> {
+        self.0.rollback(n, s)
+    }
+    fn can_snapshot(&self) -> bool {
+        false
     }
 }
