@@ -222,3 +222,18 @@ fn full_syncs(lab: &Lab, node: &str, res: &str) -> u32 {
     let st = lab.sim(node).status().unwrap().into_iter().find(|s| s.name == res).unwrap();
     st.devices[0].extra["sim-full-syncs"].parse().unwrap()
 }
+
+#[test]
+fn concurrent_ensure_on_one_node_attaches_one_loop_device() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a"]);
+    let vol = lab.volume("dp-race", &["a"], 1024);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| lab.local("a").ensure_replica(&vol).unwrap());
+        }
+    });
+    assert_eq!(Lab::loops(&lab.image("a", "dp-race")).len(), 1);
+}

@@ -58,6 +58,24 @@ impl LocalNode {
         &self.store
     }
 
+    /// Serialize this node's changes of one resource between the agent and
+    /// plugin helpers running at the same time (e.g. two `losetup --find` for one
+    /// image, or a doubled initial-sync decision). A local flock: it dies with the process.
+    fn lock(&self, res: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        crate::backend::lvmreport::check_name(res)?;
+        let dir = std::env::var_os("DRBDPOOL_RUN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/drbdpool".into());
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Tool(format!("cannot create {}: {e}", dir.display())))?;
+        let p = dir.join(format!("{}-{res}.lock", self.node));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::Tool(format!("cannot open lock file {}: {e}", p.display())))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::Tool(format!("cannot lock {}: {e}", p.display())))
+    }
+
     fn check_replica(&self, vol: &VolumeDoc) -> Result<()> {
         if vol.replica(&self.node).is_none() {
             return Err(Error::InvalidInput(format!(
@@ -158,6 +176,7 @@ impl LocalNode {
     /// Thick backends: make this node's data the source of a full initial sync.
     pub fn start_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
         if !self.initial_sync_due(vol, &st) {
             return Err(Error::Refused(format!(
@@ -181,6 +200,7 @@ impl NodeOps for LocalNode {
 
     fn ensure_replica(&self, vol: &VolumeDoc) -> Result<VolumeObserved> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         if vol.state == VolumeState::Deleting {
             return Err(Error::Refused(format!("{}: volume is being deleted; not creating a replica", vol.resource)));
         }
@@ -198,6 +218,7 @@ impl NodeOps for LocalNode {
 
     fn remove_replica(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         if let Some(st) = self.status_of(&vol.resource)? {
             let open = st.devices.iter().any(|d| d.open == Some(true));
             if st.role == "Primary" || open {
@@ -250,11 +271,13 @@ impl NodeOps for LocalNode {
 
     fn promote(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         self.repl.promote(&vol.resource)
     }
 
     fn demote(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         if let Some(st) = self.status_of(&vol.resource)? {
             if st.devices.iter().any(|d| d.open == Some(true)) {
                 return Err(Error::Refused(format!("{}: device is open on {}; not demoting", vol.resource, self.node)));
@@ -265,17 +288,20 @@ impl NodeOps for LocalNode {
 
     fn grow_backing(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         self.backend(&vol.backend)?.resize(&vol.resource, drbd_backing_kib(vol.size_kib))?;
         Ok(())
     }
 
     fn grow_drbd(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         self.repl.resize(&vol.resource)
     }
 
     fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         if !self.is_thin(&vol.backend)? {
             return Err(Error::Refused(format!(
                 "{}: the initial sync can only be skipped on thin backends (lvmthin, file)",
@@ -294,6 +320,7 @@ impl NodeOps for LocalNode {
 
     fn set_dual_primary(&self, vol: &VolumeDoc, on: bool) -> Result<()> {
         self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
         let backend = self.backend(&vol.backend)?;
         let backing = backend.lookup(&vol.resource)?.ok_or_else(|| {
             Error::NotFound(format!("{}: no local replica on {}; cannot change dual-primary", vol.resource, self.node))
