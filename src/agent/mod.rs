@@ -1,1 +1,97 @@
-//! TODO: see docs/ARCHITECTURE.md
+//! `drbdpool agent`: the reconciling service on every node (systemd unit
+//! contrib/drbdpool-agent.service).
+//!
+//! Every `interval` (default 1 s) it polls the cluster store (pmxcfs and 9p
+//! give no cross-node inotify) and for every volume of which this node is a
+//! replica:
+//! - `creating`/`ready`: creates or grows the backing device, writes the
+//!   resource file and brings it up (only when the doc's generation changed or
+//!   the resource is not up); `replicas[0]` skips the initial sync of fresh
+//!   thin replicas once all are connected (thick: starts a full sync from
+//!   itself), and runs `drbdadm resize` once every replica reports the new
+//!   generation;
+//! - `deleting`: takes the replica down and deletes its backing device, unless
+//!   it is open or Primary (Invariant 2: refused and reported);
+//! - resources configured here that no document wants are taken down (never
+//!   when open or Primary; their backing devices are kept and logged);
+//! - a `deleting` document that no node's NodeState lists any more is removed.
+//!
+//! Then it publishes this node's NodeState (`state/<node>.json`): space per
+//! storage and per-volume role/disk/open/size/peers/ready/generation/error,
+//! written only when the content changed (space: by more than 0.5 %), plus a
+//! heartbeat every 60 s. A failing volume gets its `error` and does not stop
+//! the others. Every step is idempotent: a restart at any moment is safe.
+//!
+//! DRBD side: `DRBDPOOL_DRBD=real` (default: drbdadm) or `sim` (SimDrbd, state
+//! under `DRBDPOOL_SIM_DIR`, for machines without the DRBD module).
+
+pub mod local;
+pub mod reconcile;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use local::{drbd_backing_kib, BackendFactory, LocalNode};
+pub use reconcile::{Agent, HEARTBEAT_SECS};
+
+use crate::drbd::sim::SimDrbd;
+use crate::drbd::Replication;
+use crate::error::{Error, Result};
+use crate::exec::{RealRunner, Runner};
+use crate::store::Store;
+
+pub struct AgentOpts {
+    pub store: Store,
+    pub node: String,
+    pub once: bool,
+    pub interval: Duration,
+}
+
+/// The real DRBD side (drbdadm/drbdsetup). The `drbd` branch provides
+/// `crate::drbd::real::DrbdAdm`; the integrator wires it here.
+pub fn real_replication(_runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    Err(Error::Tool("real DRBD side not merged yet: set DRBDPOOL_DRBD=sim (with DRBDPOOL_SIM_DIR) for now".into()))
+}
+
+/// `DRBDPOOL_DRBD=real|sim` (default real).
+pub fn replication_from_env(node: &str, runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    match std::env::var("DRBDPOOL_DRBD").unwrap_or_default().as_str() {
+        "" | "real" => real_replication(runner),
+        "sim" => Ok(Box::new(SimDrbd::from_env(node)?)),
+        other => Err(Error::InvalidInput(format!("DRBDPOOL_DRBD={other:?}: use `real` or `sim`"))),
+    }
+}
+
+fn local_node_impl(store: &Store, node: &str) -> Result<LocalNode> {
+    let runner: Arc<dyn Runner> = Arc::new(RealRunner);
+    let repl = replication_from_env(node, runner.clone())?;
+    Ok(LocalNode::new(store.clone(), node, runner, repl))
+}
+
+/// This node's side of volumes, for the plugin handlers.
+pub fn local_node(store: &Store, node: &str) -> Result<Box<dyn crate::node::NodeOps>> {
+    Ok(Box::new(local_node_impl(store, node)?))
+}
+
+/// Run the agent: one pass (`once`) or forever.
+pub fn run(opts: AgentOpts) -> Result<()> {
+    let local = local_node_impl(&opts.store, &opts.node)?;
+    run_with(opts, local)
+}
+
+/// `run` with a given LocalNode (tests map backends per node).
+pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
+    let mut agent = Agent::new(opts.store.clone(), local);
+    tracing::info!(node = %opts.node, interval = ?opts.interval, "agent started");
+    loop {
+        match agent.pass() {
+            Ok(()) => {}
+            Err(e) if opts.once => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
+        }
+        if opts.once {
+            return Ok(());
+        }
+        std::thread::sleep(opts.interval);
+    }
+}

@@ -2,8 +2,16 @@
 //! files on loop devices (labs and tests). Every LVM call excludes /dev/drbd*
 //! and reads LVM's JSON report.
 
-use crate::error::Result;
-use crate::store::docs::Space;
+pub mod file;
+pub mod lvm;
+pub mod lvmreport;
+pub mod lvmthin;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::exec::Runner;
+use crate::store::docs::{BackendKind, BackendSpec, Space};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backing {
@@ -27,4 +35,25 @@ pub trait Backend: Send + Sync {
     fn remove_snapshot(&self, name: &str, snap: &str) -> Result<()>;
     fn rollback(&self, name: &str, snap: &str) -> Result<()>;
     fn can_snapshot(&self) -> bool;
+}
+
+/// The backend a VolumeDoc's BackendSpec names. Missing properties are a clear
+/// InvalidInput; a missing VG or pool shows up (NotFound) on the first LVM call,
+/// a missing directory here.
+pub fn backend_for(spec: &BackendSpec, runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
+    fn need<'a>(v: &'a Option<String>, what: &str, kind: &str) -> Result<&'a str> {
+        match v.as_deref() {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(Error::InvalidInput(format!(
+                "storage backend '{kind}' needs '{what}': set it on the storage (pvesm set <storage> --{what} ...)"
+            ))),
+        }
+    }
+    Ok(match spec.kind {
+        BackendKind::Lvmthin => {
+            Box::new(lvmthin::LvmThin::new(need(&spec.vg, "vgname", "lvmthin")?, need(&spec.thinpool, "thinpool", "lvmthin")?, runner)?)
+        }
+        BackendKind::Lvm => Box::new(lvm::Lvm::new(need(&spec.vg, "vgname", "lvm")?, runner)?),
+        BackendKind::File => Box::new(file::FileBackend::new(need(&spec.dir, "dir", "file")?, runner)?),
+    })
 }

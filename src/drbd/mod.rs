@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod sim;
+
 use crate::error::Result;
 
 /// Everything needed to render and bring up one resource on this node.
@@ -103,6 +105,18 @@ pub trait Replication: Send + Sync {
     fn set_dual_primary(&self, resource: &str, on: bool) -> Result<()> {
         let _ = on;
         Err(crate::error::Error::Refused(format!("{resource}: this replication side cannot toggle allow-two-primaries")))
+    }
+    /// Names of the resources configured on this node (resource files), up or not.
+    /// Default: the resources `status` reports.
+    fn configured(&self) -> Result<Vec<String>> {
+        Ok(self.status()?.into_iter().map(|r| r.name).collect())
+    }
+    /// Thick backends: declare this node's fresh data the good copy so a full initial
+    /// sync runs to the peers (`drbdadm primary --force` then `drbdadm secondary`).
+    fn start_initial_sync(&self, resource: &str) -> Result<()> {
+        Err(crate::error::Error::Tool(format!(
+            "{resource}: this DRBD side cannot start an initial full sync (start_initial_sync not implemented)"
+        )))
     }
 }
 

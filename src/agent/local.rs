@@ -1,0 +1,336 @@
+//! `LocalNode`: this node's side of a volume (NodeOps), built from a Backend
+//! (per the VolumeDoc's BackendSpec) and a Replication (real DRBD or SimDrbd).
+
+use std::sync::Arc;
+
+use crate::backend::{backend_for, Backend, Backing};
+use crate::drbd::{PlanHost, Replication, ResourcePlan, ResourceStatus};
+use crate::error::{Error, Result};
+use crate::exec::Runner;
+use crate::node::NodeOps;
+use crate::store::docs::{BackendSpec, PeerObserved, Space, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::Store;
+
+/// Builds the backend of a BackendSpec. Production: `backend_for` with the real
+/// runner; tests may map one spec to per-node directories.
+pub type BackendFactory = Arc<dyn Fn(&BackendSpec) -> Result<Box<dyn Backend>> + Send + Sync>;
+
+/// Backing size for a DRBD device of `net_kib`: DRBD keeps its internal metadata
+/// at the end of the backing device (4 KiB superblock + 32 KiB activity log +
+/// a bitmap of 1 bit per 4 KiB per peer slot; 7 slots as LINSTOR's default,
+/// which also covers DRBD 8.4's single peer), rounded up to 64 KiB.
+pub fn drbd_backing_kib(net_kib: u64) -> u64 {
+    let bitmap = (7 * net_kib).div_ceil(32768).div_ceil(4) * 4;
+    (net_kib + 36 + bitmap).div_ceil(64) * 64
+}
+
+pub struct LocalNode {
+    store: Store,
+    node: String,
+    backends: BackendFactory,
+    repl: Box<dyn Replication>,
+}
+
+/// Disk states that mean "backing attached, metadata present".
+fn attached(disk: &str) -> bool {
+    matches!(disk, "UpToDate" | "Inconsistent" | "Outdated" | "Consistent" | "Negotiating")
+}
+
+impl LocalNode {
+    pub fn new(store: Store, node: &str, runner: Arc<dyn Runner>, repl: Box<dyn Replication>) -> LocalNode {
+        let backends: BackendFactory = Arc::new(move |spec| backend_for(spec, runner.clone()));
+        LocalNode { store, node: node.to_string(), backends, repl }
+    }
+
+    pub fn with_backends(store: Store, node: &str, backends: BackendFactory, repl: Box<dyn Replication>) -> LocalNode {
+        LocalNode { store, node: node.to_string(), backends, repl }
+    }
+
+    pub fn replication(&self) -> &dyn Replication {
+        &*self.repl
+    }
+
+    pub fn backend(&self, spec: &BackendSpec) -> Result<Box<dyn Backend>> {
+        (self.backends)(spec)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serialize this node's changes of one resource between the agent and
+    /// plugin helpers running at the same time (e.g. two `losetup --find` for one
+    /// image, or a doubled initial-sync decision). A local flock: it dies with the process.
+    fn lock(&self, res: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        crate::backend::lvmreport::check_name(res)?;
+        let dir = std::env::var_os("DRBDPOOL_RUN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/drbdpool".into());
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Tool(format!("cannot create {}: {e}", dir.display())))?;
+        let p = dir.join(format!("{}-{res}.lock", self.node));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::Tool(format!("cannot open lock file {}: {e}", p.display())))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::Tool(format!("cannot lock {}: {e}", p.display())))
+    }
+
+    fn check_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        if vol.replica(&self.node).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "{}: node {} is not one of its replicas ({})",
+                vol.resource,
+                self.node,
+                vol.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The resource plan for this node, with addresses from the node registry.
+    pub fn plan(&self, vol: &VolumeDoc, backing: &Backing, thin: bool, dual_primary: bool) -> Result<ResourcePlan> {
+        let mut hosts = Vec::new();
+        for r in &vol.replicas {
+            let n = self.store.node(&r.node)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{}: replica node {} has no entry in the node registry (nodes/{}.json): add it with `drbdpool node add`",
+                    vol.resource, r.node, r.node
+                ))
+            })?;
+            hosts.push(PlanHost { name: r.node.clone(), node_id: r.node_id, address: n.address });
+        }
+        Ok(ResourcePlan {
+            resource: vol.resource.clone(),
+            minor: vol.minor,
+            port: vol.port,
+            secret: vol.secret.clone(),
+            size_kib: vol.size_kib,
+            local: self.node.clone(),
+            backing: backing.path.clone(),
+            hosts,
+            thin,
+            dual_primary,
+        })
+    }
+
+    /// This node's DRBD status of `res` (one `status` call).
+    pub fn status_of(&self, res: &str) -> Result<Option<ResourceStatus>> {
+        Ok(self.repl.status()?.into_iter().find(|s| s.name == res))
+    }
+
+    /// Translate DRBD's view into the published per-volume state.
+    pub fn observed_from(&self, vol: &VolumeDoc, st: &ResourceStatus) -> VolumeObserved {
+        let dev = st.devices.first();
+        let disk = dev.map(|d| d.disk.clone()).unwrap_or_else(|| "Diskless".into());
+        let peers = st
+            .connections
+            .iter()
+            .map(|c| {
+                let others: Vec<_> = vol.replicas.iter().filter(|r| r.node != self.node).collect();
+                // DRBD 8.4 has one peer, fakes peer-node-id 0 and names every connection "peer".
+                let node = if others.len() == 1 && st.connections.len() == 1 {
+                    others[0].node.clone()
+                } else {
+                    c.peer_node_id
+                        .and_then(|id| others.iter().find(|r| r.node_id as u32 == id))
+                        .map(|r| r.node.clone())
+                        .unwrap_or_else(|| c.conn_name.clone())
+                };
+                let pd = c.peer_devices.first();
+                PeerObserved {
+                    node,
+                    connection: c.connection.clone(),
+                    role: c.peer_role.clone(),
+                    disk: pd.map(|p| p.peer_disk.clone()).unwrap_or_else(|| "DUnknown".into()),
+                    replication: pd.map(|p| p.replication.clone()).unwrap_or_default(),
+                    out_of_sync_kib: pd.map(|p| p.out_of_sync_kib).unwrap_or(0),
+                    sync_percent: pd.and_then(|p| p.done_percent),
+                }
+            })
+            .collect();
+        VolumeObserved {
+            ready: attached(&disk),
+            generation: vol.generation,
+            role: st.role.clone(),
+            disk,
+            open: dev.and_then(|d| d.open).unwrap_or(false),
+            size_kib: dev.and_then(|d| d.size_kib).unwrap_or(0),
+            peers,
+            error: None,
+        }
+    }
+
+    /// Every replica connected and Inconsistent, this one too: fresh metadata everywhere
+    /// (no node ever had good data, so nothing was ever written).
+    pub fn initial_sync_due(&self, vol: &VolumeDoc, st: &ResourceStatus) -> bool {
+        let local_inc = st.devices.first().is_some_and(|d| d.disk == "Inconsistent");
+        let peers = vol.replicas.len().saturating_sub(1);
+        local_inc
+            && st.connections.len() == peers
+            && st.connections.iter().all(|c| {
+                c.connection == "Connected" && c.peer_devices.first().is_some_and(|p| p.peer_disk == "Inconsistent")
+            })
+    }
+
+    /// Thick backends: make this node's data the source of a full initial sync.
+    pub fn start_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
+        if !self.initial_sync_due(vol, &st) {
+            return Err(Error::Refused(format!(
+                "{}: the initial sync starts only when every replica is connected and Inconsistent",
+                vol.resource
+            )));
+        }
+        self.repl.start_initial_sync(&vol.resource)
+    }
+
+    /// Whether the backend reads zeroes where nothing was written (no initial sync needed).
+    pub fn is_thin(&self, spec: &BackendSpec) -> Result<bool> {
+        Ok(self.backend(spec)?.thin())
+    }
+}
+
+impl NodeOps for LocalNode {
+    fn name(&self) -> &str {
+        &self.node
+    }
+
+    fn ensure_replica(&self, vol: &VolumeDoc) -> Result<VolumeObserved> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        if vol.state == VolumeState::Deleting {
+            return Err(Error::Refused(format!("{}: volume is being deleted; not creating a replica", vol.resource)));
+        }
+        let backend = self.backend(&vol.backend)?;
+        // create() is idempotent and grows an existing device that is too small.
+        let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        let plan = self.plan(vol, &backing, backend.thin(), vol.dual_primary.is_some())?;
+        let applied = self.repl.apply(&plan)?;
+        tracing::info!(resource = %vol.resource, created_md = applied.created_metadata, changed = applied.changed_config, "replica ensured");
+        let st = self.status_of(&vol.resource)?.ok_or_else(|| {
+            Error::Tool(format!("{}: apply succeeded but the resource is not up on {}", vol.resource, self.node))
+        })?;
+        Ok(self.observed_from(vol, &st))
+    }
+
+    fn remove_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        if let Some(st) = self.status_of(&vol.resource)? {
+            let open = st.devices.iter().any(|d| d.open == Some(true));
+            if st.role == "Primary" || open {
+                // Invariant 2: never delete a volume that is open or Primary.
+                return Err(Error::Refused(format!(
+                    "{}: not removed on {}: the replica is {}{}; stop the guest using it first",
+                    vol.resource,
+                    self.node,
+                    st.role,
+                    if open { " and open" } else { "" }
+                )));
+            }
+        }
+        self.repl.down(&vol.resource)?;
+        let backend = self.backend(&vol.backend)?;
+        if backend.can_snapshot() {
+            for s in &vol.snapshots {
+                backend.remove_snapshot(&vol.resource, &s.name)?;
+            }
+        }
+        backend.remove(&vol.resource)?;
+        tracing::info!(resource = %vol.resource, "replica removed");
+        Ok(())
+    }
+
+    fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
+        if let Some(st) = self.status_of(&vol.resource)? {
+            let mut o = self.observed_from(vol, &st);
+            // The replica matches this generation only if the backing holds the planned size.
+            let b = self.backend(&vol.backend)?.lookup(&vol.resource)?;
+            if b.is_none_or(|b| b.size_kib < drbd_backing_kib(vol.size_kib)) {
+                o.generation = 0;
+            }
+            return Ok(Some(o));
+        }
+        let configured = self.repl.configured()?.iter().any(|r| r == &vol.resource);
+        let backing = self.backend(&vol.backend)?.lookup(&vol.resource)?;
+        if !configured && backing.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(VolumeObserved {
+            ready: false,
+            generation: 0,
+            role: "Unknown".into(),
+            disk: if backing.is_some() { "Unconfigured".into() } else { "Diskless".into() },
+            size_kib: 0,
+            ..Default::default()
+        }))
+    }
+
+    fn promote(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.repl.promote(&vol.resource)
+    }
+
+    fn demote(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        if let Some(st) = self.status_of(&vol.resource)? {
+            if st.devices.iter().any(|d| d.open == Some(true)) {
+                return Err(Error::Refused(format!("{}: device is open on {}; not demoting", vol.resource, self.node)));
+            }
+        }
+        self.repl.demote(&vol.resource)
+    }
+
+    fn grow_backing(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.backend(&vol.backend)?.resize(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        Ok(())
+    }
+
+    fn grow_drbd(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.repl.resize(&vol.resource)
+    }
+
+    fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        if !self.is_thin(&vol.backend)? {
+            return Err(Error::Refused(format!(
+                "{}: the initial sync can only be skipped on thin backends (lvmthin, file)",
+                vol.resource
+            )));
+        }
+        let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
+        if !self.initial_sync_due(vol, &st) {
+            return Err(Error::Refused(format!(
+                "{}: the initial sync can be skipped only while every replica is connected and Inconsistent with fresh metadata",
+                vol.resource
+            )));
+        }
+        self.repl.skip_initial_sync(&vol.resource)
+    }
+
+    fn set_dual_primary(&self, vol: &VolumeDoc, on: bool) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.backend(&vol.backend)?;
+        let backing = backend.lookup(&vol.resource)?.ok_or_else(|| {
+            Error::NotFound(format!("{}: no local replica on {}; cannot change dual-primary", vol.resource, self.node))
+        })?;
+        let plan = self.plan(vol, &backing, backend.thin(), on)?;
+        self.repl.apply(&plan)?;
+        Ok(())
+    }
+
+    fn space(&self, spec: &BackendSpec) -> Result<Space> {
+        self.backend(spec)?.space()
+    }
+}

@@ -1,0 +1,311 @@
+//! One reconcile pass of the agent: desired state (VolumeDocs) -> local
+//! replicas, then publish this node's observed state (NodeState).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::local::LocalNode;
+use crate::drbd::ResourceStatus;
+use crate::error::{Error, Result};
+use crate::node::NodeOps;
+use crate::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
+use crate::store::Store;
+
+/// Rewrite the NodeState at least this often even if nothing changed.
+pub const HEARTBEAT_SECS: u64 = 60;
+/// Re-measure storage space at most this often (an `lvs` per storage).
+pub const SPACE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct Agent {
+    store: Store,
+    local: LocalNode,
+    /// resource -> (generation, dual_primary) last ensured successfully by this process.
+    applied: HashMap<String, (u64, bool)>,
+    /// Resources of deleting docs already removed here (saves backend lookups).
+    removed: HashSet<String>,
+    /// resource -> generation for which `drbdadm resize` was run (once per generation:
+    /// if DRBD's size still differs afterwards, repeating it every second would not help).
+    resized: HashMap<String, u64>,
+    last: Option<NodeState>,
+    space: Option<(std::time::Instant, BTreeSet<String>, BTreeMap<String, Space>)>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Space moves with every write on thin pools; only a change of more than 0.5 %
+/// of the total is worth a write to pmxcfs (which keeps every write on every node).
+fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(k, x)| {
+            b.get(k).is_some_and(|y| {
+                let tol = x.total.max(y.total) / 200;
+                x.total == y.total && x.avail.abs_diff(y.avail) <= tol && x.used.abs_diff(y.used) <= tol
+            })
+        })
+}
+
+impl Agent {
+    pub fn new(store: Store, local: LocalNode) -> Agent {
+        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), last: None, space: None }
+    }
+
+    pub fn local(&self) -> &LocalNode {
+        &self.local
+    }
+
+    fn node(&self) -> &str {
+        self.local.name()
+    }
+
+    /// Every VolumeDoc, read one by one so a bad document does not hide the others.
+    /// Returns the docs and whether every document could be read.
+    fn read_docs(&self) -> Result<(Vec<VolumeDoc>, bool)> {
+        let mut docs = Vec::new();
+        let mut complete = true;
+        for sid in self.store.storeids()? {
+            for name in self.store.volume_names(&sid)? {
+                match self.store.volume(&sid, &name) {
+                    Ok(Some(v)) => docs.push(v),
+                    Ok(None) => {} // removed meanwhile
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(storeid = %sid, volume = %name, error = %e, "cannot read volume document");
+                    }
+                }
+            }
+        }
+        Ok((docs, complete))
+    }
+
+    /// One pass. Errors of single volumes are recorded in their `error` field;
+    /// only a failure to read the store or DRBD's status fails the pass.
+    pub fn pass(&mut self) -> Result<()> {
+        if self.last.is_none() {
+            self.last = self.store.node_state(self.node()).ok().flatten();
+        }
+        let (docs, complete) = self.read_docs()?;
+        let states = self.store.node_states().unwrap_or_default();
+        let mut status: BTreeMap<String, ResourceStatus> =
+            self.local.replication().status()?.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let mut volumes = BTreeMap::new();
+        let mut mine = BTreeSet::new();
+
+        let me = self.node().to_string();
+        for vol in docs.iter().filter(|v| v.replica(&me).is_some()) {
+            mine.insert(vol.resource.clone());
+            let res = vol.resource.clone();
+            let r = match vol.state {
+                VolumeState::Creating | VolumeState::Ready => self.reconcile_live(vol, &mut status, &states).map(Some),
+                VolumeState::Deleting => self.reconcile_delete(vol, status.get(&res)),
+            };
+            match r {
+                Ok(Some(o)) => {
+                    volumes.insert(res, o);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(resource = %res, error = %e, "reconcile failed");
+                    let mut o = match status.get(&res) {
+                        Some(st) => self.local.observed_from(vol, st),
+                        None => VolumeObserved { role: "Unknown".into(), disk: "Unconfigured".into(), ..Default::default() },
+                    };
+                    o.generation = self.applied.get(&res).map(|a| a.0).unwrap_or(0);
+                    o.ready = o.ready && o.generation == vol.generation;
+                    o.error = Some(e.to_string());
+                    volumes.insert(res, o);
+                }
+            }
+        }
+
+        // Resources configured here that no document wants (only when every doc was readable).
+        if complete {
+            for res in self.local.replication().configured()? {
+                if mine.contains(&res) {
+                    continue;
+                }
+                if let Some(o) = self.take_down_orphan(&res, status.get(&res)) {
+                    volumes.insert(res, o);
+                }
+            }
+        }
+
+        let storages = self.storages(&docs);
+        self.publish(storages, volumes)?;
+
+        // A deleting doc that no node lists anymore is finished: remove it.
+        if complete {
+            let states = self.store.node_states()?;
+            for vol in docs.iter().filter(|v| v.state == VolumeState::Deleting) {
+                if states.iter().all(|s| !s.volumes.contains_key(&vol.resource)) {
+                    // Re-read under our eyes: only remove what is still `deleting`.
+                    if let Ok(Some(cur)) = self.store.volume(&vol.storeid, &vol.volname) {
+                        if cur.state == VolumeState::Deleting && cur.resource == vol.resource {
+                            self.store.remove_volume(&vol.storeid, &vol.volname)?;
+                            tracing::info!(resource = %vol.resource, "all replicas gone; volume document removed");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile_live(
+        &mut self,
+        vol: &VolumeDoc,
+        status: &mut BTreeMap<String, ResourceStatus>,
+        states: &[NodeState],
+    ) -> Result<VolumeObserved> {
+        let res = &vol.resource;
+        self.removed.remove(res);
+        let key = (vol.generation, vol.dual_primary.is_some());
+        if self.applied.get(res) != Some(&key) || !status.contains_key(res) {
+            self.applied.remove(res);
+            self.local.ensure_replica(vol)?;
+            self.applied.insert(res.clone(), key);
+            self.refresh(res, status)?;
+        }
+        let first = vol.replicas.first().is_some_and(|r| r.node == self.node());
+        if first {
+            let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
+            if self.local.initial_sync_due(vol, st) {
+                if self.local.is_thin(&vol.backend)? {
+                    tracing::info!(resource = %res, "fresh thin replicas connected: skipping the initial sync");
+                    self.local.skip_initial_sync(vol)?;
+                } else {
+                    tracing::info!(resource = %res, "fresh thick replicas connected: starting the full initial sync from here");
+                    self.local.start_initial_sync(vol)?;
+                }
+                self.refresh(res, status)?;
+            }
+            // Grow DRBD once every replica reports its backing grown for this generation.
+            let st = &status[res];
+            let size = st.devices.first().and_then(|d| d.size_kib).unwrap_or(0);
+            if size < vol.size_kib
+                && self.resized.get(res) != Some(&vol.generation)
+                && self.all_replicas_at(vol, states)
+                && st.connections.iter().all(|c| c.connection == "Connected")
+            {
+                tracing::info!(resource = %res, from = size, to = vol.size_kib, "growing the DRBD device");
+                self.local.grow_drbd(vol)?;
+                self.resized.insert(res.clone(), vol.generation);
+                self.refresh(res, status)?;
+            }
+        }
+        let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
+        Ok(self.local.observed_from(vol, st))
+    }
+
+    /// Every other replica's agent reports this generation, without error.
+    fn all_replicas_at(&self, vol: &VolumeDoc, states: &[NodeState]) -> bool {
+        vol.replicas.iter().filter(|r| r.node != self.node()).all(|r| {
+            states
+                .iter()
+                .find(|s| s.node == r.node)
+                .and_then(|s| s.volumes.get(&vol.resource))
+                .is_some_and(|o| o.generation >= vol.generation && o.error.is_none())
+        })
+    }
+
+    fn refresh(&self, res: &str, status: &mut BTreeMap<String, ResourceStatus>) -> Result<()> {
+        match self.local.status_of(res)? {
+            Some(s) => status.insert(res.to_string(), s),
+            None => status.remove(res),
+        };
+        Ok(())
+    }
+
+    /// Ok(None): nothing left here (not listed in the NodeState any more).
+    fn reconcile_delete(&mut self, vol: &VolumeDoc, st: Option<&ResourceStatus>) -> Result<Option<VolumeObserved>> {
+        self.applied.remove(&vol.resource);
+        if st.is_none() && self.removed.contains(&vol.resource) {
+            return Ok(None);
+        }
+        self.local.remove_replica(vol)?;
+        self.removed.insert(vol.resource.clone());
+        Ok(None)
+    }
+
+    /// Take down a resource no document wants. Its backing device is kept (no
+    /// document says which backend holds it, and it may be someone's data);
+    /// an open or Primary one is left up and reported (Invariant 2).
+    fn take_down_orphan(&self, res: &str, st: Option<&ResourceStatus>) -> Option<VolumeObserved> {
+        if let Some(st) = st {
+            let open = st.devices.iter().any(|d| d.open == Some(true));
+            if st.role == "Primary" || open {
+                tracing::error!(resource = %res, role = %st.role, open, "resource not wanted by any volume document but in use: left up");
+                return Some(VolumeObserved {
+                    role: st.role.clone(),
+                    disk: st.devices.first().map(|d| d.disk.clone()).unwrap_or_default(),
+                    open,
+                    error: Some(format!(
+                        "{res} is configured on {} but no volume document wants it, and it is {}{}: left up; check it by hand",
+                        self.node(),
+                        st.role,
+                        if open { " and open" } else { "" }
+                    )),
+                    ..Default::default()
+                });
+            }
+        }
+        match self.local.replication().down(res) {
+            Ok(()) => {
+                tracing::warn!(resource = %res, "resource not wanted by any volume document: taken down (backing device kept)");
+                None
+            }
+            Err(e) => Some(VolumeObserved {
+                role: "Unknown".into(),
+                disk: "Unknown".into(),
+                error: Some(format!("{res}: not wanted by any volume document; taking it down failed: {e}")),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Space of every storage that has volumes, as this node sees it.
+    fn storages(&mut self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
+        let ids: BTreeSet<String> = docs.iter().map(|v| v.storeid.clone()).collect();
+        if let Some((at, known, s)) = &self.space {
+            if at.elapsed() < SPACE_EVERY && *known == ids {
+                return s.clone();
+            }
+        }
+        let out = self.measure(docs);
+        self.space = Some((std::time::Instant::now(), ids, out.clone()));
+        out
+    }
+
+    fn measure(&self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
+        let mut out = BTreeMap::new();
+        for v in docs {
+            if out.contains_key(&v.storeid) {
+                continue;
+            }
+            match self.local.space(&v.backend) {
+                Ok(s) => {
+                    out.insert(v.storeid.clone(), s);
+                }
+                Err(e) => tracing::debug!(storeid = %v.storeid, error = %e, "no space figures for this storage here"),
+            }
+        }
+        out
+    }
+
+    /// Write the NodeState only when its content changed, or for the heartbeat.
+    fn publish(&mut self, storages: BTreeMap<String, Space>, volumes: BTreeMap<String, VolumeObserved>) -> Result<()> {
+        let t = now();
+        if let Some(prev) = &self.last {
+            let same = prev.volumes == volumes && storages_close(&prev.storages, &storages);
+            if same && t < prev.updated + HEARTBEAT_SECS && prev.updated <= t {
+                return Ok(());
+            }
+        }
+        let s = NodeState { format: FORMAT, node: self.node().to_string(), updated: t, storages, volumes };
+        self.store.put_node_state(&s)?;
+        tracing::debug!(node = %s.node, "node state published");
+        self.last = Some(s);
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! File backend (labs and tests): a sparse file `<dir>/<name>.img` attached to
+//! a loop device. Sparse files read zeroes where nothing was written, so it
+//! counts as thin. Snapshots are copies `<dir>/<name>.<snap>.snap` made with
+//! `cp --reflink=auto --sparse=always` (instant on reflink file systems, a
+//! sparse full copy elsewhere).
+//!
+//! `lookup` does not attach: it reports the loop device if one is attached,
+//! else the image file itself. `create` (idempotent) attaches, which is what
+//! the agent calls after a reboot, when loop devices are gone.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use super::lvmreport::check_name;
+use super::{Backend, Backing};
+use crate::error::{Error, Result};
+use crate::exec::{Cmd, Runner};
+use crate::store::docs::Space;
+
+pub struct FileBackend {
+    dir: PathBuf,
+    runner: Arc<dyn Runner>,
+    snap_ok: OnceLock<bool>,
+}
+
+fn io(what: &str, p: &Path, e: std::io::Error) -> Error {
+    Error::Tool(format!("cannot {what} {}: {e}", p.display()))
+}
+
+impl FileBackend {
+    /// `dir` must exist (and be a directory).
+    pub fn new(dir: &str, runner: Arc<dyn Runner>) -> Result<Self> {
+        let d = PathBuf::from(dir);
+        if !d.is_absolute() {
+            return Err(Error::InvalidInput(format!("file backend dir {dir:?} must be an absolute path")));
+        }
+        if !d.is_dir() {
+            return Err(Error::NotFound(format!(
+                "file backend directory {dir} does not exist on this node: create it (mkdir -p {dir}) or fix the storage's dir"
+            )));
+        }
+        Ok(FileBackend { dir: d, runner, snap_ok: OnceLock::new() })
+    }
+
+    pub fn image(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.img"))
+    }
+
+    fn snap_file(&self, name: &str, snap: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{snap}.snap"))
+    }
+
+    /// Loop devices currently backed by `file` (`losetup -J -l -j`).
+    fn loops(&self, file: &Path) -> Result<Vec<String>> {
+        let out = self.runner.check(&Cmd::new("losetup").args(["-J", "-l", "-j"]).arg(file.to_string_lossy()))?;
+        if out.stdout.trim().is_empty() {
+            return Ok(Vec::new()); // older util-linux prints nothing when there is no match
+        }
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| Error::Tool(format!("cannot parse `losetup -J` output: {e}")))?;
+        Ok(v.get("loopdevices")
+            .and_then(|l| l.as_array())
+            .map(|a| a.iter().filter_map(|d| d.get("name").and_then(|n| n.as_str()).map(String::from)).collect())
+            .unwrap_or_default())
+    }
+
+    fn attach(&self, file: &Path) -> Result<String> {
+        if let Some(l) = self.loops(file)?.into_iter().next() {
+            return Ok(l);
+        }
+        let out = self.runner.check(&Cmd::new("losetup").args(["--find", "--show"]).arg(file.to_string_lossy()))?;
+        let dev = out.stdout.trim().to_string();
+        if !dev.starts_with("/dev/") {
+            return Err(Error::Tool(format!("`losetup --find --show` printed {dev:?}, expected a /dev/loopN path")));
+        }
+        Ok(dev)
+    }
+
+    fn detach_all(&self, file: &Path) -> Result<()> {
+        for l in self.loops(file)? {
+            self.runner.check(&Cmd::new("losetup").args(["-d", &l]))?;
+        }
+        Ok(())
+    }
+
+    fn size_kib(file: &Path) -> Result<u64> {
+        Ok(fs::metadata(file).map_err(|e| io("stat", file, e))?.len() / 1024)
+    }
+
+    fn cp(&self, from: &Path, to: &Path) -> Result<()> {
+        self.runner.check(
+            &Cmd::new("cp")
+                .args(["--reflink=auto", "--sparse=always"])
+                .arg(from.to_string_lossy())
+                .arg(to.to_string_lossy())
+                .timeout(std::time::Duration::from_secs(3600)),
+        )?;
+        Ok(())
+    }
+}
+
+impl Backend for FileBackend {
+    fn create(&self, name: &str, size_kib: u64) -> Result<Backing> {
+        check_name(name)?;
+        let img = self.image(name);
+        if !img.exists() {
+            // Write under a temp name and rename, so a crash never leaves a short image behind.
+            let tmp = self.dir.join(format!(".{name}.img.tmp"));
+            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| io("create", &tmp, e))?;
+            f.set_len(size_kib * 1024).map_err(|e| io("size", &tmp, e))?;
+            f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
+            fs::rename(&tmp, &img).map_err(|e| io("rename into place", &img, e))?;
+        } else if Self::size_kib(&img)? < size_kib {
+            return self.resize(name, size_kib);
+        }
+        let path = self.attach(&img)?;
+        Ok(Backing { path, size_kib: Self::size_kib(&img)? })
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let img = self.image(name);
+        if !img.exists() {
+            return Ok(());
+        }
+        self.detach_all(&img)?;
+        match fs::remove_file(&img) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &img, e)),
+        }
+    }
+
+    fn resize(&self, name: &str, size_kib: u64) -> Result<Backing> {
+        check_name(name)?;
+        let img = self.image(name);
+        if !img.exists() {
+            return Err(Error::NotFound(format!("image {} does not exist; nothing to resize", img.display())));
+        }
+        if Self::size_kib(&img)? < size_kib {
+            let f = OpenOptions::new().write(true).open(&img).map_err(|e| io("open", &img, e))?;
+            f.set_len(size_kib * 1024).map_err(|e| io("grow", &img, e))?;
+            f.sync_all().map_err(|e| io("fsync", &img, e))?;
+        }
+        let path = self.attach(&img)?;
+        // Tell the loop driver the file grew (`losetup -c`), so the device grows too.
+        self.runner.check(&Cmd::new("losetup").args(["-c", &path]))?;
+        Ok(Backing { path, size_kib: Self::size_kib(&img)? })
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Backing>> {
+        check_name(name)?;
+        let img = self.image(name);
+        if !img.exists() {
+            return Ok(None);
+        }
+        let path = self.loops(&img)?.into_iter().next().unwrap_or_else(|| img.to_string_lossy().into_owned());
+        Ok(Some(Backing { path, size_kib: Self::size_kib(&img)? }))
+    }
+
+    fn space(&self) -> Result<Space> {
+        let s = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| Error::Tool(format!("statvfs {}: {e}", self.dir.display())))?;
+        let f = s.fragment_size() as u64;
+        let total = s.blocks() as u64 * f;
+        let avail = s.blocks_available() as u64 * f;
+        let used = total.saturating_sub(s.blocks_free() as u64 * f);
+        Ok(Space { total, avail, used })
+    }
+
+    fn thin(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        check_name(name)?;
+        check_name(snap)?;
+        let (img, sf) = (self.image(name), self.snap_file(name, snap));
+        if !img.exists() {
+            return Err(Error::NotFound(format!("image {} does not exist; cannot snapshot it", img.display())));
+        }
+        if sf.exists() {
+            return Err(Error::Conflict(format!("snapshot {} already exists", sf.display())));
+        }
+        let tmp = self.dir.join(format!(".{name}.{snap}.snap.tmp"));
+        self.cp(&img, &tmp)?;
+        fs::rename(&tmp, &sf).map_err(|e| io("rename into place", &sf, e))
+    }
+
+    fn remove_snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        check_name(name)?;
+        check_name(snap)?;
+        match fs::remove_file(self.snap_file(name, snap)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &self.snap_file(name, snap), e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Copy the snapshot over the image. The loop device would keep the old inode,
+    /// so it is detached; the next `create` attaches the new image.
+    fn rollback(&self, name: &str, snap: &str) -> Result<()> {
+        check_name(name)?;
+        check_name(snap)?;
+        let (img, sf) = (self.image(name), self.snap_file(name, snap));
+        if !sf.exists() {
+            return Err(Error::NotFound(format!("snapshot {} does not exist; nothing to roll back to", sf.display())));
+        }
+        let tmp = self.dir.join(format!(".{name}.img.rollback"));
+        self.cp(&sf, &tmp)?;
+        self.detach_all(&img)?;
+        fs::rename(&tmp, &img).map_err(|e| io("rename into place", &img, e))
+    }
+
+    /// True only if a probe copy with the snapshot command works in this directory.
+    fn can_snapshot(&self) -> bool {
+        *self.snap_ok.get_or_init(|| {
+            let probe = self.dir.join(format!(".snapprobe-{}", std::process::id()));
+            let copy = self.dir.join(format!(".snapprobe-{}.copy", std::process::id()));
+            let ok = fs::write(&probe, b"probe").is_ok() && self.cp(&probe, &copy).is_ok() && fs::read(&copy).ok().as_deref() == Some(b"probe");
+            let _ = fs::remove_file(&probe);
+            let _ = fs::remove_file(&copy);
+            ok
+        })
+    }
+}

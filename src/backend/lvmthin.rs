@@ -1,0 +1,158 @@
+//! LVM thin backend (the default): one thin LV per replica in a thin pool.
+//! Thin LVs read zeroes where nothing was written, so DRBD can skip the initial
+//! full sync. Space is the pool's, computed as Proxmox's LvmThinPlugin does:
+//! total = pool size, used = size * data_percent / 100.
+
+use std::sync::Arc;
+
+use super::lvmreport::{self as r, lvm};
+use super::{Backend, Backing};
+use crate::error::{Error, Result};
+use crate::exec::Runner;
+use crate::store::docs::Space;
+
+pub struct LvmThin {
+    vg: String,
+    pool: String,
+    runner: Arc<dyn Runner>,
+}
+
+impl LvmThin {
+    pub fn new(vg: &str, pool: &str, runner: Arc<dyn Runner>) -> Result<Self> {
+        r::check_name(vg)?;
+        r::check_name(pool)?;
+        Ok(LvmThin { vg: vg.into(), pool: pool.into(), runner })
+    }
+
+    fn snap_lv(name: &str, snap: &str) -> String {
+        format!("{name}_{snap}")
+    }
+
+    fn pool_row<'a>(&self, rows: &'a [r::Row]) -> Result<&'a r::Row> {
+        match r::find(rows, &self.pool) {
+            Some(p) if p.get("lv_attr").is_some_and(|a| a.starts_with('t')) => Ok(p),
+            Some(_) => Err(Error::InvalidInput(format!(
+                "LV {}/{} is not a thin pool: fix the storage's thinpool",
+                self.vg, self.pool
+            ))),
+            None => Err(Error::NotFound(format!(
+                "LVM thin pool {}/{} not found on this node: create it (lvcreate --type thin-pool) or fix the storage's thinpool",
+                self.vg, self.pool
+            ))),
+        }
+    }
+
+    fn lookup_in(&self, rows: &[r::Row], name: &str) -> Result<Option<Backing>> {
+        r::find(rows, name).map(|row| r::backing_of(row, &self.vg, name)).transpose()
+    }
+
+    fn remove_lv(&self, lv: &str) -> Result<()> {
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        if r::find(&rows, lv).is_none() {
+            return Ok(());
+        }
+        self.runner.check(&lvm("lvremove").args(["-f".to_string(), format!("{}/{lv}", self.vg)]))?;
+        Ok(())
+    }
+}
+
+impl Backend for LvmThin {
+    fn create(&self, name: &str, size_kib: u64) -> Result<Backing> {
+        r::check_name(name)?;
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        self.pool_row(&rows)?;
+        if let Some(b) = self.lookup_in(&rows, name)? {
+            return if b.size_kib < size_kib { self.resize(name, size_kib) } else { Ok(b) };
+        }
+        self.runner.check(&lvm("lvcreate").args([
+            "-V".to_string(),
+            format!("{size_kib}k"),
+            "-T".into(),
+            format!("{}/{}", self.vg, self.pool),
+            "-n".into(),
+            name.into(),
+        ]))?;
+        self.lookup(name)?
+            .ok_or_else(|| Error::Tool(format!("lvcreate reported success but LV {}/{name} is missing", self.vg)))
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        r::check_name(name)?;
+        self.remove_lv(name)
+    }
+
+    fn resize(&self, name: &str, size_kib: u64) -> Result<Backing> {
+        r::check_name(name)?;
+        let cur = self
+            .lookup(name)?
+            .ok_or_else(|| Error::NotFound(format!("LV {}/{name} does not exist; nothing to resize", self.vg)))?;
+        if cur.size_kib >= size_kib {
+            return Ok(cur); // grow only
+        }
+        self.runner.check(&lvm("lvextend").args(["-L".to_string(), format!("{size_kib}k"), format!("{}/{name}", self.vg)]))?;
+        self.lookup(name)?.ok_or_else(|| Error::Tool(format!("LV {}/{name} vanished during lvextend", self.vg)))
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Backing>> {
+        r::check_name(name)?;
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        self.lookup_in(&rows, name)
+    }
+
+    fn space(&self) -> Result<Space> {
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        let pool = self.pool_row(&rows)?;
+        let total = r::bytes(&pool["lv_size"])?;
+        let pct = r::percent(pool.get("data_percent").map(String::as_str).unwrap_or(""))?;
+        let used = ((total as f64) * pct / 100.0) as u64;
+        Ok(Space { total, avail: total.saturating_sub(used), used })
+    }
+
+    fn thin(&self) -> bool {
+        true
+    }
+
+    /// Thin snapshot, read-only; LVM sets the activation-skip flag on thin snapshots,
+    /// so using one needs `lvchange -ay -K` (as Proxmox's LvmThinPlugin does).
+    fn snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        r::check_name(name)?;
+        r::check_name(snap)?;
+        let lv = Self::snap_lv(name, snap);
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        if r::find(&rows, name).is_none() {
+            return Err(Error::NotFound(format!("LV {}/{name} does not exist; cannot snapshot it", self.vg)));
+        }
+        if r::find(&rows, &lv).is_some() {
+            return Err(Error::Conflict(format!("snapshot LV {}/{lv} already exists", self.vg)));
+        }
+        self.runner.check(&lvm("lvcreate").args(["-s", "-pr", "-n", &lv, &format!("{}/{name}", self.vg)]))?;
+        Ok(())
+    }
+
+    fn remove_snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        r::check_name(name)?;
+        r::check_name(snap)?;
+        self.remove_lv(&Self::snap_lv(name, snap))
+    }
+
+    /// Replace the LV by a writable thin snapshot of the snapshot; `-kn` so the new
+    /// LV activates like any other (the caller has taken DRBD down first).
+    fn rollback(&self, name: &str, snap: &str) -> Result<()> {
+        r::check_name(name)?;
+        r::check_name(snap)?;
+        let lv = Self::snap_lv(name, snap);
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        if r::find(&rows, &lv).is_none() {
+            return Err(Error::NotFound(format!("snapshot LV {}/{lv} does not exist; nothing to roll back to", self.vg)));
+        }
+        if r::find(&rows, name).is_some() {
+            self.runner.check(&lvm("lvremove").args(["-f".to_string(), format!("{}/{name}", self.vg)]))?;
+        }
+        self.runner.check(&lvm("lvcreate").args(["-kn", "-n", name, "-s", &format!("{}/{lv}", self.vg)]))?;
+        Ok(())
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,239 @@
+//! LocalNode and the agent with SimDrbd and the file backend on real loop devices.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::{can_loop, Lab};
+use drbdpool::agent::{drbd_backing_kib, Agent};
+use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
+use drbdpool::node::NodeOps;
+use drbdpool::store::docs::VolumeState;
+
+fn passes(agents: &mut [&mut Agent], n: usize) {
+    for _ in 0..n {
+        for a in agents.iter_mut() {
+            a.pass().unwrap();
+        }
+    }
+}
+
+#[test]
+fn agents_create_grow_and_delete_a_volume() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let mut vol = lab.volume("dp-r1", &["a", "b"], 4096);
+    lab.store.put_volume(&vol).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local("b"));
+
+    // Creation: a comes up alone (Connecting), b joins, a skips the initial sync.
+    a.pass().unwrap();
+    let sa = lab.store.node_state("a").unwrap().unwrap();
+    assert_eq!(sa.volumes["dp-r1"].disk, "Inconsistent");
+    assert_eq!(sa.volumes["dp-r1"].peers[0].connection, "Connecting");
+    assert_eq!(sa.volumes["dp-r1"].peers[0].node, "b");
+    passes(&mut [&mut b, &mut a], 1);
+    b.pass().unwrap();
+    for n in ["a", "b"] {
+        let img = lab.image(n, "dp-r1");
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), drbd_backing_kib(4096) * 1024, "{n}");
+        assert_eq!(Lab::loops(&img).len(), 1, "{n}: one loop device");
+        let s = lab.store.node_state(n).unwrap().unwrap();
+        let o = &s.volumes["dp-r1"];
+        assert!(o.ready && o.error.is_none(), "{n}: {o:?}");
+        assert_eq!((o.disk.as_str(), o.generation, o.size_kib), ("UpToDate", 1, 4096), "{n}");
+        assert_eq!(o.peers[0].connection, "Connected");
+        assert!(s.storages["pool1"].total > 0);
+    }
+
+    assert_eq!(full_syncs(&lab, "a", "dp-r1") + full_syncs(&lab, "b", "dp-r1"), 0, "thin: initial sync skipped");
+
+    // Nothing changed: the NodeState file is not rewritten.
+    let p = lab.store.root().join("state/a.json");
+    let before = std::fs::metadata(&p).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    passes(&mut [&mut a, &mut b], 2);
+    let after = std::fs::metadata(&p).unwrap();
+    assert_eq!((before.ino(), before.mtime_nsec()), (after.ino(), after.mtime_nsec()), "unchanged state was rewritten");
+
+    // A restarted agent (no memory) re-applies idempotently and still writes nothing.
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    a.pass().unwrap();
+    let again = std::fs::metadata(&p).unwrap();
+    assert_eq!((before.ino(), before.mtime_nsec()), (again.ino(), again.mtime_nsec()), "restart rewrote the state");
+    assert_eq!(lab.store.node_state("a").unwrap().unwrap().volumes["dp-r1"].disk, "UpToDate");
+
+    // Heartbeat: a state older than 60 s is rewritten even if nothing changed.
+    let mut st = lab.store.node_state("a").unwrap().unwrap();
+    st.updated -= 61;
+    lab.store.put_node_state(&st).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    a.pass().unwrap();
+    let hb = lab.store.node_state("a").unwrap().unwrap();
+    assert!(hb.updated >= st.updated + 61, "heartbeat not written");
+    assert_eq!(hb.volumes, st.volumes);
+
+    // Growth: size and generation bumped.
+    vol.size_kib = 8192;
+    vol.generation = 2;
+    vol.state = VolumeState::Ready;
+    lab.store.put_volume(&vol).unwrap();
+    passes(&mut [&mut a, &mut b], 2);
+    for n in ["a", "b"] {
+        assert_eq!(std::fs::metadata(lab.image(n, "dp-r1")).unwrap().len(), drbd_backing_kib(8192) * 1024);
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes["dp-r1"];
+        assert_eq!((o.generation, o.size_kib, o.disk.as_str()), (2, 8192, "UpToDate"), "{n}: {o:?}");
+    }
+
+    // Deletion while a guest has it open on a: refused there and reported, b goes.
+    lab.sim("a").promote("dp-r1").unwrap();
+    lab.sim("a").set_open("dp-r1", true).unwrap();
+    vol.state = VolumeState::Deleting;
+    vol.generation = 3;
+    lab.store.put_volume(&vol).unwrap();
+    passes(&mut [&mut a, &mut b], 2);
+    let oa = &lab.store.node_state("a").unwrap().unwrap().volumes["dp-r1"];
+    assert!(oa.error.as_deref().unwrap_or("").contains("stop the guest"), "{oa:?}");
+    assert!(lab.image("a", "dp-r1").exists(), "Invariant 2: an open Primary's backing must stay");
+    assert!(!lab.image("b", "dp-r1").exists());
+    assert!(lab.store.volume("pool1", "dp-r1-vol").unwrap().is_some(), "doc stays while a lists it");
+
+    // Guest stops: everything goes, and the doc with it.
+    lab.sim("a").set_open("dp-r1", false).unwrap();
+    lab.sim("a").demote("dp-r1").unwrap();
+    passes(&mut [&mut a, &mut b], 2);
+    for n in ["a", "b"] {
+        let img = lab.image(n, "dp-r1");
+        assert!(!img.exists(), "{n}");
+        assert!(lab.store.node_state(n).unwrap().unwrap().volumes.is_empty(), "{n}");
+    }
+    assert!(lab.store.volume("pool1", "dp-r1-vol").unwrap().is_none(), "finished deleting doc is removed");
+    assert!(lab.sim("a").configured().unwrap().is_empty());
+}
+
+#[test]
+fn one_failing_volume_does_not_stop_the_others_and_orphans_go_down() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a"]);
+    let good = lab.volume("dp-good", &["a"], 1024);
+    let mut bad = lab.volume("dp-bad", &["a", "ghost"], 1024);
+    bad.port = 7001;
+    bad.minor = 1001;
+    lab.store.put_volume(&good).unwrap();
+    lab.store.put_volume(&bad).unwrap();
+
+    // An orphan: configured here, wanted by no document.
+    let sim = lab.sim("a");
+    let img = lab.node_dir("a").join("orphan.img");
+    std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    sim.apply(&ResourcePlan {
+        resource: "dp-orphan".into(),
+        minor: 1002,
+        port: 7002,
+        secret: "x".into(),
+        size_kib: 512,
+        local: "a".into(),
+        backing: img.to_string_lossy().into(),
+        hosts: vec![PlanHost { name: "a".into(), node_id: 0, address: "10.99.0.1".into() }],
+        thin: true,
+        dual_primary: false,
+    })
+    .unwrap();
+
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    a.pass().unwrap();
+    let s = lab.store.node_state("a").unwrap().unwrap();
+    let e = s.volumes["dp-bad"].error.as_deref().unwrap_or_default().to_string();
+    assert!(e.contains("ghost") && e.contains("node add"), "{e}");
+    assert!(!s.volumes["dp-bad"].ready);
+    // A single-replica thin volume is UpToDate right away (nothing to sync with).
+    assert!(s.volumes["dp-good"].ready && s.volumes["dp-good"].error.is_none(), "{:?}", s.volumes["dp-good"]);
+    assert!(!s.volumes.contains_key("dp-orphan"));
+    assert_eq!(sim.configured().unwrap(), vec!["dp-good".to_string()], "orphan taken down, bad never came up");
+    assert!(img.exists(), "an orphan's backing is kept");
+}
+
+#[test]
+fn local_node_refuses_what_is_unsafe() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let a = lab.local("a");
+    let vol = lab.volume("dp-r2", &["a", "b"], 1024);
+    let other = lab.volume("dp-r3", &["b"], 1024);
+    assert_eq!(a.ensure_replica(&other).unwrap_err().kind(), "invalid-input");
+    let o = a.ensure_replica(&vol).unwrap();
+    assert_eq!((o.disk.as_str(), o.ready), ("Inconsistent", true));
+    assert_eq!(a.ensure_replica(&vol).unwrap(), o, "idempotent");
+    // Peer not connected: no skipping, no promotion of Inconsistent data.
+    assert_eq!(a.skip_initial_sync(&vol).unwrap_err().kind(), "refused");
+    assert_eq!(a.promote(&vol).unwrap_err().kind(), "refused");
+    assert_eq!(lab.local_thick("a").skip_initial_sync(&vol).unwrap_err().kind(), "refused", "thick: never skip");
+
+    let b = lab.local("b");
+    b.ensure_replica(&vol).unwrap();
+    a.skip_initial_sync(&vol).unwrap();
+    a.promote(&vol).unwrap();
+    assert_eq!(b.promote(&vol).unwrap_err().kind(), "refused", "second primary without dual-primary");
+    a.set_dual_primary(&vol, true).unwrap();
+    b.set_dual_primary(&vol, true).unwrap();
+    b.promote(&vol).unwrap();
+    b.demote(&vol).unwrap();
+    b.set_dual_primary(&vol, false).unwrap();
+    assert_eq!(a.remove_replica(&vol).unwrap_err().kind(), "refused", "Primary is never removed");
+    a.demote(&vol).unwrap();
+    a.remove_replica(&vol).unwrap();
+    a.remove_replica(&vol).unwrap();
+    assert_eq!(a.observe(&vol).unwrap(), None);
+    assert!(b.observe(&vol).unwrap().unwrap().ready);
+    b.remove_replica(&vol).unwrap();
+}
+
+#[test]
+fn thick_replicas_get_a_full_initial_sync_from_the_first_replica() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let vol = lab.volume("dp-thick", &["a", "b"], 2048);
+    lab.store.put_volume(&vol).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local_thick("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local_thick("b"));
+    // b first: b is not replicas[0], so it must not start anything on its own.
+    b.pass().unwrap();
+    a.pass().unwrap();
+    b.pass().unwrap();
+    a.pass().unwrap();
+    for n in ["a", "b"] {
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes["dp-thick"];
+        assert_eq!(o.disk, "UpToDate", "{n}: {o:?}");
+    }
+    assert_eq!(full_syncs(&lab, "b", "dp-thick"), 1, "thick: b must get a full initial sync");
+    assert_eq!(full_syncs(&lab, "a", "dp-thick"), 0, "a is the sync source");
+}
+
+fn full_syncs(lab: &Lab, node: &str, res: &str) -> u32 {
+    let st = lab.sim(node).status().unwrap().into_iter().find(|s| s.name == res).unwrap();
+    st.devices[0].extra["sim-full-syncs"].parse().unwrap()
+}
+
+#[test]
+fn concurrent_ensure_on_one_node_attaches_one_loop_device() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a"]);
+    let vol = lab.volume("dp-race", &["a"], 1024);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| lab.local("a").ensure_replica(&vol).unwrap());
+        }
+    });
+    assert_eq!(Lab::loops(&lab.image("a", "dp-race")).len(), 1);
+}
