@@ -3,7 +3,9 @@
 //! Every write is atomic (temp file, fsync, rename, fsync dir) because a crash
 //! at any point must leave either the old or the new document, never a torn one.
 
+pub mod alloc;
 pub mod docs;
+pub mod lock;
 
 use std::fs;
 use std::io::Write;
