@@ -37,6 +37,8 @@ pub struct FakeNode {
     pub calls: Mutex<Vec<String>>,
     /// Disk state of new replicas after the initial sync skip.
     pub disk_after_create: Mutex<String>,
+    /// Publish this node's NodeState (off when fake agents publish for this node too).
+    pub publishes: bool,
 }
 
 impl FakeNode {
@@ -47,8 +49,15 @@ impl FakeNode {
             replicas: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             disk_after_create: Mutex::new("UpToDate".into()),
+            publishes: true,
         };
         f.publish();
+        f
+    }
+    /// A node whose NodeState is published by `FakeAgents` instead.
+    pub fn quiet(name: &str, store: &Store) -> FakeNode {
+        let mut f = FakeNode::new(name, store);
+        f.publishes = false;
         f
     }
     pub fn calls(&self) -> Vec<String> {
@@ -63,6 +72,9 @@ impl FakeNode {
     }
     /// Write this node's NodeState as its agent would.
     pub fn publish(&self) {
+        if !self.publishes {
+            return;
+        }
         let mut s = NodeState { format: 1, node: self.name.clone(), updated: now(), storages: BTreeMap::new(), volumes: BTreeMap::new() };
         s.storages.insert("dp".into(), Space { total: TOTAL, avail: AVAIL, used: TOTAL - AVAIL });
         s.volumes = self.replicas.lock().unwrap().clone();
@@ -195,4 +207,41 @@ pub fn call(ctx: &drbdpool::protocol::Ctx, method: &str, storeid: &str, args: se
 
 pub fn ctx<'a>(store: &'a Store, node: &'a dyn NodeOps, peer_timeout_ms: u64) -> drbdpool::protocol::Ctx<'a> {
     drbdpool::protocol::Ctx { store, node, peer_timeout: Duration::from_millis(peer_timeout_ms), poll: Duration::from_millis(10) }
+}
+
+/// Re-exec this test binary to run `test_name` as a separate OS process with `env`.
+pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> std::process::Child {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdout(std::process::Stdio::null());
+    c.spawn().unwrap()
+}
+
+/// Consistency of a store after concurrent or interrupted allocations.
+pub fn assert_store_consistent(s: &Store) -> Vec<VolumeDoc> {
+    let vols = s.all_volumes().unwrap();
+    let mut minors: Vec<u32> = vols.iter().map(|v| v.minor).collect();
+    minors.sort();
+    minors.dedup();
+    assert_eq!(minors.len(), vols.len(), "duplicate minor");
+    let mut res: Vec<&str> = vols.iter().map(|v| v.resource.as_str()).collect();
+    res.sort();
+    res.dedup();
+    assert_eq!(res.len(), vols.len(), "duplicate resource");
+    let mut per_node: BTreeMap<(String, u16), String> = BTreeMap::new();
+    for v in &vols {
+        for r in &v.replicas {
+            if let Some(o) = per_node.insert((r.node.clone(), v.port), v.volname.clone()) {
+                panic!("port {} used twice on {}: {} and {}", v.port, r.node, o, v.volname);
+            }
+        }
+    }
+    // No temp files left behind.
+    for e in std::fs::read_dir(s.root().join("volumes/dp")).into_iter().flatten().flatten() {
+        assert!(!e.file_name().to_string_lossy().starts_with(".tmp"), "leftover {:?}", e.path());
+    }
+    vols
 }
