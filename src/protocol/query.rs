@@ -132,9 +132,10 @@ pub fn size(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 }
 
 pub fn snapshot_unsupported(ctx: &Ctx, sid: &str, a: &Args, method: &str) -> Result<Value> {
-    load(ctx, sid, a.str("volname")?)?;
+    let volname = a.str("volname")?;
+    load(ctx, sid, volname)?;
     a.str("snap")?;
-    Err(not_supported(&format!("{} (volume snapshots)", method.replace('_', " "))))
+    Err(Error::Refused(format!("{method} of {sid}:{volname} refused: snapshots are not supported by drbdpool yet")))
 }
 
 pub fn snapshot_list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {

@@ -16,7 +16,7 @@ use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 
 use super::scfg::StorageCfg;
 use super::wait::{published, until_done};
-use super::{load, not_supported, now, Args, Ctx};
+use super::{load, now, Args, Ctx};
 
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
@@ -369,5 +369,5 @@ pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     load(ctx, sid, a.str("volname")?)?;
     a.vmid("vmid")?;
-    Err(not_supported("linked clones (use a full clone)"))
+    Err(Error::Refused("linked clones are not supported by drbdpool yet: use a full clone".into()))
 }
