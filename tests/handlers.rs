@@ -296,3 +296,38 @@ fn store_documents_newer_format_and_truncated_json() {
     let (k, _) = err(call(&c, "path", "dp", json!({"volname": "vm-1-disk-0"})));
     assert_eq!(k, "store");
 }
+
+#[test]
+fn status_is_fast_with_10000_volumes() {
+    use drbdpool::store::docs::{NodeState, Space, VolumeObserved};
+    let (_d, s) = store_with_nodes(&["pve1"]);
+    let mut st = NodeState { format: 1, node: "pve1".into(), updated: now(), storages: Default::default(), volumes: Default::default() };
+    st.storages.insert("dp".into(), Space { total: 10, avail: 4, used: 6 });
+    for i in 0..10_000 {
+        st.volumes.insert(format!("dp.vm-{i}-disk-0"), VolumeObserved { ready: true, generation: 1, role: "Secondary".into(), disk: "UpToDate".into(), ..Default::default() });
+    }
+    s.put_node_state(&st).unwrap();
+    let n = FakeNode::quiet("pve1", &s);
+    let c = ctx(&s, &n, 100);
+    let t = std::time::Instant::now();
+    let r = ok(call(&c, "status", "dp", json!({})));
+    let took = t.elapsed();
+    assert_eq!(r, json!({"total": 10, "avail": 4, "used": 6, "active": true}));
+    // Debug build on a shared machine: generous, but far below pvestatd's budget.
+    assert!(took < std::time::Duration::from_millis(500), "status took {took:?}");
+    assert!(n.calls().is_empty());
+}
+
+#[test]
+fn crash_inside_rename_leaves_a_usable_document() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    // The file was moved but the content not yet rewritten.
+    s.rename_volume("dp", "vm-100-disk-0", "vm-101-disk-3").unwrap();
+    let d = s.volume("dp", "vm-101-disk-3").unwrap().unwrap();
+    assert_eq!((d.volname.as_str(), d.vmid, d.resource.as_str()), ("vm-101-disk-3", 101, "dp.vm-100-disk-0"));
+    assert_eq!(ok(call(&c, "path", "dp", json!({"volname": "vm-101-disk-3"})))["vmid"], 101);
+}

@@ -11,9 +11,11 @@ use crate::store::lock::vol_lock_name;
 
 use super::{load, not_supported, now, Args, Ctx};
 
-/// A published Primary claim older than this is not trusted: the node may have
-/// died (agents refresh their state at least every 60 s).
-pub const STALE_AFTER_SECS: u64 = 150;
+/// A published Primary claim older than this is not trusted. Agents refresh their
+/// state at least every 60 s; a node that cannot (no quorum: /etc/pve is read-only)
+/// self-fences through the watchdog within 60 s, and a dead one says nothing more.
+/// A Primary we are still connected to is seen in the local DRBD view anyway.
+pub const STALE_AFTER_SECS: u64 = 90;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {

@@ -43,20 +43,23 @@ pub struct FakeNode {
 
 impl FakeNode {
     pub fn new(name: &str, store: &Store) -> FakeNode {
-        let f = FakeNode {
+        let f = Self::unpublished(name, store);
+        f.publish();
+        f
+    }
+    fn unpublished(name: &str, store: &Store) -> FakeNode {
+        FakeNode {
             name: name.into(),
             store: store.clone(),
             replicas: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             disk_after_create: Mutex::new("UpToDate".into()),
             publishes: true,
-        };
-        f.publish();
-        f
+        }
     }
     /// A node whose NodeState is published by `FakeAgents` instead.
     pub fn quiet(name: &str, store: &Store) -> FakeNode {
-        let mut f = FakeNode::new(name, store);
+        let mut f = FakeNode::unpublished(name, store);
         f.publishes = false;
         f
     }
