@@ -64,7 +64,8 @@ fn check_chars(name: &str) -> Result<()> {
         return Err(invalid!("volume name is empty"));
     }
     if name.len() > MAX_VOLNAME {
-        return Err(invalid!("volume name '{}...' is {} characters long: at most {MAX_VOLNAME} are allowed", &name[..20.min(name.len())], name.len()));
+        let head: String = name.chars().take(20).collect();
+        return Err(invalid!("volume name '{}...' is {} bytes long: at most {MAX_VOLNAME} are allowed", head.escape_default(), name.len()));
     }
     if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
         return Err(invalid!("volume name '{}' contains a path character: volume names are plain names, no '/'", name.escape_default()));
@@ -376,5 +377,35 @@ mod tests {
         assert_eq!(check_size_bytes(&json!(1u64 << 30)).unwrap(), 1 << 20);
         assert!(check_size_bytes(&json!((1u64 << 50) + 1)).unwrap_err().to_string().contains("1 PiB"));
         assert!(check_size_bytes(&json!(0)).is_err());
+    }
+
+    fn safe_resource(r: &str) -> bool {
+        r.len() <= MAX_RESOURCE
+            && !r.starts_with('-')
+            && r.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+            && !LVM_RESERVED.iter().any(|x| r.contains(x))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_input_is_refused_or_safe(s in "\\PC{0,120}") {
+            if let Ok(v) = parse_volname(&s) {
+                proptest::prop_assert!(v.name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'+' | b'-')));
+                proptest::prop_assert!(safe_resource(&resource_name("dp", &v.name)));
+            }
+        }
+
+        #[test]
+        fn plausible_names_give_safe_distinct_resources(
+            sid in "[a-z][a-z0-9._-]{0,30}[a-z0-9]",
+            a in "vm-[1-9][0-9]{0,8}-[A-Za-z0-9_.+-]{1,80}",
+            b in "vm-[1-9][0-9]{0,8}-[A-Za-z0-9_.+-]{1,80}",
+        ) {
+            if let (Ok(va), Ok(vb)) = (parse_volname(&a), parse_volname(&b)) {
+                let (ra, rb) = (resource_name(&sid, &va.name), resource_name(&sid, &vb.name));
+                proptest::prop_assert!(safe_resource(&ra), "{}", ra);
+                proptest::prop_assert!(a == b || ra != rb, "{} and {} both map to {}", a, b, ra);
+            }
+        }
     }
 }

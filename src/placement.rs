@@ -42,10 +42,10 @@ pub fn place(req: &Request, nodes: &[NodeDoc], states: &[NodeState]) -> Result<V
     let mut cands: Vec<(&str, Option<u64>)> = nodes
         .iter()
         .map(|n| n.name.as_str())
-        .filter(|n| req.allowed.map_or(true, |a| a.iter().any(|x| x == n)))
+        .filter(|n| req.allowed.is_none_or(|a| a.iter().any(|x| x == n)))
         .map(|n| (n, avail.get(n).copied()))
         .collect();
-    let fits = |a: Option<u64>| a.map_or(true, |a| a >= req.size_bytes);
+    let fits = |a: Option<u64>| a.is_none_or(|a| a >= req.size_bytes);
     cands.sort_by(|a, b| {
         let la = a.0 == req.local && fits(a.1);
         let lb = b.0 == req.local && fits(b.1);

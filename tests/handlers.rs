@@ -331,3 +331,23 @@ fn crash_inside_rename_leaves_a_usable_document() {
     assert_eq!((d.volname.as_str(), d.vmid, d.resource.as_str()), ("vm-101-disk-3", 101, "dp.vm-100-disk-0"));
     assert_eq!(ok(call(&c, "path", "dp", json!({"volname": "vm-101-disk-3"})))["vmid"], 101);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Arbitrary names and sizes never panic, never create anything, and get a clear error kind.
+    #[test]
+    fn arbitrary_args_are_refused_cleanly(name in "\\PC{0,80}", size in proptest::prelude::any::<i64>(), method_i in 0usize..6) {
+        let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+        let n = FakeNode::quiet("pve1", &s);
+        let c = ctx(&s, &n, 50);
+        let method = ["alloc", "free", "path", "activate", "resize", "rename"][method_i];
+        let r = call(&c, method, "dp", json!({"vmid": 100, "name": name, "volname": name, "size_kib": size, "size_bytes": size, "target_vmid": 101}));
+        if let Some(e) = &r.error {
+            proptest::prop_assert!(["invalid-input", "not-found", "refused", "timeout"].contains(&e.kind.as_str()), "{:?}", e);
+            proptest::prop_assert!(!e.message.is_empty());
+        }
+        if !r.ok {
+            proptest::prop_assert!(s.all_volumes().unwrap().iter().all(|v| v.state != VolumeState::Ready));
+        }
+    }
+}

@@ -15,7 +15,7 @@ pub struct StorageCfg {
     pub nodes: Option<Vec<String>>,
 }
 
-fn get<'a>(m: &'a Map<String, Value>, k: &str) -> Result<Option<String>> {
+fn get(m: &Map<String, Value>, k: &str) -> Result<Option<String>> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),

@@ -293,7 +293,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to grow"), || {
         Ok(published(ctx.store, &peers, &doc.resource)?
             .into_iter()
-            .filter(|(_, o)| !o.as_ref().is_some_and(|o| o.generation >= doc.generation))
+            .filter(|(_, o)| o.as_ref().is_none_or(|o| o.generation < doc.generation))
             .map(|(n, _)| n)
             .collect())
     })?;
