@@ -40,6 +40,8 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
     let size_kib = naming::check_size_kib(a.raw("size_kib").ok_or_else(|| crate::invalid!("argument 'size_kib' is missing"))?)?;
     let explicit = a.opt_str("name")?.map(|n| naming::check_alloc_name(n, vmid)).transpose()?;
     let local = ctx.node.name().to_string();
+    // One budget for the whole call (lock wait included): PVE's own lock around alloc allows 60 s.
+    let deadline = Instant::now() + ctx.peer_timeout;
 
     let doc = {
         let _g = ctx.store.lock(ALLOC_LOCK)?;
@@ -98,7 +100,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
         doc.port,
         doc.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(", ")
     );
-    match finish_create(ctx, &doc) {
+    match finish_create(ctx, &doc, deadline) {
         Ok(()) => Ok(json!({"volname": doc.volname})),
         Err(e) => {
             roll_back_create(ctx, &doc);
@@ -107,9 +109,8 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
     }
 }
 
-fn finish_create(ctx: &Ctx, doc: &VolumeDoc) -> Result<()> {
+fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let local = ctx.node.name().to_string();
-    let deadline = Instant::now() + ctx.peer_timeout;
     let name = format!("{}:{}", doc.storeid, doc.volname);
     if doc.replica(&local).is_some() {
         ctx.node.ensure_replica(doc)?;
