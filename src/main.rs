@@ -1,4 +1,175 @@
+//! drbdpool: DRBD-replicated LVM-thin storage for small Proxmox VE clusters.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use drbdpool::cli;
+use drbdpool::error::Result;
+use drbdpool::store::Store;
+
+const AFTER_HELP: &str = "\
+Examples:
+  drbdpool status
+  drbdpool volume show drbdpool:vm-100-disk-0
+  drbdpool node add pve1 --address 10.10.10.1
+  echo '{\"version\":1,\"storeid\":\"dp\",\"args\":{}}' | drbdpool plugin status
+
+Exit codes:
+  0  success
+  1  internal error (or: `plugin` wrote an error reply; read its error.kind)
+  2  invalid input (nothing was changed)
+  3  not found
+  4  refused: unsafe now (replica not UpToDate, volume in use, ...)
+  5  conflict (already exists, range exhausted)
+  6  timeout (lock, peer agent, tool)
+  7  an external tool failed
+  8  the cluster store could not be read or written";
+
+#[derive(Parser)]
+#[command(
+    name = "drbdpool",
+    version,
+    about = "DRBD-replicated storage for small Proxmox VE clusters",
+    long_about = "drbdpool joins DRBD (the data path) and the Proxmox cluster file system (the cluster state).\n\
+The Perl storage plugin calls `drbdpool plugin <method>`; people use `status`, `volume` and `node`;\n\
+systemd runs `drbdpool agent` on every node.",
+    after_help = AFTER_HELP
+)]
+struct Opts {
+    /// Cluster store directory [default: /etc/pve/priv/drbdpool]
+    #[arg(long, global = true, env = "DRBDPOOL_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// This node's name [default: uname -n]
+    #[arg(long, global = true, env = "DRBDPOOL_NODE", value_name = "NAME")]
+    node: Option<String>,
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One PVE storage plugin call: JSON request on stdin, JSON reply on stdout (docs/PROTOCOL.md)
+    #[command(after_help = "Example:\n  echo '{\"version\":1,\"storeid\":\"dp\",\"node\":\"pve1\",\"scfg\":{},\"args\":{\"volname\":\"vm-100-disk-0\"}}' | drbdpool plugin path\n\nExit code 0 with {\"ok\":true,...}; 1 with {\"ok\":false,\"error\":{kind,message}}.")]
+    Plugin {
+        /// activate_storage, status, alloc, free, list, path, activate, deactivate, size, resize, snapshot, ...
+        method: String,
+    },
+    /// Every volume with each replica's role, disk, connections and sync progress
+    #[command(after_help = "Examples:\n  drbdpool status\n  drbdpool status --json | jq '.volumes[] | select(.state != \"ready\")'")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Volumes in the store
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Nodes that can hold replicas
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Reconcile this node's replicas with the store (run by systemd on every node)
+    #[command(after_help = "Examples:\n  drbdpool agent                 # run forever (drbdpool-agent.service)\n  drbdpool agent --once -v       # one reconcile round, verbose")]
+    Agent {
+        /// One round, then exit
+        #[arg(long)]
+        once: bool,
+        /// Seconds between rounds
+        #[arg(long, default_value_t = 10.0, value_name = "S")]
+        interval: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// All volumes of every drbdpool storage
+    #[command(after_help = "Example:\n  drbdpool volume list --json")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One volume's desired and observed state (secret hidden)
+    #[command(after_help = "Examples:\n  drbdpool volume show drbdpool:vm-100-disk-0\n  drbdpool volume show vm-100-disk-0")]
+    Show {
+        /// storeid:volname, or a volname that exists in one storage only
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Register a node (or change its replication address)
+    #[command(after_help = "Example:\n  drbdpool node add pve1 --address 10.10.10.1")]
+    Add {
+        name: String,
+        /// Replication address on the DRBD network (IPv4 or IPv6, no port)
+        #[arg(long)]
+        address: String,
+    },
+    /// Registered nodes and when their agent last reported
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unregister a node (refused while it holds replicas)
+    Remove { name: String },
+}
+
+fn open_store(o: &Opts) -> Result<Store> {
+    Store::open(Store::resolve_root(o.store.as_deref()))
+}
+
+fn run(o: &Opts) -> Result<()> {
+    let out = match &o.cmd {
+        Cmd::Plugin { .. } => unreachable!(),
+        Cmd::Status { json } => {
+            let s = open_store(o)?;
+            if *json {
+                serde_json::to_string_pretty(&cli::status_json(&s)?).unwrap()
+            } else {
+                cli::status_table(&s)?
+            }
+        }
+        Cmd::Volume(VolumeCmd::List { json }) => cli::volume_list(&open_store(o)?, *json)?,
+        Cmd::Volume(VolumeCmd::Show { id }) => cli::volume_show(&open_store(o)?, id)?,
+        Cmd::Node(NodeCmd::Add { name, address }) => cli::node_add(&open_store(o)?, name, address)?,
+        Cmd::Node(NodeCmd::List { json }) => cli::node_list(&open_store(o)?, *json)?,
+        Cmd::Node(NodeCmd::Remove { name }) => cli::node_remove(&open_store(o)?, name)?,
+        Cmd::Agent { once, interval } => {
+            if !(interval.is_finite() && *interval > 0.0) {
+                return Err(drbdpool::invalid!("--interval must be a positive number of seconds"));
+            }
+            let store = open_store(o)?;
+            let node = cli::node_name(o.node.as_deref(), None)?;
+            drbdpool::agent::run(drbdpool::agent::AgentOpts { store, node, once: *once, interval: Duration::from_secs_f64(*interval) })?;
+            return Ok(());
+        }
+    };
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
 fn main() {
-    eprintln!("drbdpool: not yet wired");
-    std::process::exit(1);
+    let o = Opts::parse();
+    let level = match o.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).init();
+    if let Cmd::Plugin { method } = &o.cmd {
+        std::process::exit(cli::plugin::run(method, o.store.as_deref(), o.node.as_deref()));
+    }
+    if let Err(e) = run(&o) {
+        eprintln!("drbdpool: {e}");
+        std::process::exit(e.exit_code());
+    }
 }

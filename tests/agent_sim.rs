@@ -1,5 +1,6 @@
 //! LocalNode and the agent with SimDrbd and the file backend on real loop devices.
 
+#[path = "nodelab/mod.rs"]
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -6,6 +6,7 @@
 //! The agents are this test binary re-run in child mode (`child_agent`) calling
 //! `drbdpool::agent::run` exactly as `drbdpool agent` does.
 
+#[path = "nodelab/mod.rs"]
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -1,1 +1,181 @@
-//! TODO: see docs/ARCHITECTURE.md
+//! `drbdpool plugin <method>`: one JSON request on stdin, one JSON reply on
+//! stdout (docs/PROTOCOL.md). This module holds the wire types, argument
+//! parsing and the dispatch; the handlers live in the sub-modules.
+
+pub mod activate;
+mod args;
+mod query;
+pub mod scfg;
+mod volume;
+mod wait;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::invalid;
+use crate::node::NodeOps;
+use crate::store::Store;
+
+pub use args::Args;
+
+pub const VERSION: u32 = 1;
+
+/// Every method the helper answers, in the order of docs/PROTOCOL.md.
+pub const METHODS: &[&str] = &[
+    "activate_storage",
+    "status",
+    "alloc",
+    "free",
+    "list",
+    "path",
+    "activate",
+    "deactivate",
+    "size",
+    "resize",
+    "snapshot",
+    "snapshot_delete",
+    "snapshot_rollback",
+    "rollback_is_possible",
+    "snapshot_list",
+    "has_feature",
+    "create_base",
+    "clone",
+    "rename",
+    "export_formats",
+    "import_formats",
+];
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Request {
+    pub version: u32,
+    pub storeid: String,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub scfg: Map<String, Value>,
+    #[serde(default)]
+    pub args: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn from_result(r: Result<Value>) -> Reply {
+        match r {
+            Ok(v) => Reply { version: VERSION, ok: true, result: Some(v), error: None },
+            Err(e) => Reply {
+                version: VERSION,
+                ok: false,
+                result: None,
+                error: Some(ErrorBody { kind: e.kind().to_string(), message: e.to_string() }),
+            },
+        }
+    }
+}
+
+/// Everything a handler works with.
+pub struct Ctx<'a> {
+    pub store: &'a Store,
+    pub node: &'a dyn NodeOps,
+    /// Bound for waiting on other nodes' agents (alloc, free, resize).
+    pub peer_timeout: Duration,
+    /// How often the store is re-read while waiting.
+    pub poll: Duration,
+}
+
+impl<'a> Ctx<'a> {
+    /// Peer timeout from `DRBDPOOL_PEER_TIMEOUT_SECS`, else 45 s (PVE's storage lock allows 60 s).
+    pub fn new(store: &'a Store, node: &'a dyn NodeOps) -> Ctx<'a> {
+        let peer_timeout = std::env::var("DRBDPOOL_PEER_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(Duration::from_secs(45));
+        Ctx { store, node, peer_timeout, poll: Duration::from_millis(200) }
+    }
+}
+
+/// Parse the raw request; a malformed one is an `invalid-input` error.
+pub fn parse_request(input: &[u8]) -> Result<Request> {
+    let v: Value = serde_json::from_slice(input).map_err(|e| invalid!("the request is not valid JSON: {e}"))?;
+    let version = v.get("version").and_then(Value::as_u64);
+    match version {
+        None => return Err(invalid!("the request has no numeric 'version' (this helper speaks version {VERSION})")),
+        Some(n) if n > VERSION as u64 => {
+            return Err(invalid!("request version {n} is newer than this helper's protocol version {VERSION}: upgrade drbdpool on this node"))
+        }
+        Some(0) => return Err(invalid!("request version 0 is not valid (this helper speaks version {VERSION})")),
+        _ => {}
+    }
+    serde_json::from_value(v).map_err(|e| invalid!("malformed request: {e} (expected {{version, storeid, node, scfg, args}})"))
+}
+
+/// Run one method. The store id is checked for every method.
+pub fn dispatch(ctx: &Ctx, method: &str, req: &Request) -> Result<Value> {
+    crate::naming::check_storeid(&req.storeid)?;
+    let a = Args::new(&req.args);
+    let sid = req.storeid.as_str();
+    match method {
+        "activate_storage" => query::activate_storage(ctx),
+        "status" => query::status(ctx, sid),
+        "alloc" => volume::alloc(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a),
+        "free" => volume::free(ctx, sid, &a),
+        "list" => query::list(ctx, sid, &a),
+        "path" => query::path(ctx, sid, &a),
+        "activate" => activate::activate(ctx, sid, &a),
+        "deactivate" => activate::deactivate(ctx, sid, &a),
+        "size" => query::size(ctx, sid, &a),
+        "resize" => volume::resize(ctx, sid, &a),
+        "snapshot" | "snapshot_delete" | "snapshot_rollback" | "rollback_is_possible" => query::snapshot_unsupported(ctx, sid, &a, method),
+        "snapshot_list" => query::snapshot_list(ctx, sid, &a),
+        "has_feature" => query::has_feature(ctx, sid, &a),
+        "create_base" => volume::create_base(ctx, sid, &a),
+        "clone" => volume::clone(ctx, sid, &a),
+        "rename" => volume::rename(ctx, sid, &a),
+        "export_formats" | "import_formats" => query::formats(ctx, sid, &a),
+        other => Err(invalid!("unknown method '{other}': known methods are {}", METHODS.join(", "))),
+    }
+}
+
+/// Parse, dispatch, and wrap into a reply: what `drbdpool plugin <method>` prints.
+pub fn handle(ctx: &Ctx, method: &str, input: &[u8]) -> Reply {
+    let r = parse_request(input).and_then(|req| dispatch(ctx, method, &req));
+    if let Err(e) = &r {
+        tracing::debug!("{method} failed: {} ({})", e, e.kind());
+    }
+    Reply::from_result(r)
+}
+
+/// Load a volume's document or fail with `not-found` naming it.
+pub(crate) fn load(ctx: &Ctx, storeid: &str, volname: &str) -> Result<crate::store::docs::VolumeDoc> {
+    crate::naming::parse_volname(volname)?;
+    ctx.store
+        .volume(storeid, volname)?
+        .ok_or_else(|| Error::NotFound(format!("volume {storeid}:{volname} does not exist (see `drbdpool volume list`)")))
+}
+
+pub(crate) fn not_supported(what: &str) -> Error {
+    Error::Refused(format!("{what} is not supported by drbdpool yet"))
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -3,7 +3,9 @@
 //! Every write is atomic (temp file, fsync, rename, fsync dir) because a crash
 //! at any point must leave either the old or the new document, never a torn one.
 
+pub mod alloc;
 pub mod docs;
+pub mod lock;
 
 use std::fs;
 use std::io::Write;
@@ -69,7 +71,25 @@ impl Store {
     // ---- volumes ----
 
     pub fn volume(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
-        read_doc(&self.volume_path(storeid, volname))
+        let mut d: Option<VolumeDoc> = read_doc(&self.volume_path(storeid, volname))?;
+        if let Some(d) = d.as_mut() {
+            // The file name is authoritative: a crash inside `rename_volume` + `put_volume`
+            // can leave the renamed file with the old name inside.
+            if d.volname != volname {
+                if let Ok(v) = crate::naming::parse_volname(volname) {
+                    d.volname = v.name;
+                    d.vmid = v.vmid;
+                    d.base = v.base;
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Atomically move a volume's document to a new name (the content is not changed).
+    pub fn rename_volume(&self, storeid: &str, from: &str, to: &str) -> Result<()> {
+        let (a, b) = (self.volume_path(storeid, from), self.volume_path(storeid, to));
+        fs::rename(&a, &b).map_err(|e| Error::Store(format!("cannot rename {} to {}: {e}", a.display(), b.display())))
     }
 
     pub fn put_volume(&self, v: &VolumeDoc) -> Result<()> {

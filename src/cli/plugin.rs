@@ -1,0 +1,102 @@
+//! `drbdpool plugin <method>`: the Perl shim's entry. Reads one request from
+//! stdin, writes one reply to stdout; logs go to stderr only.
+
+use std::cell::OnceCell;
+use std::io::{Read, Write};
+
+use crate::error::{Error, Result};
+use crate::node::NodeOps;
+use crate::protocol::{self, Ctx, Reply};
+use crate::store::docs::{BackendSpec, Space, VolumeDoc, VolumeObserved};
+use crate::store::Store;
+
+/// Builds the real node side only when a handler needs it: `status`, `path` and
+/// `list` must answer in milliseconds and never run a tool.
+pub struct LazyNode<'a> {
+    name: String,
+    store: &'a Store,
+    inner: OnceCell<std::result::Result<Box<dyn NodeOps>, String>>,
+}
+
+impl<'a> LazyNode<'a> {
+    pub fn new(store: &'a Store, name: String) -> Self {
+        LazyNode { name, store, inner: OnceCell::new() }
+    }
+    fn get(&self) -> Result<&dyn NodeOps> {
+        match self.inner.get_or_init(|| crate::agent::local_node(self.store, &self.name).map_err(|e| e.to_string())) {
+            Ok(b) => Ok(b.as_ref()),
+            Err(e) => Err(Error::Other(anyhow::anyhow!("cannot set up the node side on {}: {e}", self.name))),
+        }
+    }
+}
+
+impl NodeOps for LazyNode<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn ensure_replica(&self, vol: &VolumeDoc) -> Result<VolumeObserved> {
+        self.get()?.ensure_replica(vol)
+    }
+    fn remove_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.remove_replica(vol)
+    }
+    fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
+        self.get()?.observe(vol)
+    }
+    fn promote(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.promote(vol)
+    }
+    fn demote(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.demote(vol)
+    }
+    fn grow_backing(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.grow_backing(vol)
+    }
+    fn grow_drbd(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.grow_drbd(vol)
+    }
+    fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.skip_initial_sync(vol)
+    }
+    fn set_dual_primary(&self, vol: &VolumeDoc, on: bool) -> Result<()> {
+        self.get()?.set_dual_primary(vol, on)
+    }
+    fn space(&self, b: &BackendSpec) -> Result<Space> {
+        self.get()?.space(b)
+    }
+}
+
+/// Run one plugin call; returns the process exit code (0 ok, 1 error reply written).
+pub fn run(method: &str, store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> i32 {
+    let mut input = Vec::new();
+    let reply = match std::io::stdin().read_to_end(&mut input) {
+        Err(e) => Reply::from_result(Err(crate::invalid!("cannot read the request from stdin: {e}"))),
+        Ok(_) => call(method, &input, store_flag, node_flag),
+    };
+    let out = serde_json::to_string(&reply).unwrap_or_else(|_| {
+        r#"{"version":1,"ok":false,"error":{"kind":"internal","message":"cannot encode the reply"}}"#.to_string()
+    });
+    let mut so = std::io::stdout().lock();
+    let _ = writeln!(so, "{out}");
+    let _ = so.flush();
+    if reply.ok {
+        0
+    } else {
+        1
+    }
+}
+
+fn call(method: &str, input: &[u8], store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> Reply {
+    let r = (|| {
+        let req = protocol::parse_request(input)?;
+        let node = super::node_name(node_flag, req.node.as_deref())?;
+        let store = Store::open(Store::resolve_root(store_flag))?;
+        let lazy = LazyNode::new(&store, node);
+        let ctx = Ctx::new(&store, &lazy);
+        protocol::dispatch(&ctx, method, &req)
+    })();
+    if let Err(e) = &r {
+        tracing::debug!("plugin {method}: {} error: {e}", e.kind());
+    }
+    Reply::from_result(r)
+}

@@ -1,0 +1,273 @@
+//! activate / deactivate. The decision whether this node may become Primary is
+//! a pure function (Invariant 1: never promote a replica that is not UpToDate;
+//! dual-primary only for a real incoming live migration).
+
+use serde_json::{json, Value};
+
+use crate::error::Result;
+use crate::refused;
+use crate::store::docs::{DualPrimary, NodeState, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::lock::vol_lock_name;
+
+use super::{load, not_supported, now, Args, Ctx};
+
+/// A published Primary claim older than this is not trusted. Agents refresh their
+/// state at least every 60 s; a node that cannot (no quorum: /etc/pve is read-only)
+/// self-fences through the watchdog within 60 s, and a dead one says nothing more.
+/// A Primary we are still connected to is seen in the local DRBD view anyway.
+pub const STALE_AFTER_SECS: u64 = 90;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    AlreadyPrimary,
+    Promote,
+    /// Open the live-migration window (allow two primaries) from `source`, then promote.
+    PromoteForMigration { source: String },
+}
+
+/// May `local` become Primary for `doc`? `local_obs` is what DRBD here reports;
+/// `states` what every node published; `now` unix seconds.
+pub fn decide(
+    doc: &VolumeDoc,
+    local: &str,
+    local_obs: Option<&VolumeObserved>,
+    states: &[NodeState],
+    migrated_from: Option<&str>,
+    now: u64,
+) -> Result<Decision> {
+    let name = format!("{}:{}", doc.storeid, doc.volname);
+    let replica_nodes: Vec<&str> = doc.replicas.iter().map(|r| r.node.as_str()).collect();
+    if doc.replica(local).is_none() {
+        return Err(refused!(
+            "volume {name} has no replica on node {local}: its replicas are on {}. Start the guest there or migrate it",
+            replica_nodes.join(", ")
+        ));
+    }
+    match doc.state {
+        VolumeState::Ready => {}
+        VolumeState::Creating => return Err(refused!("volume {name} is still being created; retry when `drbdpool status` shows it ready")),
+        VolumeState::Deleting => return Err(refused!("volume {name} is being deleted")),
+    }
+    let published = |n: &str| states.iter().find(|s| s.node == n).and_then(|s| s.volumes.get(&doc.resource).map(|v| (s, v)));
+    let good: Vec<&str> = replica_nodes
+        .iter()
+        .copied()
+        .filter(|n| *n != local && !doc.outdated.iter().any(|o| o == n))
+        .filter(|n| published(n).is_some_and(|(_, v)| v.disk == "UpToDate"))
+        .collect();
+    let where_good = if good.is_empty() {
+        "no other node reports an UpToDate replica; check `drbdpool status`".to_string()
+    } else {
+        format!("UpToDate data is on {}: start the guest there", good.join(", "))
+    };
+    if doc.outdated.iter().any(|o| o == local) {
+        return Err(refused!("the replica of {name} on {local} was marked outdated by the fence-peer handler: refusing to promote it; {where_good}"));
+    }
+    let disk = local_obs.map(|o| o.disk.as_str()).filter(|d| !d.is_empty()).unwrap_or("unknown");
+    if disk != "UpToDate" {
+        return Err(refused!("the replica of {name} on {local} is {disk}, not UpToDate: refusing to promote it; {where_good}"));
+    }
+    // Who else is Primary: what DRBD here sees of connected peers, plus fresh
+    // published claims (a peer we are cut off from may still be Primary).
+    let mut others: Vec<String> = Vec::new();
+    for p in local_obs.map(|o| o.peers.as_slice()).unwrap_or(&[]) {
+        if p.node != local && p.role == "Primary" && !others.contains(&p.node) {
+            others.push(p.node.clone());
+        }
+    }
+    for n in replica_nodes.iter().filter(|n| **n != local) {
+        if let Some((s, v)) = published(n) {
+            if v.role == "Primary" && now.saturating_sub(s.updated) <= STALE_AFTER_SECS && !others.iter().any(|o| o == n) {
+                others.push(n.to_string());
+            }
+        }
+    }
+    let already = local_obs.is_some_and(|o| o.role == "Primary");
+    match others.as_slice() {
+        [] if already => Ok(Decision::AlreadyPrimary),
+        [] => Ok(Decision::Promote),
+        [one] if migrated_from == Some(one.as_str()) => Ok(Decision::PromoteForMigration { source: one.clone() }),
+        _ => Err(refused!(
+            "volume {name} is Primary on {}: it is in use there (stop the guest there first; two primaries are only allowed during a live migration from that node)",
+            others.join(", ")
+        )),
+    }
+}
+
+pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    let volname = a.str("volname")?;
+    if a.opt_str("snapname")?.is_some() {
+        return Err(not_supported("activating a snapshot"));
+    }
+    let migrated_from = a.opt_str("migrated_from")?;
+    if let Some(m) = migrated_from {
+        crate::naming::check_node_name(m)?;
+    }
+    let doc = load(ctx, sid, volname)?;
+    let local = ctx.node.name().to_string();
+    let obs = if doc.replica(&local).is_some() { ctx.node.observe(&doc)? } else { None };
+    let states = ctx.store.node_states()?;
+    match decide(&doc, &local, obs.as_ref(), &states, migrated_from, now())? {
+        Decision::AlreadyPrimary => {}
+        Decision::Promote => ctx.node.promote(&doc)?,
+        Decision::PromoteForMigration { source } => {
+            tracing::info!("opening the live-migration window for {} from {source} to {local}", doc.resource);
+            let doc = {
+                let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+                let mut d = load(ctx, sid, volname)?;
+                d.dual_primary = Some(DualPrimary { source: source.clone(), target: local.clone(), since: now() });
+                d.generation += 1;
+                ctx.store.put_volume(&d)?;
+                d
+            };
+            ctx.node.set_dual_primary(&doc, true)?;
+            ctx.node.promote(&doc)?;
+        }
+    }
+    Ok(json!({"path": doc.device_path()}))
+}
+
+pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    let volname = a.str("volname")?;
+    if a.opt_str("snapname")?.is_some() {
+        return Err(not_supported("snapshots"));
+    }
+    let doc = load(ctx, sid, volname)?;
+    let local = ctx.node.name().to_string();
+    if doc.replica(&local).is_none() {
+        return Ok(json!({})); // nothing is active here
+    }
+    ctx.node.demote(&doc)?;
+    if doc.dual_primary.as_ref().is_some_and(|d| d.source == local || d.target == local) {
+        // Migration finished (source demoted) or aborted (target demoted): close the window.
+        let doc = {
+            let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+            let mut d = load(ctx, sid, volname)?;
+            d.dual_primary = None;
+            d.generation += 1;
+            ctx.store.put_volume(&d)?;
+            d
+        };
+        ctx.node.set_dual_primary(&doc, false)?;
+    }
+    Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::docs::{BackendSpec, PeerObserved, Replica};
+
+    fn doc() -> VolumeDoc {
+        VolumeDoc {
+            format: 1,
+            storeid: "pool".into(),
+            volname: "vm-100-disk-0".into(),
+            vmid: 100,
+            resource: "pool.vm-100-disk-0".into(),
+            size_kib: 1024,
+            minor: 1000,
+            port: 7000,
+            replicas: vec![Replica { node: "a".into(), node_id: 0 }, Replica { node: "b".into(), node_id: 1 }],
+            backend: BackendSpec::default(),
+            secret: "s".into(),
+            state: VolumeState::Ready,
+            base: false,
+            parent: None,
+            snapshots: vec![],
+            outdated: vec![],
+            dual_primary: None,
+            created: 0,
+            generation: 1,
+        }
+    }
+    fn obs(role: &str, disk: &str, peers: &[(&str, &str)]) -> VolumeObserved {
+        VolumeObserved {
+            ready: true,
+            generation: 1,
+            role: role.into(),
+            disk: disk.into(),
+            peers: peers.iter().map(|(n, r)| PeerObserved { node: n.to_string(), role: r.to_string(), connection: "Connected".into(), ..Default::default() }).collect(),
+            ..Default::default()
+        }
+    }
+    fn state(node: &str, updated: u64, o: VolumeObserved) -> NodeState {
+        let mut s = NodeState { format: 1, node: node.into(), updated, storages: Default::default(), volumes: Default::default() };
+        s.volumes.insert("pool.vm-100-disk-0".into(), o);
+        s
+    }
+    const NOW: u64 = 10_000;
+
+    #[test]
+    fn not_a_replica_names_replica_nodes() {
+        let e = decide(&doc(), "c", None, &[], None, NOW).unwrap_err();
+        assert_eq!(e.kind(), "refused");
+        assert!(e.to_string().contains("replicas are on a, b"), "{e}");
+    }
+
+    #[test]
+    fn not_ready_volume() {
+        let mut d = doc();
+        d.state = VolumeState::Creating;
+        assert!(decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], None, NOW).unwrap_err().to_string().contains("being created"));
+        d.state = VolumeState::Deleting;
+        assert!(decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], None, NOW).unwrap_err().to_string().contains("deleted"));
+    }
+
+    #[test]
+    fn outdated_node_refused_even_if_uptodate() {
+        let mut d = doc();
+        d.outdated = vec!["a".into()];
+        let states = [state("b", NOW, obs("Secondary", "UpToDate", &[]))];
+        let e = decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &states, None, NOW).unwrap_err();
+        assert!(e.to_string().contains("outdated") && e.to_string().contains("UpToDate data is on b"), "{e}");
+    }
+
+    #[test]
+    fn local_disk_must_be_uptodate() {
+        let states = [state("b", NOW, obs("Secondary", "UpToDate", &[]))];
+        for disk in ["Outdated", "Inconsistent", "DUnknown", "Diskless", ""] {
+            let e = decide(&doc(), "a", Some(&obs("Secondary", disk, &[])), &states, None, NOW).unwrap_err();
+            assert_eq!(e.kind(), "refused");
+            assert!(e.to_string().contains("UpToDate data is on b"), "{disk}: {e}");
+        }
+        let e = decide(&doc(), "a", None, &[], None, NOW).unwrap_err();
+        assert!(e.to_string().contains("is unknown") && e.to_string().contains("no other node"), "{e}");
+        // An outdated peer is not offered as the place of good data.
+        let mut d = doc();
+        d.outdated = vec!["b".into()];
+        let e = decide(&d, "a", Some(&obs("Secondary", "Outdated", &[])), &states, None, NOW).unwrap_err();
+        assert!(e.to_string().contains("no other node"), "{e}");
+    }
+
+    #[test]
+    fn promote_when_alone_and_idempotent_when_primary() {
+        let states = [state("b", NOW, obs("Secondary", "UpToDate", &[]))];
+        assert_eq!(decide(&doc(), "a", Some(&obs("Secondary", "UpToDate", &[("b", "Secondary")])), &states, None, NOW).unwrap(), Decision::Promote);
+        assert_eq!(decide(&doc(), "a", Some(&obs("Primary", "UpToDate", &[("b", "Secondary")])), &states, None, NOW).unwrap(), Decision::AlreadyPrimary);
+    }
+
+    #[test]
+    fn other_primary_refused_unless_migrating_from_it() {
+        let local = obs("Secondary", "UpToDate", &[("b", "Primary")]);
+        let e = decide(&doc(), "a", Some(&local), &[], None, NOW).unwrap_err();
+        assert!(e.to_string().contains("Primary on b"), "{e}");
+        let e = decide(&doc(), "a", Some(&local), &[], Some("c"), NOW).unwrap_err();
+        assert!(e.to_string().contains("Primary on b"), "{e}");
+        assert_eq!(decide(&doc(), "a", Some(&local), &[], Some("b"), NOW).unwrap(), Decision::PromoteForMigration { source: "b".into() });
+        // Already primary during the window (activate repeated): still the migration decision, idempotent.
+        let both = obs("Primary", "UpToDate", &[("b", "Primary")]);
+        assert_eq!(decide(&doc(), "a", Some(&both), &[], Some("b"), NOW).unwrap(), Decision::PromoteForMigration { source: "b".into() });
+    }
+
+    #[test]
+    fn published_primary_counts_only_while_fresh() {
+        // Disconnected peer (not in the local view) that still publishes Primary: refuse (split brain).
+        let local = obs("Secondary", "UpToDate", &[]);
+        let fresh = [state("b", NOW - 10, obs("Primary", "UpToDate", &[]))];
+        assert!(decide(&doc(), "a", Some(&local), &fresh, None, NOW).unwrap_err().to_string().contains("Primary on b"));
+        // A dead node's last word is not trusted forever (HA recovery).
+        let stale = [state("b", NOW - STALE_AFTER_SECS - 1, obs("Primary", "UpToDate", &[]))];
+        assert_eq!(decide(&doc(), "a", Some(&local), &stale, None, NOW).unwrap(), Decision::Promote);
+    }
+}

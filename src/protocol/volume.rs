@@ -1,0 +1,374 @@
+//! Methods that change desired state: alloc, free, resize, create_base, rename
+//! (clone is refused until per-node snapshots exist). Each writes the store
+//! under its lock and then waits, bounded, for the other nodes' agents.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::naming;
+use crate::placement;
+use crate::refused;
+use crate::store::alloc::{allocate, Ranges};
+use crate::store::docs::{BackendKind, Replica, VolumeDoc, VolumeState};
+use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
+
+use super::scfg::StorageCfg;
+use super::wait::{published, until_done};
+use super::{load, now, Args, Ctx};
+
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect()
+}
+
+fn agent_hint(nodes: &[String]) -> String {
+    format!("check `systemctl status drbdpool-agent` and `journalctl -u drbdpool-agent` on {}", nodes.join(", "))
+}
+
+pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> {
+    let vmid = a.vmid("vmid")?;
+    match a.opt_str("fmt")? {
+        None | Some("raw") => {}
+        Some(f) => return Err(crate::invalid!("format '{f}' is not supported: drbdpool volumes are raw block devices")),
+    }
+    let size_kib = naming::check_size_kib(a.raw("size_kib").ok_or_else(|| crate::invalid!("argument 'size_kib' is missing"))?)?;
+    let explicit = a.opt_str("name")?.map(|n| naming::check_alloc_name(n, vmid)).transpose()?;
+    let local = ctx.node.name().to_string();
+    // One budget for the whole call (lock wait included): PVE's own lock around alloc allows 60 s.
+    let deadline = Instant::now() + ctx.peer_timeout;
+
+    let doc = {
+        let _g = ctx.store.lock(ALLOC_LOCK)?;
+        let names = ctx.store.volume_names(sid)?;
+        let volname = match &explicit {
+            Some(n) if names.contains(&n.name) => {
+                return Err(Error::Conflict(format!("volume {sid}:{} already exists", n.name)));
+            }
+            Some(n) => n.name.clone(),
+            None => naming::next_disk_name(vmid, names.iter().map(String::as_str))?,
+        };
+        let all = ctx.store.all_volumes()?;
+        let resource = naming::resource_name(sid, &volname);
+        if let Some(o) = all.iter().find(|v| v.resource == resource) {
+            return Err(Error::Conflict(format!(
+                "the DRBD resource name {resource} for {sid}:{volname} is already used by {}:{}: choose another volume name",
+                o.storeid, o.volname
+            )));
+        }
+        let placed = placement::place(
+            &placement::Request { storeid: sid, replicas: cfg.replicas, local: &local, size_bytes: size_kib * 1024, allowed: cfg.nodes.as_deref() },
+            &ctx.store.nodes()?,
+            &ctx.store.node_states()?,
+        )?;
+        let al = allocate(&all, &placed, &Ranges::default())?;
+        let doc = VolumeDoc {
+            format: crate::store::docs::FORMAT,
+            storeid: sid.to_string(),
+            volname: volname.clone(),
+            vmid,
+            resource,
+            size_kib,
+            minor: al.minor,
+            port: al.port,
+            replicas: placed.iter().zip(al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: id }).collect(),
+            backend: cfg.backend.clone(),
+            secret: random_secret(),
+            state: VolumeState::Creating,
+            base: volname.starts_with("base-"),
+            parent: None,
+            snapshots: vec![],
+            outdated: vec![],
+            dual_primary: None,
+            created: now(),
+            generation: 1,
+        };
+        // This document is the reservation of minor, port and name.
+        ctx.store.put_volume(&doc)?;
+        doc
+    };
+    tracing::info!(
+        "allocated {sid}:{} as {} (minor {}, port {}) on {}",
+        doc.volname,
+        doc.resource,
+        doc.minor,
+        doc.port,
+        doc.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    match finish_create(ctx, &doc, deadline) {
+        Ok(()) => Ok(json!({"volname": doc.volname})),
+        Err(e) => {
+            roll_back_create(ctx, &doc);
+            Err(e)
+        }
+    }
+}
+
+fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
+    let local = ctx.node.name().to_string();
+    let name = format!("{}:{}", doc.storeid, doc.volname);
+    if doc.replica(&local).is_some() {
+        ctx.node.ensure_replica(doc)?;
+    }
+    let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let pending = until_done(left(deadline), ctx.poll, &format!("the replica of {name} to be ready"), || {
+        Ok(published(ctx.store, &peers, &doc.resource)?
+            .into_iter()
+            .filter(|(_, o)| !o.as_ref().is_some_and(|o| o.ready && o.generation >= doc.generation))
+            .map(|(n, _)| n)
+            .collect())
+    })?;
+    if !pending.is_empty() {
+        return Err(Error::Timeout(format!(
+            "volume {name} was not created: node(s) {} did not report the new replica ready within {}s; {}. The half-made volume is being removed",
+            pending.join(", "),
+            ctx.peer_timeout.as_secs(),
+            agent_hint(&pending)
+        )));
+    }
+    if doc.replicas[0].node == local {
+        ctx.node.skip_initial_sync(doc)?;
+    }
+    // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
+    // right after the sync skip. Thick LVM syncs in the background instead.
+    if doc.backend.kind != BackendKind::Lvm {
+        let all: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).collect();
+        let pending = until_done(left(deadline), ctx.poll, &format!("{name} to be UpToDate"), || {
+            let mut p = Vec::new();
+            let pubd = published(ctx.store, &peers, &doc.resource)?;
+            for n in &all {
+                let disk = if *n == local {
+                    ctx.node.observe(doc)?.map(|o| o.disk)
+                } else {
+                    pubd.get(n).cloned().flatten().map(|o| o.disk)
+                };
+                if disk.as_deref() != Some("UpToDate") {
+                    p.push(n.clone());
+                }
+            }
+            Ok(p)
+        })?;
+        if !pending.is_empty() {
+            return Err(Error::Timeout(format!(
+                "volume {name} was not created: the replica(s) on {} did not become UpToDate within {}s; {}. The half-made volume is being removed",
+                pending.join(", "),
+                ctx.peer_timeout.as_secs(),
+                agent_hint(&pending)
+            )));
+        }
+    }
+    let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+    let mut d = load(ctx, &doc.storeid, &doc.volname)?;
+    d.state = VolumeState::Ready;
+    ctx.store.put_volume(&d)
+}
+
+/// A failed create: mark the document `deleting` so every agent removes what it
+/// made (the last one removes the document), and remove our own replica now.
+fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc) {
+    let r = (|| -> Result<()> {
+        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+        if let Some(mut d) = ctx.store.volume(&doc.storeid, &doc.volname)? {
+            d.state = VolumeState::Deleting;
+            d.generation += 1;
+            ctx.store.put_volume(&d)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        tracing::error!("could not mark {}:{} for deletion: {e}", doc.storeid, doc.volname);
+    }
+    if doc.replica(ctx.node.name()).is_some() {
+        if let Err(e) = ctx.node.remove_replica(doc) {
+            tracing::error!("could not remove the local replica of {}: {e} (the agent retries)", doc.resource);
+        }
+    }
+}
+
+/// Nodes where the volume is Primary or open (Invariant 2), from the local view and published states.
+fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let local = ctx.node.name().to_string();
+    if doc.replica(&local).is_some() {
+        if let Some(o) = ctx.node.observe(doc)? {
+            if o.role == "Primary" || o.open {
+                out.push(local.clone());
+            }
+            for p in o.peers.iter().filter(|p| p.role == "Primary") {
+                out.push(p.node.clone());
+            }
+        }
+    }
+    let nodes: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    for (n, o) in published(ctx.store, &nodes, &doc.resource)? {
+        if o.is_some_and(|o| o.role == "Primary" || o.open) {
+            out.push(n);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    let volname = a.str("volname")?;
+    naming::parse_volname(volname)?;
+    let Some(doc) = ctx.store.volume(sid, volname)? else {
+        tracing::info!("{sid}:{volname} does not exist; nothing to free");
+        return Ok(json!({}));
+    };
+    let busy = in_use(ctx, &doc)?;
+    if !busy.is_empty() {
+        return Err(refused!(
+            "volume {sid}:{volname} is in use (Primary or open) on {}: stop the guest using it before removing the disk",
+            busy.join(", ")
+        ));
+    }
+    let doc = {
+        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+        let mut d = load(ctx, sid, volname)?;
+        if d.state != VolumeState::Deleting {
+            d.state = VolumeState::Deleting;
+            d.generation += 1;
+            ctx.store.put_volume(&d)?;
+        }
+        d
+    };
+    let local = ctx.node.name().to_string();
+    if doc.replica(&local).is_some() {
+        ctx.node.remove_replica(&doc)?;
+    }
+    let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to be removed"), || {
+        Ok(published(ctx.store, &peers, &doc.resource)?.into_iter().filter(|(_, o)| o.is_some()).map(|(n, _)| n).collect())
+    })?;
+    if pending.is_empty() {
+        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+        ctx.store.remove_volume(sid, volname)?;
+    } else {
+        tracing::warn!(
+            "{sid}:{volname} stays marked for deletion until the agents on {} have removed their replicas; {}",
+            pending.join(", "),
+            agent_hint(&pending)
+        );
+    }
+    Ok(json!({}))
+}
+
+pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    let volname = a.str("volname")?;
+    let want_kib = naming::check_size_bytes(a.raw("size_bytes").ok_or_else(|| crate::invalid!("argument 'size_bytes' is missing"))?)?;
+    let _running = a.flag("running")?;
+    let doc = load(ctx, sid, volname)?;
+    let local = ctx.node.name().to_string();
+    if doc.replica(&local).is_none() {
+        return Err(refused!(
+            "resize {sid}:{volname} on a node that holds a replica ({}), not on {local}",
+            doc.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if doc.state != VolumeState::Ready {
+        return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
+    }
+    if want_kib < doc.size_kib {
+        return Err(refused!("shrinking {sid}:{volname} from {} KiB to {want_kib} KiB is not supported: volumes only grow", doc.size_kib));
+    }
+    // Equal size still runs the grow steps: a resize that timed out is finished by repeating it.
+    let doc = {
+        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+        let mut d = load(ctx, sid, volname)?;
+        if want_kib > d.size_kib {
+            d.size_kib = want_kib;
+            d.generation += 1;
+            ctx.store.put_volume(&d)?;
+        }
+        d
+    };
+    ctx.node.grow_backing(&doc)?;
+    let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to grow"), || {
+        Ok(published(ctx.store, &peers, &doc.resource)?
+            .into_iter()
+            .filter(|(_, o)| o.as_ref().is_none_or(|o| o.generation < doc.generation))
+            .map(|(n, _)| n)
+            .collect())
+    })?;
+    if !pending.is_empty() {
+        return Err(Error::Timeout(format!(
+            "{sid}:{volname}: the backing devices on {} did not grow within {}s, so DRBD was not resized yet; {}; then repeat the resize",
+            pending.join(", "),
+            ctx.peer_timeout.as_secs(),
+            agent_hint(&pending)
+        )));
+    }
+    ctx.node.grow_drbd(&doc)?;
+    Ok(json!({"size": doc.size_kib * 1024}))
+}
+
+/// Rename a volume in the store: the DRBD resource, minor and backing device stay.
+fn store_rename(ctx: &Ctx, sid: &str, doc: &VolumeDoc, new: &naming::VolName) -> Result<()> {
+    let _g = ctx.store.lock(ALLOC_LOCK)?;
+    if ctx.store.volume(sid, &new.name)?.is_some() {
+        return Err(Error::Conflict(format!("volume {sid}:{} already exists", new.name)));
+    }
+    let _v = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+    let mut d = load(ctx, sid, &doc.volname)?;
+    d.volname = new.name.clone();
+    d.vmid = new.vmid;
+    d.base = new.base;
+    d.generation += 1;
+    // Atomic file rename first (at no moment two documents for one resource), then the content.
+    ctx.store.rename_volume(sid, &doc.volname, &new.name)?;
+    ctx.store.put_volume(&d)
+}
+
+pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    let volname = a.str("volname")?;
+    let parsed = naming::parse_volname(volname)?;
+    if parsed.base {
+        return Err(crate::invalid!("{sid}:{volname} is already a template volume"));
+    }
+    let doc = load(ctx, sid, volname)?;
+    if doc.state != VolumeState::Ready {
+        return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
+    }
+    let busy = in_use(ctx, &doc)?;
+    if !busy.is_empty() {
+        return Err(refused!("volume {sid}:{volname} is in use on {}: stop the guest before converting it to a template", busy.join(", ")));
+    }
+    let new = naming::parse_volname(&format!("base-{}", &volname["vm-".len()..]))?;
+    store_rename(ctx, sid, &doc, &new)?;
+    Ok(json!({"volname": new.name}))
+}
+
+pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    let volname = a.str("volname")?;
+    let target_vmid = a.vmid("target_vmid")?;
+    let doc = load(ctx, sid, volname)?;
+    if doc.state != VolumeState::Ready {
+        return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
+    }
+    let new = match a.opt_str("target_volname")? {
+        Some(n) => naming::check_alloc_name(n, target_vmid)?,
+        None => {
+            let names = ctx.store.volume_names(sid)?;
+            naming::parse_volname(&naming::next_disk_name(target_vmid, names.iter().map(String::as_str))?)?
+        }
+    };
+    if new.base != doc.base {
+        return Err(crate::invalid!("renaming {volname} to {} would change whether it is a template; use create_base for that", new.name));
+    }
+    store_rename(ctx, sid, &doc, &new)?;
+    Ok(json!({"volname": new.name}))
+}
+
+pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    load(ctx, sid, a.str("volname")?)?;
+    a.vmid("vmid")?;
+    Err(Error::Refused("linked clones are not supported by drbdpool yet: use a full clone".into()))
+}

@@ -1,0 +1,353 @@
+//! Handler tests: the protocol methods against a temp store, a fake local node
+//! and fake peer agents.
+
+mod common;
+
+use common::*;
+use drbdpool::store::docs::VolumeState;
+use serde_json::json;
+
+fn ok(r: drbdpool::protocol::Reply) -> serde_json::Value {
+    assert!(r.ok, "expected ok, got {:?}", r.error);
+    r.result.unwrap()
+}
+fn err(r: drbdpool::protocol::Reply) -> (String, String) {
+    assert!(!r.ok, "expected an error, got {:?}", r.result);
+    let e = r.error.unwrap();
+    (e.kind, e.message)
+}
+
+#[test]
+fn alloc_creates_waits_and_marks_ready() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let _agents = FakeAgents::spawn(&s, &["pve2", "pve3"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 5000);
+    let r = ok(call(&c, "alloc", "dp", json!({"vmid": 100, "fmt": "raw", "size_kib": 1048576})));
+    assert_eq!(r, json!({"volname": "vm-100-disk-0"}));
+    let d = s.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    assert_eq!((d.state, d.minor, d.port, d.size_kib), (VolumeState::Ready, 1000, 7000, 1048576));
+    assert_eq!(d.replicas[0].node, "pve1", "local node first");
+    assert_eq!(d.replicas.len(), 2);
+    assert_eq!(d.resource, "dp.vm-100-disk-0");
+    assert_eq!(d.secret.len(), 32);
+    assert_eq!(n.calls(), ["ensure_replica dp.vm-100-disk-0", "skip_initial_sync dp.vm-100-disk-0"]);
+    // Next one: next name, next minor, next port; strings for numbers (Perl) work too.
+    let r = ok(call(&c, "alloc", "dp", json!({"vmid": "100", "size_kib": "4096"})));
+    assert_eq!(r["volname"], "vm-100-disk-1");
+    let d2 = s.volume("dp", "vm-100-disk-1").unwrap().unwrap();
+    assert_eq!((d2.minor, d2.port), (1001, 7001));
+    assert_ne!(d.secret, d2.secret);
+    // Explicit names.
+    assert_eq!(ok(call(&c, "alloc", "dp", json!({"vmid": 100, "name": "vm-100-cloudinit", "size_kib": 4096})))["volname"], "vm-100-cloudinit");
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "name": "vm-100-cloudinit", "size_kib": 4096})));
+    assert_eq!(k, "conflict", "{m}");
+}
+
+#[test]
+fn alloc_bad_input_changes_nothing() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 100);
+    for (args, want) in [
+        (json!({"vmid": 100, "name": "vm-101-disk-0", "size_kib": 1}), "vmid 101"),
+        (json!({"vmid": 100, "name": "vm-100-a b", "size_kib": 1}), "contains ' '"),
+        (json!({"vmid": 100, "name": "../../etc/passwd", "size_kib": 1}), "path character"),
+        (json!({"vmid": 100, "size_kib": 0}), "size 0"),
+        (json!({"vmid": 100, "size_kib": "1G"}), "not a number"),
+        (json!({"vmid": 0, "size_kib": 1}), "out of range"),
+        (json!({"vmid": 100, "fmt": "qcow2", "size_kib": 1}), "raw"),
+        (json!({"vmid": 100}), "size_kib"),
+    ] {
+        let (k, m) = err(call(&c, "alloc", "dp", args.clone()));
+        assert_eq!(k, "invalid-input", "{args}: {m}");
+        assert!(m.contains(want), "{args}: {m}");
+    }
+    let (k, _) = err(call(&c, "alloc", "Bad_Store", json!({"vmid": 100, "size_kib": 1})));
+    assert_eq!(k, "invalid-input");
+    assert!(s.all_volumes().unwrap().is_empty());
+    assert!(n.calls().is_empty());
+    // Request-level errors.
+    let r = drbdpool::protocol::handle(&c, "alloc", b"{\"version\": 2, \"storeid\": \"dp\"}");
+    assert!(err(r).1.contains("newer"));
+    let r = drbdpool::protocol::handle(&c, "alloc", b"{\"version\": 1, \"storeid\"");
+    assert!(err(r).1.contains("not valid JSON"));
+    let r = drbdpool::protocol::handle(&c, "frobnicate", br#"{"version": 1, "storeid": "dp"}"#);
+    assert!(err(r).1.contains("unknown method"));
+}
+
+#[test]
+fn alloc_too_few_nodes_is_refused() {
+    let (_d, s) = store_with_nodes(&["pve1"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 100);
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("needs 2 replica") && m.contains("pve1"), "{m}");
+    assert!(s.all_volumes().unwrap().is_empty());
+}
+
+#[test]
+fn alloc_peer_timeout_rolls_back_and_names_the_node() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let n = FakeNode::new("pve1", &s); // no agent on pve2
+    let c = ctx(&s, &n, 300);
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    assert_eq!(k, "timeout");
+    assert!(m.contains("pve2") && m.contains("systemctl status drbdpool-agent"), "{m}");
+    let d = s.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    assert_eq!(d.state, VolumeState::Deleting);
+    assert_eq!(n.calls(), ["ensure_replica dp.vm-100-disk-0", "remove_replica dp.vm-100-disk-0"]);
+    // Not listed to PVE; its minor stays reserved until the agents are done.
+    assert_eq!(ok(call(&c, "list", "dp", json!({})))["volumes"], json!([]));
+    // free finishes it: pve2 never had it.
+    ok(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert!(s.volume("dp", "vm-100-disk-0").unwrap().is_none());
+}
+
+#[test]
+fn alloc_waits_for_uptodate() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    *n.disk_after_create.lock().unwrap() = "Inconsistent".into();
+    let c = ctx(&s, &n, 300);
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    assert_eq!(k, "timeout");
+    assert!(m.contains("UpToDate") && m.contains("pve1"), "{m}");
+}
+
+#[test]
+fn free_refuses_in_use_then_removes() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    a.set_role("pve2", "dp.vm-100-disk-0", "Primary", true);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (k, m) = err(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("in use") && m.contains("pve2"), "{m}");
+    assert_eq!(s.volume("dp", "vm-100-disk-0").unwrap().unwrap().state, VolumeState::Ready);
+    a.set_role("pve2", "dp.vm-100-disk-0", "Secondary", false);
+    n.set("dp.vm-100-disk-0", |o| o.open = true);
+    let (_, m) = err(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert!(m.contains("pve1"), "{m}");
+    n.set("dp.vm-100-disk-0", |o| o.open = false);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    ok(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert!(s.volume("dp", "vm-100-disk-0").unwrap().is_none());
+    assert!(n.calls().contains(&"remove_replica dp.vm-100-disk-0".to_string()));
+    // Idempotent.
+    ok(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})));
+}
+
+#[test]
+fn activate_decisions_and_migration_window() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let a = FakeAgents::spawn(&s, &["pve2", "pve3"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    let res = "dp.vm-100-disk-0";
+    // Not a replica here.
+    let n3 = FakeNode::new("pve3", &s);
+    drop(a);
+    let a = FakeAgents::spawn(&s, &["pve2"]);
+    let c3 = ctx(&s, &n3, 100);
+    let (k, m) = err(call(&c3, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("pve1, pve2"), "{m}");
+    // Local replica not UpToDate.
+    n.set(res, |o| o.disk = "Outdated".into());
+    let (k, m) = err(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("Outdated") && m.contains("UpToDate data is on pve2"), "{m}");
+    n.set(res, |o| o.disk = "UpToDate".into());
+    // Promote, idempotent.
+    assert_eq!(ok(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"}))), json!({"path": "/dev/drbd1000"}));
+    ok(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!(n.calls().iter().filter(|c| c.starts_with("promote")).count(), 1);
+    // Peer Primary: refused unless migrating from it.
+    n.set(res, |o| o.role = "Secondary".into());
+    a.set_role("pve2", res, "Primary", true);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (_, m) = err(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert!(m.contains("Primary on pve2"), "{m}");
+    ok(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0", "migrated_from": "pve2"})));
+    let d = s.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    assert_eq!(d.dual_primary.as_ref().map(|x| (x.source.as_str(), x.target.as_str())), Some(("pve2", "pve1")));
+    assert!(n.calls().contains(&format!("set_dual_primary {res} true")));
+    // The source went away; the target deactivating (aborted migration) closes the window.
+    a.set_role("pve2", res, "Secondary", false);
+    ok(call(&c, "deactivate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert!(s.volume("dp", "vm-100-disk-0").unwrap().unwrap().dual_primary.is_none());
+    assert!(n.calls().contains(&format!("set_dual_primary {res} false")));
+    // Fenced node.
+    let mut d = s.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    d.outdated = vec!["pve1".into()];
+    s.put_volume(&d).unwrap();
+    let (_, m) = err(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert!(m.contains("outdated"), "{m}");
+    // Deactivate while open: the node's refusal comes through.
+    n.set(res, |o| o.open = true);
+    let (k, m) = err(call(&c, "deactivate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("qemu"), "{m}");
+}
+
+#[test]
+fn resize_grows_only() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    let (k, m) = err(call(&c, "resize", "dp", json!({"volname": "vm-100-disk-0", "size_bytes": 512 * 1024, "running": 0})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("shrinking"), "{m}");
+    let r = ok(call(&c, "resize", "dp", json!({"volname": "vm-100-disk-0", "size_bytes": 2 * 1024 * 1024 + 1, "running": 1})));
+    assert_eq!(r, json!({"size": 2049 * 1024}));
+    let d = s.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    assert_eq!((d.size_kib, d.generation), (2049, 2));
+    let calls = n.calls();
+    assert!(calls.ends_with(&["grow_backing dp.vm-100-disk-0 2049".into(), "grow_drbd dp.vm-100-disk-0 2049".into()]), "{calls:?}");
+    assert_eq!(ok(call(&c, "size", "dp", json!({"volname": "vm-100-disk-0"})))["size"], 2049 * 1024);
+}
+
+#[test]
+fn rename_and_create_base_move_the_document() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    let r = ok(call(&c, "rename", "dp", json!({"volname": "vm-100-disk-0", "target_vmid": 101})));
+    assert_eq!(r["volname"], "vm-101-disk-0");
+    assert!(s.volume("dp", "vm-100-disk-0").unwrap().is_none());
+    let d = s.volume("dp", "vm-101-disk-0").unwrap().unwrap();
+    assert_eq!((d.vmid, d.resource.as_str()), (101, "dp.vm-100-disk-0"));
+    let r = ok(call(&c, "create_base", "dp", json!({"volname": "vm-101-disk-0"})));
+    assert_eq!(r["volname"], "base-101-disk-0");
+    assert!(s.volume("dp", "base-101-disk-0").unwrap().unwrap().base);
+    // Names are not reused while the moved volume exists.
+    ok(call(&c, "alloc", "dp", json!({"vmid": 101, "size_kib": 1024})));
+    assert!(s.volume("dp", "vm-101-disk-1").unwrap().is_some());
+    let (k, _) = err(call(&c, "rename", "dp", json!({"volname": "vm-101-disk-1", "target_vmid": 101, "target_volname": "base-101-disk-0"})));
+    assert_eq!(k, "invalid-input");
+    let (k, m) = err(call(&c, "clone", "dp", json!({"volname": "base-101-disk-0", "vmid": 102})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("not supported by drbdpool yet"), "{m}");
+}
+
+#[test]
+fn queries() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "activate_storage", "dp", json!({})));
+    let st = ok(call(&c, "status", "dp", json!({})));
+    assert_eq!(st, json!({"total": TOTAL, "avail": AVAIL, "used": TOTAL - AVAIL, "active": true}));
+    assert_eq!(ok(call(&c, "status", "other", json!({})))["active"], false);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    ok(call(&c, "alloc", "dp", json!({"vmid": 200, "size_kib": 2048})));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let l = ok(call(&c, "list", "dp", json!({"vmid": 200})));
+    let v = &l["volumes"][0];
+    assert_eq!(l["volumes"].as_array().unwrap().len(), 1);
+    assert_eq!((v["volid"].as_str(), v["size"].as_u64(), v["format"].as_str()), (Some("dp:vm-200-disk-0"), Some(2048 * 1024), Some("raw")));
+    assert_eq!(v["nodes"]["pve2"], json!({"role": "Secondary", "disk": "UpToDate"}));
+    let l = ok(call(&c, "list", "dp", json!({"vollist": ["dp:vm-100-disk-0", "x:vm-200-disk-0"]})));
+    assert_eq!(l["volumes"].as_array().unwrap().len(), 1);
+    assert_eq!(ok(call(&c, "path", "dp", json!({"volname": "vm-200-disk-0"}))), json!({"path": "/dev/drbd1001", "vmid": 200, "vtype": "images"}));
+    let (k, _) = err(call(&c, "path", "dp", json!({"volname": "vm-300-disk-0"})));
+    assert_eq!(k, "not-found");
+    assert_eq!(ok(call(&c, "has_feature", "dp", json!({"feature": "snapshot", "volname": "vm-200-disk-0", "running": 0}))), json!({"supported": false}));
+    assert_eq!(ok(call(&c, "has_feature", "dp", json!({"feature": "copy", "volname": "vm-200-disk-0"}))), json!({"supported": true}));
+    let (_, m) = err(call(&c, "snapshot", "dp", json!({"volname": "vm-200-disk-0", "snap": "s1"})));
+    assert!(m.contains("not supported by drbdpool yet"), "{m}");
+    assert_eq!(ok(call(&c, "snapshot_list", "dp", json!({"volname": "vm-200-disk-0"}))), json!({"snapshots": {}}));
+    assert_eq!(ok(call(&c, "export_formats", "dp", json!({"volname": "vm-200-disk-0", "with_snapshots": 0}))), json!({"formats": ["raw+size"]}));
+    assert_eq!(ok(call(&c, "import_formats", "dp", json!({"volname": "vm-200-disk-0", "with_snapshots": 1}))), json!({"formats": []}));
+    // An unregistered node.
+    let n9 = FakeNode::new("pve9", &s);
+    let c9 = ctx(&s, &n9, 100);
+    let (k, m) = err(call(&c9, "activate_storage", "dp", json!({})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("drbdpool node add pve9"), "{m}");
+}
+
+#[test]
+fn store_documents_newer_format_and_truncated_json() {
+    let (d, s) = store_with_nodes(&["pve1"]);
+    std::fs::create_dir_all(d.path().join("volumes/dp")).unwrap();
+    std::fs::write(d.path().join("volumes/dp/vm-1-disk-0.json"), br#"{"format": 2, "storeid": "dp"}"#).unwrap();
+    let e = s.volume("dp", "vm-1-disk-0").unwrap_err();
+    assert_eq!(e.kind(), "store");
+    assert!(e.to_string().contains("newer drbdpool") && e.to_string().contains("upgrade"), "{e}");
+    std::fs::write(d.path().join("volumes/dp/vm-1-disk-0.json"), br#"{"format": 1, "storeid": "d"#).unwrap();
+    let e = s.volume("dp", "vm-1-disk-0").unwrap_err();
+    assert!(e.to_string().contains("vm-1-disk-0.json is not a valid drbdpool document"), "{e}");
+    // A handler reports it as a store error, it does not crash.
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 100);
+    let (k, _) = err(call(&c, "path", "dp", json!({"volname": "vm-1-disk-0"})));
+    assert_eq!(k, "store");
+}
+
+#[test]
+fn status_is_fast_with_10000_volumes() {
+    use drbdpool::store::docs::{NodeState, Space, VolumeObserved};
+    let (_d, s) = store_with_nodes(&["pve1"]);
+    let mut st = NodeState { format: 1, node: "pve1".into(), updated: now(), storages: Default::default(), volumes: Default::default() };
+    st.storages.insert("dp".into(), Space { total: 10, avail: 4, used: 6 });
+    for i in 0..10_000 {
+        st.volumes.insert(format!("dp.vm-{i}-disk-0"), VolumeObserved { ready: true, generation: 1, role: "Secondary".into(), disk: "UpToDate".into(), ..Default::default() });
+    }
+    s.put_node_state(&st).unwrap();
+    let n = FakeNode::quiet("pve1", &s);
+    let c = ctx(&s, &n, 100);
+    let t = std::time::Instant::now();
+    let r = ok(call(&c, "status", "dp", json!({})));
+    let took = t.elapsed();
+    assert_eq!(r, json!({"total": 10, "avail": 4, "used": 6, "active": true}));
+    // Debug build on a shared machine: generous, but far below pvestatd's budget.
+    assert!(took < std::time::Duration::from_millis(500), "status took {took:?}");
+    assert!(n.calls().is_empty());
+}
+
+#[test]
+fn crash_inside_rename_leaves_a_usable_document() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    // The file was moved but the content not yet rewritten.
+    s.rename_volume("dp", "vm-100-disk-0", "vm-101-disk-3").unwrap();
+    let d = s.volume("dp", "vm-101-disk-3").unwrap().unwrap();
+    assert_eq!((d.volname.as_str(), d.vmid, d.resource.as_str()), ("vm-101-disk-3", 101, "dp.vm-100-disk-0"));
+    assert_eq!(ok(call(&c, "path", "dp", json!({"volname": "vm-101-disk-3"})))["vmid"], 101);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Arbitrary names and sizes never panic, never create anything, and get a clear error kind.
+    #[test]
+    fn arbitrary_args_are_refused_cleanly(name in "\\PC{0,80}", size in proptest::prelude::any::<i64>(), method_i in 0usize..6) {
+        let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+        let n = FakeNode::quiet("pve1", &s);
+        let c = ctx(&s, &n, 50);
+        let method = ["alloc", "free", "path", "activate", "resize", "rename"][method_i];
+        let r = call(&c, method, "dp", json!({"vmid": 100, "name": name, "volname": name, "size_kib": size, "size_bytes": size, "target_vmid": 101}));
+        if let Some(e) = &r.error {
+            proptest::prop_assert!(["invalid-input", "not-found", "refused", "timeout"].contains(&e.kind.as_str()), "{:?}", e);
+            proptest::prop_assert!(!e.message.is_empty());
+        }
+        if !r.ok {
+            proptest::prop_assert!(s.all_volumes().unwrap().iter().all(|v| v.state != VolumeState::Ready));
+        }
+    }
+}
