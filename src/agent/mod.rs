@@ -49,8 +49,8 @@ pub struct AgentOpts {
 
 /// The real DRBD side (drbdadm/drbdsetup). The `drbd` branch provides
 /// `crate::drbd::real::DrbdAdm`; the integrator wires it here.
-pub fn real_replication(_runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
-    Err(Error::Tool("real DRBD side not merged yet: set DRBDPOOL_DRBD=sim (with DRBDPOOL_SIM_DIR) for now".into()))
+pub fn real_replication(runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    Ok(Box::new(crate::drbd::real::DrbdAdm::new(runner)))
 }
 
 /// `DRBDPOOL_DRBD=real|sim` (default real).

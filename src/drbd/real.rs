@@ -476,6 +476,31 @@ impl Replication for DrbdAdm {
         self.resize_opts(resource, false)
     }
 
+    /// Our resource files (`drbdpool-<res>.res`), whether the resource is up or not.
+    fn configured(&self) -> Result<Vec<String>> {
+        let rd = match std::fs::read_dir(&self.res_dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Tool(format!("cannot list {}: {e}", self.res_dir.display()))),
+        };
+        let mut out: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_prefix("drbdpool-").and_then(|r| r.strip_suffix(".res")).map(str::to_string)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Thick backing: this node's (arbitrary but fresh) data becomes the good copy and a full sync
+    /// to the peers starts. Only called by the agent of replicas[0] on fresh metadata.
+    fn start_initial_sync(&self, resource: &str) -> Result<()> {
+        self.run_checked(self.adm().args(["primary", "--force", resource]).timeout(SLOW))?;
+        self.run_checked(self.adm().args(["secondary", resource]).timeout(SLOW)).map(|_| ())
+    }
+
     fn outdate(&self, resource: &str) -> Result<()> {
         self.run_checked(self.adm().args(["outdate", resource]).timeout(SLOW)).map(|_| ())
     }
