@@ -8,6 +8,7 @@ pub mod placement;
 pub mod node;
 pub mod ha;
 pub mod doctor;
+pub mod fence;
 pub mod store;
 pub mod protocol;
 pub mod backend;

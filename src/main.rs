@@ -77,9 +77,31 @@ enum Cmd {
         /// One round, then exit
         #[arg(long)]
         once: bool,
-        /// Seconds between rounds
-        #[arg(long, default_value_t = 10.0, value_name = "S")]
+        /// Seconds between rounds (the store is polled: pmxcfs has no cross-node notification)
+        #[arg(long, default_value_t = 1.0, value_name = "S")]
         interval: f64,
+    },
+    /// Check this node and the cluster set-up: DRBD versions, QDevice, replication network, LVM filter
+    #[command(after_help = "Exit code 0 when nothing failed (warnings allowed), 1 when a check failed.")]
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring HA node-affinity rules in line with where good replicas are (the agent does this every 10 s)
+    #[command(after_help = "Examples:\n  drbdpool ha-sync\n  DRBDPOOL_HA_DIR=/etc/pve/ha drbdpool ha-sync")]
+    HaSync,
+    /// DRBD's fence-peer handler (2-node resources): record the peer outdated in the store
+    #[command(hide = true)]
+    FencePeer {
+        /// DRBD resource [default: $DRBD_RESOURCE, set by DRBD]
+        #[arg(long, env = "DRBD_RESOURCE")]
+        resource: String,
+    },
+    /// DRBD's after-resync-target handler: this replica is UpToDate again, drop its outdated mark
+    #[command(hide = true)]
+    AfterResyncTarget {
+        #[arg(long, env = "DRBD_RESOURCE")]
+        resource: String,
     },
 }
 
@@ -145,6 +167,32 @@ fn run(o: &Opts) -> Result<()> {
             let store = open_store(o)?;
             let node = cli::node_name(o.node.as_deref(), None)?;
             drbdpool::agent::run(drbdpool::agent::AgentOpts { store, node, once: *once, interval: Duration::from_secs_f64(*interval) })?;
+            return Ok(());
+        }
+        Cmd::Doctor { json } => {
+            let store = open_store(o).ok();
+            let (text, failed) = cli::doctor(store.as_ref(), *json)?;
+            print!("{text}");
+            if failed {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Cmd::HaSync => cli::ha_sync(&open_store(o)?)?,
+        Cmd::FencePeer { resource } => {
+            let store = open_store(o)?;
+            let node = cli::node_name(o.node.as_deref(), None)?;
+            let d = drbdpool::fence::fence_peer(&store, &node, resource, Duration::from_secs(10));
+            // DRBD logs the exit code; the reason goes to the journal via stderr.
+            eprintln!("drbdpool fence-peer: {}", d.message);
+            std::process::exit(d.exit);
+        }
+        Cmd::AfterResyncTarget { resource } => {
+            let store = open_store(o)?;
+            let node = cli::node_name(o.node.as_deref(), None)?;
+            if drbdpool::fence::unfence_self(&store, &node, resource, Duration::from_secs(10))? {
+                eprintln!("drbdpool: {resource}: {node} is UpToDate again; outdated mark removed");
+            }
             return Ok(());
         }
     };

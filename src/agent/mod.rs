@@ -25,6 +25,7 @@
 //! DRBD side: `DRBDPOOL_DRBD=real` (default: drbdadm) or `sim` (SimDrbd, state
 //! under `DRBDPOOL_SIM_DIR`, for machines without the DRBD module).
 
+pub mod ha_sync;
 pub mod local;
 pub mod reconcile;
 
@@ -82,12 +83,16 @@ pub fn run(opts: AgentOpts) -> Result<()> {
 /// `run` with a given LocalNode (tests map backends per node).
 pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
     let mut agent = Agent::new(opts.store.clone(), local);
-    tracing::info!(node = %opts.node, interval = ?opts.interval, "agent started");
+    let mut ha = ha_sync::HaSync::from_env(Arc::new(RealRunner));
+    tracing::info!(node = %opts.node, interval = ?opts.interval, ha = ha.is_some(), "agent started");
     loop {
         match agent.pass() {
             Ok(()) => {}
             Err(e) if opts.once => return Err(e),
             Err(e) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
+        }
+        if let Some(ha) = ha.as_mut() {
+            ha.maybe_run(&opts.store);
         }
         if opts.once {
             return Ok(());

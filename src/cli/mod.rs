@@ -249,3 +249,49 @@ pub fn node_list(store: &Store, as_json: bool) -> Result<String> {
     }
     Ok(t.render())
 }
+
+/// `drbdpool doctor`: every check with its level; (text, any failure).
+pub fn doctor(store: Option<&Store>, json: bool) -> Result<(String, bool)> {
+    use crate::doctor::{self, Level};
+    let runner = crate::exec::RealRunner;
+    let nodes = store.map(|s| s.nodes()).transpose()?.unwrap_or_default();
+    let mut checks = vec![doctor::check_drbd_versions(&runner), doctor::check_lvm_filter(&runner)];
+    let paths = doctor::Paths::default();
+    checks.extend(doctor::check_cluster(doctor::read_corosync(&paths.corosync_conf).as_ref(), &nodes));
+    let failed = checks.iter().any(|c| c.level == Level::Fail);
+    if json {
+        return Ok((serde_json::to_string_pretty(&checks).unwrap() + "\n", failed));
+    }
+    let mut out = String::new();
+    for c in &checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        out.push_str(&format!("{tag} {:<20} {}\n", c.name, c.message));
+    }
+    Ok((out, failed))
+}
+
+/// `drbdpool ha-sync`: one HA rule sync, reported.
+pub fn ha_sync(store: &Store) -> Result<String> {
+    let runner: std::sync::Arc<dyn crate::exec::Runner> = std::sync::Arc::new(crate::exec::RealRunner);
+    let Some(sync) = crate::agent::ha_sync::HaSync::from_env(runner) else {
+        return Err(Error::NotFound("no HA configuration here (/etc/pve/ha missing or DRBDPOOL_HA=off)".into()));
+    };
+    let rep = sync.sync(store)?;
+    let mut out = String::new();
+    for (what, ids) in [("added", &rep.added), ("changed", &rep.changed), ("removed", &rep.removed), ("unchanged", &rep.unchanged)] {
+        for id in ids {
+            out.push_str(&format!("{what:<10} {id}\n"));
+        }
+    }
+    for c in &rep.conflicts {
+        out.push_str(&format!("conflict   {c}\n"));
+    }
+    if out.is_empty() {
+        out.push_str("no HA-managed guest has drbdpool disks\n");
+    }
+    Ok(out)
+}

@@ -1,0 +1,109 @@
+//! The fence-peer handler through the real binary: who gets outdated, the loser
+//! of a race, and what happens without quorum (a read-only store, as pmxcfs is then).
+
+use std::process::Command;
+
+use drbdpool::store::docs::*;
+use drbdpool::store::Store;
+
+const BIN: &str = env!("CARGO_BIN_EXE_drbdpool");
+
+fn setup() -> (tempfile::TempDir, Store, VolumeDoc) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for (n, a) in [("pve1", "10.0.0.1"), ("pve2", "10.0.0.2")] {
+        store.put_node(&NodeDoc { format: FORMAT, name: n.into(), address: a.into() }).unwrap();
+    }
+    let v = VolumeDoc {
+        format: FORMAT,
+        storeid: "dp".into(),
+        volname: "vm-100-disk-0".into(),
+        vmid: 100,
+        resource: "dp.vm-100-disk-0".into(),
+        size_kib: 4096,
+        minor: 1000,
+        port: 7000,
+        replicas: vec![Replica { node: "pve1".into(), node_id: 0 }, Replica { node: "pve2".into(), node_id: 1 }],
+        backend: BackendSpec::default(),
+        secret: "s".into(),
+        state: VolumeState::Ready,
+        base: false,
+        parent: None,
+        snapshots: vec![],
+        outdated: vec![],
+        dual_primary: None,
+        created: 0,
+        generation: 1,
+    };
+    store.put_volume(&v).unwrap();
+    (dir, store, v)
+}
+
+fn fence(store: &Store, node: &str, res: &str) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["--store", store.root().to_str().unwrap(), "--node", node, "fence-peer"])
+        .env("DRBD_RESOURCE", res)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn primary_outdates_its_peer_and_the_peer_then_loses() {
+    let (_d, store, v) = setup();
+    let (rc, msg) = fence(&store, "pve1", &v.resource);
+    assert_eq!(rc, 4, "{msg}");
+    assert!(msg.contains("pve2 recorded outdated"), "{msg}");
+    let doc = store.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    assert_eq!(doc.outdated, vec!["pve2"]);
+    assert_eq!(doc.generation, 2);
+    // Idempotent: a second call changes nothing.
+    assert_eq!(fence(&store, "pve1", &v.resource).0, 4);
+    assert_eq!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().generation, 2);
+    // The peer, racing to promote, learns it lost: DRBD then outdates its own disk.
+    let (rc, msg) = fence(&store, "pve2", &v.resource);
+    assert_eq!(rc, 6, "{msg}");
+    assert_eq!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated, vec!["pve2"]);
+}
+
+#[test]
+fn resync_target_drops_its_mark() {
+    let (_d, store, v) = setup();
+    assert_eq!(fence(&store, "pve1", &v.resource).0, 4);
+    let st = Command::new(BIN)
+        .args(["--store", store.root().to_str().unwrap(), "--node", "pve2", "after-resync-target"])
+        .env("DRBD_RESOURCE", &v.resource)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated.is_empty());
+}
+
+#[test]
+fn unknown_resource_keeps_io_frozen() {
+    let (_d, store, _v) = setup();
+    let (rc, msg) = fence(&store, "pve1", "nope");
+    assert_eq!(rc, 1, "{msg}");
+    assert!(msg.contains("keeping I/O frozen"), "{msg}");
+}
+
+/// Without quorum pmxcfs is read-only: the handler must fail (I/O stays frozen) and change nothing.
+#[test]
+fn without_quorum_nothing_is_written_and_io_stays_frozen() {
+    if !nix::unistd::Uid::effective().is_root() || Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and unshare for a read-only bind mount");
+        return;
+    }
+    let (_d, store, v) = setup();
+    let root = store.root().to_str().unwrap().to_string();
+    let before = std::fs::read(store.root().join("volumes/dp/vm-100-disk-0.json")).unwrap();
+    let script = format!(
+        "mount --bind {root} {root} && mount -o remount,bind,ro {root} && DRBD_RESOURCE={res} {BIN} --store {root} --node pve1 fence-peer",
+        res = v.resource
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(msg.contains("keeping I/O frozen"), "{msg}");
+    assert_eq!(std::fs::read(store.root().join("volumes/dp/vm-100-disk-0.json")).unwrap(), before);
+}
