@@ -85,17 +85,28 @@ fn try_fence(store: &Store, local: &str, resource: &str, lock_timeout: Duration)
     })
 }
 
-/// after-resync-target: our replica is UpToDate again, so drop our outdated mark.
-pub fn unfence_self(store: &Store, local: &str, resource: &str, lock_timeout: Duration) -> Result<bool> {
+/// The replica that is UpToDate again loses its outdated mark. DRBD 9 runs
+/// `unfence-peer` on the fencing node and names the peer by node id; 8.4 runs
+/// `after-resync-target` on the resynced node itself (no peer id). Returns the
+/// node unmarked, if any.
+pub fn unfence(store: &Store, local: &str, resource: &str, peer_node_id: Option<u8>, lock_timeout: Duration) -> Result<Option<String>> {
     let probe = volume_by_resource(store, resource)?;
     let _guard = store.lock_timeout(&crate::store::lock::vol_lock_name(resource), lock_timeout)?;
-    let Some(mut doc) = store.volume(&probe.storeid, &probe.volname)? else { return Ok(false) };
-    let before = doc.outdated.len();
-    doc.outdated.retain(|n| n != local);
-    if doc.outdated.len() == before {
-        return Ok(false);
+    let Some(mut doc) = store.volume(&probe.storeid, &probe.volname)? else { return Ok(None) };
+    let target = match peer_node_id {
+        Some(id) => doc
+            .replicas
+            .iter()
+            .find(|r| r.node_id == id)
+            .map(|r| r.node.clone())
+            .ok_or_else(|| Error::NotFound(format!("{resource} has no replica with DRBD node id {id}")))?,
+        None => local.to_string(),
+    };
+    if !doc.outdated.contains(&target) {
+        return Ok(None);
     }
+    doc.outdated.retain(|n| *n != target);
     doc.generation += 1;
     store.put_volume(&doc)?;
-    Ok(true)
+    Ok(Some(target))
 }

@@ -97,11 +97,14 @@ enum Cmd {
         #[arg(long, env = "DRBD_RESOURCE")]
         resource: String,
     },
-    /// DRBD's after-resync-target handler: this replica is UpToDate again, drop its outdated mark
-    #[command(hide = true)]
-    AfterResyncTarget {
+    /// DRBD's unfence handler: DRBD 9 `unfence-peer` on the fencing node (peer from $DRBD_PEER_NODE_ID),
+    /// 8.4 `after-resync-target` on the resynced node itself: drop the outdated mark of the now UpToDate replica
+    #[command(hide = true, alias = "after-resync-target")]
+    UnfencePeer {
         #[arg(long, env = "DRBD_RESOURCE")]
         resource: String,
+        #[arg(long, env = "DRBD_PEER_NODE_ID")]
+        peer_node_id: Option<u8>,
     },
 }
 
@@ -187,11 +190,11 @@ fn run(o: &Opts) -> Result<()> {
             eprintln!("drbdpool fence-peer: {}", d.message);
             std::process::exit(d.exit);
         }
-        Cmd::AfterResyncTarget { resource } => {
+        Cmd::UnfencePeer { resource, peer_node_id } => {
             let store = open_store(o)?;
             let node = cli::node_name(o.node.as_deref(), None)?;
-            if drbdpool::fence::unfence_self(&store, &node, resource, Duration::from_secs(10))? {
-                eprintln!("drbdpool: {resource}: {node} is UpToDate again; outdated mark removed");
+            if let Some(n) = drbdpool::fence::unfence(&store, &node, resource, *peer_node_id, Duration::from_secs(10))? {
+                eprintln!("drbdpool: {resource}: {n} is UpToDate again; outdated mark removed");
             }
             return Ok(());
         }

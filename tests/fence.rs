@@ -80,6 +80,20 @@ fn resync_target_drops_its_mark() {
 }
 
 #[test]
+fn drbd9_unfence_on_the_fencer_names_the_peer_by_node_id() {
+    let (_d, store, v) = setup();
+    assert_eq!(fence(&store, "pve1", &v.resource).0, 4);
+    let st = Command::new(BIN)
+        .args(["--store", store.root().to_str().unwrap(), "--node", "pve1", "unfence-peer"])
+        .env("DRBD_RESOURCE", &v.resource)
+        .env("DRBD_PEER_NODE_ID", "1")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated.is_empty());
+}
+
+#[test]
 fn unknown_resource_keeps_io_frozen() {
     let (_d, store, _v) = setup();
     let (rc, msg) = fence(&store, "pve1", "nope");
