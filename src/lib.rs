@@ -14,3 +14,4 @@ pub mod backend;
 pub mod drbd;
 pub mod agent;
 pub mod cli;
+pub mod metrics;
