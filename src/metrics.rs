@@ -237,13 +237,7 @@ pub fn render(data: &MetricsData) -> String {
         );
     }
 
-    f.sample(
-        "drbd_resource_resources",
-        "gauge",
-        "Number of resources",
-        &[],
-        st.volumes.len() as f64,
-    );
+    f.sample("drbd_resource_resources", "gauge", "Number of resources", &[], st.volumes.len() as f64);
 
     let docs: BTreeMap<&str, &VolumeDoc> = data.volumes.iter().map(|v| (v.resource.as_str(), v)).collect();
     for (res, v) in &st.volumes {
@@ -257,13 +251,7 @@ pub fn render(data: &MetricsData) -> String {
                 "drbdpool_volume_info",
                 "gauge",
                 "Proxmox volume behind a DRBD resource (always 1; join on name)",
-                &[
-                    ("name", name),
-                    ("storage", &d.storeid),
-                    ("volname", &d.volname),
-                    ("vmid", &vmid),
-                    ("minor", &minor),
-                ],
+                &[("name", name), ("storage", &d.storeid), ("volname", &d.volname), ("vmid", &vmid), ("minor", &minor)],
                 1.0,
             );
         }
@@ -281,53 +269,18 @@ pub fn render(data: &MetricsData) -> String {
             &[("name", name)],
             v.error.is_some() as u8 as f64,
         );
-        f.enum_samples(
-            "drbd_resource_role",
-            "DRBD role of the resource",
-            &[("name", name)],
-            ROLES,
-            &v.role,
-        );
+        f.enum_samples("drbd_resource_role", "DRBD role of the resource", &[("name", name)], ROLES, &v.role);
 
         let dev = [("name", name), ("volume", "0"), ("minor", minor.as_str())];
         f.enum_samples("drbd_device_state", "DRBD device state", &dev, DISK_STATES, &v.disk);
-        f.sample(
-            "drbd_device_open",
-            "gauge",
-            "Boolean if this device is opened",
-            &dev,
-            v.open as u8 as f64,
-        );
-        let size_kib = if v.size_kib > 0 {
-            v.size_kib
-        } else {
-            doc.map(|d| d.size_kib).unwrap_or(0)
-        };
-        f.sample(
-            "drbd_device_size_bytes",
-            "gauge",
-            "Device size in bytes",
-            &dev,
-            (size_kib * 1024) as f64,
-        );
+        f.sample("drbd_device_open", "gauge", "Boolean if this device is opened", &dev, v.open as u8 as f64);
+        let size_kib = if v.size_kib > 0 { v.size_kib } else { doc.map(|d| d.size_kib).unwrap_or(0) };
+        f.sample("drbd_device_size_bytes", "gauge", "Device size in bytes", &dev, (size_kib * 1024) as f64);
 
         for p in &v.peers {
-            let peer_id = doc
-                .and_then(|d| d.replica(&p.node))
-                .map(|r| r.node_id.to_string())
-                .unwrap_or_default();
-            let conn = [
-                ("name", name),
-                ("conn_name", p.node.as_str()),
-                ("peer_node_id", peer_id.as_str()),
-            ];
-            f.enum_samples(
-                "drbd_connection_state",
-                "DRBD connection state",
-                &conn,
-                CONNECTION_STATES,
-                &p.connection,
-            );
+            let peer_id = doc.and_then(|d| d.replica(&p.node)).map(|r| r.node_id.to_string()).unwrap_or_default();
+            let conn = [("name", name), ("conn_name", p.node.as_str()), ("peer_node_id", peer_id.as_str())];
+            f.enum_samples("drbd_connection_state", "DRBD connection state", &conn, CONNECTION_STATES, &p.connection);
             let pd = [conn[0], conn[1], conn[2], ("volume", "0")];
             f.sample(
                 "drbd_peerdevice_outofsync_bytes",
@@ -452,11 +405,7 @@ fn handle(mut s: TcpStream, body: &dyn Fn() -> String) -> std::io::Result<()> {
     };
     let (status, ctype, text) = if !head_done {
         if buf.len() >= MAX_REQUEST {
-            (
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request too large\n".to_string(),
-            )
+            ("431 Request Header Fields Too Large", "text/plain", "request too large\n".to_string())
         } else {
             ("400 Bad Request", "text/plain", "incomplete request\n".to_string())
         }
@@ -468,16 +417,8 @@ fn handle(mut s: TcpStream, body: &dyn Fn() -> String) -> std::io::Result<()> {
         let path = target.split('?').next().unwrap_or("");
         match (method, path) {
             ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body()),
-            ("GET", _) => (
-                "404 Not Found",
-                "text/plain",
-                "not found; metrics are at /metrics\n".to_string(),
-            ),
-            _ => (
-                "405 Method Not Allowed",
-                "text/plain",
-                "only GET is supported\n".to_string(),
-            ),
+            ("GET", _) => ("404 Not Found", "text/plain", "not found; metrics are at /metrics\n".to_string()),
+            _ => ("405 Method Not Allowed", "text/plain", "only GET is supported\n".to_string()),
         }
     };
     let head = format!(

@@ -11,13 +11,7 @@ fn vol(resource: &str, volname: &str, minor: u32, nodes: &[(&str, u8)]) -> Volum
         size_kib: 4096,
         minor,
         port: 7789,
-        replicas: nodes
-            .iter()
-            .map(|(n, id)| Replica {
-                node: n.to_string(),
-                node_id: *id,
-            })
-            .collect(),
+        replicas: nodes.iter().map(|(n, id)| Replica { node: n.to_string(), node_id: *id }).collect(),
         backend: BackendSpec::default(),
         secret: "s".into(),
         state: VolumeState::Ready,
@@ -34,14 +28,7 @@ fn vol(resource: &str, volname: &str, minor: u32, nodes: &[(&str, u8)]) -> Volum
 /// pve1 is Primary of a syncing volume and Secondary of one whose peer is gone.
 fn fixture() -> MetricsData {
     let mut storages = BTreeMap::new();
-    storages.insert(
-        "drbd1".to_string(),
-        Space {
-            total: 107374182400,
-            avail: 96636764160,
-            used: 10737418240,
-        },
-    );
+    storages.insert("drbd1".to_string(), Space { total: 107374182400, avail: 96636764160, used: 10737418240 });
     let mut volumes = BTreeMap::new();
     volumes.insert(
         "pve-vm-100-disk-0".to_string(),
@@ -87,22 +74,12 @@ fn fixture() -> MetricsData {
     );
     MetricsData {
         node: "pve1".into(),
-        state: Some(NodeState {
-            format: FORMAT,
-            node: "pve1".into(),
-            updated: 1764150000,
-            storages,
-            volumes,
-        }),
+        state: Some(NodeState { format: FORMAT, node: "pve1".into(), updated: 1764150000, storages, volumes }),
         volumes: vec![
             vol("pve-vm-100-disk-0", "vm-100-disk-0", 1000, &[("pve1", 0), ("pve2", 1)]),
             vol("pve-vm-101-disk-0", "vm-101-disk-0", 1001, &[("pve3", 0), ("pve1", 1)]),
         ],
-        health: AgentHealth {
-            last_reconcile_ok: Some(1764149990),
-            reconcile_errors: 3,
-            up: true,
-        },
+        health: AgentHealth { last_reconcile_ok: Some(1764149990), reconcile_errors: 3, up: true },
     }
 }
 
@@ -136,10 +113,7 @@ fn check_exposition(text: &str) -> usize {
             let name = rest.split(' ').next().unwrap().to_string();
             assert!(!seen.contains(&name), "family {name} appears twice");
             let ty = lines.next().unwrap();
-            assert!(
-                ty.starts_with(&format!("# TYPE {name} ")),
-                "TYPE must follow HELP: {ty}"
-            );
+            assert!(ty.starts_with(&format!("# TYPE {name} ")), "TYPE must follow HELP: {ty}");
             assert!(ty.ends_with(" gauge") || ty.ends_with(" counter"), "{ty}");
             seen.push(name.clone());
             current = name;
@@ -148,10 +122,7 @@ fn check_exposition(text: &str) -> usize {
         let name_end = l.find(['{', ' ']).expect("sample has a value");
         assert_eq!(&l[..name_end], current, "sample outside its family: {l}");
         let value = l.rsplit(' ').next().unwrap();
-        assert!(
-            value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value),
-            "bad value in {l}"
-        );
+        assert!(value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value), "bad value in {l}");
         if l.as_bytes()[name_end] == b'{' {
             let close = l.rfind('}').expect("labels closed");
             assert_eq!(&l[close..close + 2], "} ", "{l}");
@@ -178,10 +149,7 @@ fn rendered_text_is_well_formed() {
 #[test]
 fn enum_series_mark_exactly_the_current_value() {
     let text = render(&fixture());
-    let ones: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("drbd_device_state{") && l.ends_with(" 1"))
-        .collect();
+    let ones: Vec<&str> = text.lines().filter(|l| l.starts_with("drbd_device_state{") && l.ends_with(" 1")).collect();
     assert_eq!(
         ones,
         vec![
@@ -206,10 +174,7 @@ fn label_values_are_escaped() {
     let mut d = fixture();
     d.node = "we\"ird\\node\nname".into();
     let text = render(&d);
-    assert!(
-        text.contains("drbdpool_agent_up{node=\"we\\\"ird\\\\node\\nname\"} 1\n"),
-        "{text}"
-    );
+    assert!(text.contains("drbdpool_agent_up{node=\"we\\\"ird\\\\node\\nname\"} 1\n"), "{text}");
     check_exposition(&text);
 }
 
@@ -234,10 +199,7 @@ fn bind_rejects_bad_addresses_clearly() {
     let addr = held.local_addr().unwrap().to_string();
     let e = bind(&addr).unwrap_err();
     assert_eq!(e.kind(), "conflict");
-    assert!(
-        e.to_string().contains(&addr) && e.to_string().contains("pick another port"),
-        "{e}"
-    );
+    assert!(e.to_string().contains(&addr) && e.to_string().contains("pick another port"), "{e}");
 }
 
 fn http(addr: SocketAddr, request: &[u8]) -> (String, String) {
@@ -248,12 +210,8 @@ fn http(addr: SocketAddr, request: &[u8]) -> (String, String) {
     c.read_to_end(&mut resp).unwrap();
     let resp = String::from_utf8(resp).unwrap();
     let (head, body) = resp.split_once("\r\n\r\n").expect("head and body");
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .expect("Content-Length")
-        .parse()
-        .unwrap();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).expect("Content-Length").parse().unwrap();
     assert_eq!(len, body.len(), "Content-Length matches the body");
     (head.to_string(), body.to_string())
 }
@@ -288,11 +246,7 @@ fn serves_metrics_over_loopback() {
     let _silent = TcpStream::connect(addr).unwrap();
     let (head, _) = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200 "));
-    assert!(
-        t0.elapsed() < READ_TIMEOUT + Duration::from_secs(3),
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < READ_TIMEOUT + Duration::from_secs(3), "{:?}", t0.elapsed());
 }
 
 #[test]
