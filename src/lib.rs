@@ -15,3 +15,4 @@ pub mod backend;
 pub mod drbd;
 pub mod agent;
 pub mod cli;
+pub mod metrics;

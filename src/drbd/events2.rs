@@ -181,7 +181,8 @@ impl Events2State {
         match parse_line(line) {
             Ok(None) => {}
             Ok(Some(Line::InitialDone)) => self.initial_done = true,
-            Ok(Some(Line::Skipped(n))) => self.skipped_events += n,
+            // Saturating: N comes from the stream; a sum must not overflow (a panic in debug builds).
+            Ok(Some(Line::Skipped(n))) => self.skipped_events = self.skipped_events.saturating_add(n),
             Ok(Some(Line::Event { action, object, fields })) => self.apply(&action, &object, fields),
             Err(why) => {
                 self.garbage_lines += 1;
