@@ -2,6 +2,7 @@
 //! a pure function (Invariant 1: never promote a replica that is not UpToDate;
 //! dual-primary only for a real incoming live migration).
 
+use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::error::Result;
@@ -75,7 +76,12 @@ pub fn decide(
             others.push(p.node.clone());
         }
     }
-    for n in replica_nodes.iter().filter(|n| **n != local) {
+    // A peer DRBD shows Connected here has its role from DRBD itself, fresher than
+    // anything published; published claims count only for peers we cannot see.
+    let connected: Vec<&str> = local_obs
+        .map(|o| o.peers.iter().filter(|p| p.connection == "Connected").map(|p| p.node.as_str()).collect())
+        .unwrap_or_default();
+    for n in replica_nodes.iter().filter(|n| **n != local && !connected.contains(n)) {
         if let Some((s, v)) = published(n) {
             if v.role == "Primary" && now.saturating_sub(s.updated) <= STALE_AFTER_SECS && !others.iter().any(|o| o == n) {
                 others.push(n.to_string());
@@ -121,7 +127,31 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 d
             };
             ctx.node.set_dual_primary(&doc, true)?;
-            ctx.node.promote(&doc)?;
+            // DRBD checks allow-two-primaries on both sides: the source's agent must
+            // have applied the window (it reports the new generation) before we promote.
+            let want = doc.generation;
+            let pending = super::wait::until_done(
+                MIGRATION_WINDOW_TIMEOUT,
+                Duration::from_millis(100),
+                &format!("the live-migration window of {} to open", doc.resource),
+                || {
+                    let p = super::wait::published(ctx.store, std::slice::from_ref(&source), &doc.resource)?;
+                    Ok(p.into_iter().filter(|(_, o)| !o.as_ref().is_some_and(|o| o.generation >= want)).map(|(n, _)| n).collect())
+                },
+            )?;
+            if !pending.is_empty() {
+                close_window(ctx, sid, volname, &local)?;
+                return Err(crate::error::Error::Timeout(format!(
+                    "live migration of {}: the agent on {source} did not allow two primaries within {}s; \
+                     check `systemctl status drbdpool-agent` there",
+                    doc.resource,
+                    MIGRATION_WINDOW_TIMEOUT.as_secs()
+                )));
+            }
+            if let Err(e) = ctx.node.promote(&doc) {
+                close_window(ctx, sid, volname, &local)?;
+                return Err(e);
+            }
         }
     }
     Ok(json!({"path": doc.device_path()}))
@@ -140,17 +170,29 @@ pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     ctx.node.demote(&doc)?;
     if doc.dual_primary.as_ref().is_some_and(|d| d.source == local || d.target == local) {
         // Migration finished (source demoted) or aborted (target demoted): close the window.
-        let doc = {
-            let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-            let mut d = load(ctx, sid, volname)?;
-            d.dual_primary = None;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
-            d
-        };
-        ctx.node.set_dual_primary(&doc, false)?;
+        close_window(ctx, sid, volname, &local)?;
     }
     Ok(json!({}))
+}
+
+/// Wait this long for the source's agent to allow two primaries (it polls every second).
+const MIGRATION_WINDOW_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// End the live-migration window: no more dual-primary, in the store (agents apply it) and here.
+fn close_window(ctx: &Ctx, sid: &str, volname: &str, local: &str) -> Result<()> {
+    let doc = {
+        let _g = ctx.store.lock(&vol_lock_name(&load(ctx, sid, volname)?.resource))?;
+        let mut d = load(ctx, sid, volname)?;
+        if d.dual_primary.is_none() {
+            return Ok(());
+        }
+        d.dual_primary = None;
+        d.generation += 1;
+        ctx.store.put_volume(&d)?;
+        d
+    };
+    tracing::info!("live-migration window of {} closed by {local}", doc.resource);
+    ctx.node.set_dual_primary(&doc, false)
 }
 
 #[cfg(test)]
@@ -269,5 +311,13 @@ mod tests {
         // A dead node's last word is not trusted forever (HA recovery).
         let stale = [state("b", NOW - STALE_AFTER_SECS - 1, obs("Primary", "UpToDate", &[]))];
         assert_eq!(decide(&doc(), "a", Some(&local), &stale, None, NOW).unwrap(), Decision::Promote);
+    }
+
+    #[test]
+    fn connected_peer_role_from_drbd_beats_a_published_claim() {
+        // b just demoted: DRBD here sees it Connected Secondary, its agent has not republished yet.
+        let local = obs("Secondary", "UpToDate", &[("b", "Secondary")]);
+        let lagging = [state("b", NOW - 1, obs("Primary", "UpToDate", &[]))];
+        assert_eq!(decide(&doc(), "a", Some(&local), &lagging, None, NOW).unwrap(), Decision::Promote);
     }
 }

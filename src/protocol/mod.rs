@@ -135,7 +135,7 @@ pub fn dispatch(ctx: &Ctx, method: &str, req: &Request) -> Result<Value> {
     let sid = req.storeid.as_str();
     match method {
         "activate_storage" => query::activate_storage(ctx),
-        "status" => query::status(ctx, sid),
+        "status" => query::status(ctx, sid, &req.scfg),
         "alloc" => volume::alloc(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a),
         "free" => volume::free(ctx, sid, &a),
         "list" => query::list(ctx, sid, &a),

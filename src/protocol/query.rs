@@ -42,7 +42,7 @@ struct StorageOnly {
 }
 
 /// From this node's published state only: no tool calls, no other node, milliseconds.
-pub fn status(ctx: &Ctx, sid: &str) -> Result<Value> {
+pub fn status(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> {
     let path = ctx.store.root().join("state").join(format!("{}.json", ctx.node.name()));
     let st: Option<StorageOnly> = crate::store::read_doc(&path)?;
     let inactive = json!({"total": 0, "avail": 0, "used": 0, "active": false});
@@ -54,9 +54,18 @@ pub fn status(ctx: &Ctx, sid: &str) -> Result<Value> {
         tracing::warn!("published state of {} is {}s old: is drbdpool-agent running here?", ctx.node.name(), now().saturating_sub(st.updated));
         return Ok(inactive);
     }
-    match st.storages.get(sid) {
-        Some(s) => Ok(json!({"total": s.total, "avail": s.avail, "used": s.used, "active": true})),
-        None => Ok(inactive),
+    if let Some(s) = st.storages.get(sid) {
+        return Ok(json!({"total": s.total, "avail": s.avail, "used": s.used, "active": true}));
+    }
+    // The agent is alive but publishes space only for storages that hold volumes:
+    // ask the backend once ourselves (a new, still empty storage).
+    let cfg = super::scfg::StorageCfg::parse(scfg)?;
+    match ctx.node.space(&cfg.backend) {
+        Ok(s) => Ok(json!({"total": s.total, "avail": s.avail, "used": s.used, "active": true})),
+        Err(e) => {
+            tracing::warn!("storage {sid} on {}: {e}", ctx.node.name());
+            Ok(inactive)
+        }
     }
 }
 
