@@ -80,6 +80,9 @@ enum Cmd {
         /// Seconds between rounds (the store is polled: pmxcfs has no cross-node notification)
         #[arg(long, default_value_t = 1.0, value_name = "S")]
         interval: f64,
+        /// Serve Prometheus metrics (drbd-reactor names) on this IP:port, e.g. 127.0.0.1:9943 [default: off]
+        #[arg(long, env = "DRBDPOOL_METRICS_ADDR", value_name = "IP:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Check this node and the cluster set-up: DRBD versions, QDevice, replication network, LVM filter
     #[command(after_help = "Exit code 0 when nothing failed (warnings allowed), 1 when a check failed.")]
@@ -163,13 +166,13 @@ fn run(o: &Opts) -> Result<()> {
         Cmd::Node(NodeCmd::Add { name, address }) => cli::node_add(&open_store(o)?, name, address)?,
         Cmd::Node(NodeCmd::List { json }) => cli::node_list(&open_store(o)?, *json)?,
         Cmd::Node(NodeCmd::Remove { name }) => cli::node_remove(&open_store(o)?, name)?,
-        Cmd::Agent { once, interval } => {
+        Cmd::Agent { once, interval, metrics_addr } => {
             if !(interval.is_finite() && *interval > 0.0) {
                 return Err(drbdpool::invalid!("--interval must be a positive number of seconds"));
             }
             let store = open_store(o)?;
             let node = cli::node_name(o.node.as_deref(), None)?;
-            drbdpool::agent::run(drbdpool::agent::AgentOpts { store, node, once: *once, interval: Duration::from_secs_f64(*interval) })?;
+            drbdpool::agent::run(drbdpool::agent::AgentOpts { store, node, once: *once, interval: Duration::from_secs_f64(*interval), metrics_addr: metrics_addr.clone() })?;
             return Ok(());
         }
         Cmd::Doctor { json } => {

@@ -27,7 +27,7 @@ fn child_agent() {
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").try_init();
     let store = Store::open(std::env::var("DRBDPOOL_STORE").unwrap()).unwrap();
     let node = std::env::var("DRBDPOOL_NODE").unwrap();
-    drbdpool::agent::run(AgentOpts { store, node, once: false, interval: Duration::from_millis(100) }).unwrap();
+    drbdpool::agent::run(AgentOpts { store, node, once: false, interval: Duration::from_millis(100), metrics_addr: None }).unwrap();
 }
 
 struct Agents {

@@ -46,6 +46,8 @@ pub struct AgentOpts {
     pub node: String,
     pub once: bool,
     pub interval: Duration,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9943); off when None.
+    pub metrics_addr: Option<String>,
 }
 
 /// The real DRBD side (drbdadm/drbdsetup). The `drbd` branch provides
@@ -84,9 +86,27 @@ pub fn run(opts: AgentOpts) -> Result<()> {
 pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
     let mut agent = Agent::new(opts.store.clone(), local);
     let mut ha = ha_sync::HaSync::from_env(Arc::new(RealRunner));
+    let metrics = match &opts.metrics_addr {
+        Some(addr) => {
+            let data = Arc::new(std::sync::Mutex::new(crate::metrics::MetricsData {
+                node: opts.node.clone(),
+                state: None,
+                volumes: Vec::new(),
+                health: crate::metrics::AgentHealth { last_reconcile_ok: None, reconcile_errors: 0, up: true },
+            }));
+            crate::metrics::serve(addr, data.clone())?;
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            Some(data)
+        }
+        None => None,
+    };
     tracing::info!(node = %opts.node, interval = ?opts.interval, ha = ha.is_some(), "agent started");
     loop {
-        match agent.pass() {
+        let result = agent.pass();
+        if let Some(m) = &metrics {
+            update_metrics(m, &opts, result.is_ok());
+        }
+        match result {
             Ok(()) => {}
             Err(e) if opts.once => return Err(e),
             Err(e) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
@@ -99,4 +119,18 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
         }
         std::thread::sleep(opts.interval);
     }
+}
+
+/// Refresh what /metrics serves from what this pass published.
+fn update_metrics(m: &std::sync::Mutex<crate::metrics::MetricsData>, opts: &AgentOpts, ok: bool) {
+    let state = opts.store.node_state(&opts.node).ok().flatten();
+    let volumes = opts.store.all_volumes().unwrap_or_default();
+    let mut d = m.lock().unwrap_or_else(|p| p.into_inner());
+    if ok {
+        d.health.last_reconcile_ok = Some(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    } else {
+        d.health.reconcile_errors += 1;
+    }
+    d.state = state;
+    d.volumes = volumes;
 }
