@@ -143,6 +143,7 @@ fn one_failing_volume_does_not_stop_the_others_and_orphans_go_down() {
         hosts: vec![PlanHost { name: "a".into(), node_id: 0, address: "10.99.0.1".into() }],
         thin: true,
         dual_primary: false,
+        handler_store: None,
     })
     .unwrap();
 

@@ -42,6 +42,7 @@ impl World {
                 .collect(),
             thin: true,
             dual_primary: false,
+            handler_store: None,
         }
     }
 }

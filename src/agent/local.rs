@@ -111,6 +111,10 @@ impl LocalNode {
             hosts,
             thin,
             dual_primary,
+            handler_store: {
+                let root = self.store.root().to_string_lossy().into_owned();
+                (root != crate::store::DEFAULT_ROOT).then_some(root)
+            },
         })
     }
 

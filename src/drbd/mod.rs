@@ -27,6 +27,9 @@ pub struct ResourcePlan {
     pub thin: bool,
     /// Allow two primaries (only during a live migration window).
     pub dual_primary: bool,
+    /// The cluster store the DRBD handlers (fence-peer, unfence) must use when it is not the
+    /// default /etc/pve/priv/drbdpool: DRBD runs them without our environment.
+    pub handler_store: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -35,6 +35,14 @@ pub fn render(plan: &ResourcePlan, flavor: Flavor) -> Result<String> {
     })
 }
 
+/// The handler command line; `--store` only when the store is not the default.
+fn handler(plan: &ResourcePlan, cmd: &str) -> String {
+    match &plan.handler_store {
+        Some(root) => format!("/usr/bin/drbdpool --store {root} {cmd}"),
+        None => format!("/usr/bin/drbdpool {cmd}"),
+    }
+}
+
 /// The resource file's name in the resource directory.
 pub fn file_name(resource: &str) -> String {
     format!("drbdpool-{resource}.res")
@@ -91,6 +99,11 @@ fn validate(p: &ResourcePlan) -> Result<()> {
             ));
         }
     }
+    if let Some(root) = &p.handler_store {
+        if !root.starts_with('/') || root.chars().any(|c| c.is_whitespace() || matches!(c, '"' | ';' | '\\' | '{' | '}')) {
+            return bad(format!("store path {root:?} cannot go into a DRBD handler line (absolute, no spaces, quotes, ; or braces)"));
+        }
+    }
     if !names.contains(p.local.as_str()) {
         return bad(format!(
             "this node ({}) is not one of its hosts ({})",
@@ -126,7 +139,9 @@ fn render_v9(p: &ResourcePlan) -> String {
     if two_node {
         let _ = write!(
             o,
-            "    handlers {{\n        fence-peer \"{FENCE_PEER_HANDLER}\";\n        unfence-peer \"{UNFENCE_PEER_HANDLER}\";\n    }}\n"
+            "    handlers {{\n        fence-peer \"{}\";\n        unfence-peer \"{}\";\n    }}\n",
+            handler(p, "fence-peer"),
+            handler(p, "unfence-peer")
         );
     }
     o.push_str("    net {\n");
@@ -171,7 +186,9 @@ fn render_v84(p: &ResourcePlan) -> String {
         // 8.4 has no unfence-peer handler; after-resync-target is where its own crm scripts unfence.
         let _ = write!(
             o,
-            "    handlers {{\n        fence-peer \"{FENCE_PEER_HANDLER}\";\n        after-resync-target \"{UNFENCE_PEER_HANDLER}\";\n    }}\n"
+            "    handlers {{\n        fence-peer \"{}\";\n        after-resync-target \"{}\";\n    }}\n",
+            handler(p, "fence-peer"),
+            handler(p, "unfence-peer")
         );
         o.push_str("    disk {\n        fencing resource-and-stonith;\n    }\n");
     }
@@ -219,6 +236,7 @@ pub(crate) mod tests {
             hosts,
             thin: true,
             dual_primary: false,
+            handler_store: None,
         }
     }
 
@@ -378,5 +396,17 @@ resource "vm-100-disk-0" {
             assert_eq!(e.kind(), "invalid-input");
             assert!(e.to_string().contains(want), "{e} (wanted {want})");
         }
+    }
+
+    #[test]
+    fn handlers_name_a_non_default_store() {
+        let mut p = plan(2);
+        p.handler_store = Some("/srv/lab-store".into());
+        for f in [Flavor::V84, Flavor::V9] {
+            let got = render(&p, f).unwrap();
+            assert!(got.contains("fence-peer \"/usr/bin/drbdpool --store /srv/lab-store fence-peer\";"), "{got}");
+        }
+        p.handler_store = Some("/a b\"; rm -rf /".into());
+        assert_eq!(render(&p, Flavor::V84).unwrap_err().kind(), "invalid-input");
     }
 }

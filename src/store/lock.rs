@@ -77,7 +77,7 @@ impl Store {
             return Err(invalid!("lock name '{name}' is not one of ours (drbdpool-alloc, drbdpool-vol-<resource>)"));
         }
         let dir = self.lock_dir();
-        let pmxcfs = dir.starts_with("/etc/pve");
+        let pmxcfs = is_pmxcfs(&dir);
         if !pmxcfs {
             fs::create_dir_all(&dir).map_err(|e| Error::Store(format!("cannot create lock directory {}: {e}", dir.display())))?;
         }
@@ -227,5 +227,34 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
+    }
+}
+
+/// pmxcfs (a FUSE file system) reaps expired locks itself; anywhere else (a test
+/// directory, the lab's 9p share) we must break them. Decided by the file
+/// system of the nearest existing ancestor, not by the path.
+pub fn is_pmxcfs(dir: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if let Ok(st) = nix::sys::statfs::statfs(d) {
+            return st.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC && d.starts_with("/etc/pve");
+        }
+        p = d.parent();
+    }
+    false
+}
+
+#[cfg(test)]
+mod pmxcfs_tests {
+    use super::is_pmxcfs;
+
+    #[test]
+    fn plain_directories_are_not_pmxcfs() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!is_pmxcfs(d.path()));
+        assert!(!is_pmxcfs(&d.path().join("not/yet/created")));
+        // /etc/pve without pmxcfs mounted (the lab's 9p share, or nothing) is a plain directory too.
+        assert!(!is_pmxcfs(std::path::Path::new("/etc/pve/priv/lock")));
     }
 }
