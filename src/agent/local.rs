@@ -158,6 +158,8 @@ impl LocalNode {
             size_kib: dev.and_then(|d| d.size_kib).unwrap_or(0),
             peers,
             error: None,
+            // Filled by the agent's snapshot reconcile.
+            snapshots: Vec::new(),
         }
     }
 
@@ -332,5 +334,115 @@ impl NodeOps for LocalNode {
 
     fn space(&self, spec: &BackendSpec) -> Result<Space> {
         self.backend(spec)?.space()
+    }
+
+    fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.snap_backend(vol)?;
+        if backend.snapshot_path(&vol.resource, snap)?.is_some() {
+            return Ok(());
+        }
+        // Only UpToDate data is the volume's data; an Outdated or syncing replica's is not.
+        let disk = self.status_of(&vol.resource)?.and_then(|s| s.devices.first().map(|d| d.disk.clone()));
+        if disk.as_deref() != Some("UpToDate") {
+            return Err(Error::Refused(format!(
+                "{}: the replica on {} is {}, not UpToDate: a snapshot of it would not hold the volume's data",
+                vol.resource,
+                self.node,
+                disk.as_deref().unwrap_or("not up")
+            )));
+        }
+        backend.snapshot(&vol.resource, snap)?;
+        tracing::info!(resource = %vol.resource, snap, "snapshot taken");
+        Ok(())
+    }
+
+    fn remove_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.snap_backend(vol)?;
+        backend.deactivate_snapshot(&vol.resource, snap)?;
+        backend.remove_snapshot(&vol.resource, snap)
+    }
+
+    fn snapshot_path(&self, vol: &VolumeDoc, snap: &str) -> Result<Option<String>> {
+        if vol.replica(&self.node).is_none() {
+            return Ok(None);
+        }
+        self.snap_backend(vol)?.snapshot_path(&vol.resource, snap)
+    }
+
+    fn activate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<String> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.snap_backend(vol)?.activate_snapshot(&vol.resource, snap)
+    }
+
+    fn deactivate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.snap_backend(vol)?.deactivate_snapshot(&vol.resource, snap)
+    }
+
+    fn rollback_source(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.snap_backend(vol)?;
+        if backend.snapshot_path(&vol.resource, snap)?.is_none() {
+            return Err(Error::NotFound(format!("{}: node {} has no snapshot {snap}", vol.resource, self.node)));
+        }
+        self.refuse_in_use(vol, "rolled back")?;
+        self.repl.down(&vol.resource)?;
+        backend.rollback(&vol.resource, snap)?;
+        let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        let plan = self.plan(vol, &backing, backend.thin(), false)?;
+        self.repl.apply(&plan)?;
+        self.repl.make_sync_source(&vol.resource)?;
+        tracing::info!(resource = %vol.resource, snap, "rolled back; this replica is the sync source");
+        Ok(())
+    }
+
+    fn discard_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.refuse_in_use(vol, "discarded for a rollback")?;
+        self.repl.down(&vol.resource)?;
+        let backend = self.backend(&vol.backend)?;
+        let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        let plan = self.plan(vol, &backing, backend.thin(), false)?;
+        self.repl.wipe_metadata(&plan)?;
+        tracing::info!(resource = %vol.resource, "replica discarded: it resyncs fully from the rolled-back replica");
+        Ok(())
+    }
+}
+
+impl LocalNode {
+    fn snap_backend(&self, vol: &VolumeDoc) -> Result<Box<dyn Backend>> {
+        let b = self.backend(&vol.backend)?;
+        if !b.can_snapshot() {
+            return Err(Error::Refused(format!(
+                "{}: the {:?} backend on {} has no snapshots: use an lvmthin storage for snapshots",
+                vol.resource, vol.backend.kind, self.node
+            )));
+        }
+        Ok(b)
+    }
+
+    /// Invariant 2: never change the data under a Primary or an open device.
+    fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
+        if let Some(st) = self.status_of(&vol.resource)? {
+            let open = st.devices.iter().any(|d| d.open == Some(true));
+            if st.role == "Primary" || open {
+                return Err(Error::Refused(format!(
+                    "{}: not {what} on {}: the replica is {}{}; stop the guest using it first",
+                    vol.resource,
+                    self.node,
+                    st.role,
+                    if open { " and open" } else { "" }
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -191,7 +191,7 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc) {
 }
 
 /// Nodes where the volume is Primary or open (Invariant 2), from the local view and published states.
-fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
+pub(crate) fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
@@ -336,6 +336,12 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let doc = load(ctx, sid, volname)?;
     if doc.state != VolumeState::Ready {
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
+    }
+    if !doc.snapshots.is_empty() {
+        return Err(refused!(
+            "{sid}:{volname} has snapshots ({}): delete them before converting it to a template",
+            doc.snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        ));
     }
     let busy = in_use(ctx, &doc)?;
     if !busy.is_empty() {
