@@ -141,6 +141,22 @@ fn lvmthin_remove_and_snapshots() {
     r.clear();
     b.remove_snapshot("vm-100-disk-0", "s1").unwrap();
     assert_eq!(r.calls()[1], format!("lvremove {F} -f vg0/vm-100-disk-0_s1"));
+
+    // Snapshot devices: thin snapshots skip activation unless -K (as PVE's LvmThinPlugin).
+    r.clear();
+    assert_eq!(b.snapshot_path("vm-100-disk-0", "s1").unwrap().as_deref(), Some("/dev/vg0/vm-100-disk-0_s1"));
+    assert_eq!(b.snapshot_path("vm-100-disk-0", "s2").unwrap(), None);
+    r.clear();
+    assert_eq!(b.activate_snapshot("vm-100-disk-0", "s1").unwrap(), "/dev/vg0/vm-100-disk-0_s1");
+    assert_eq!(r.calls(), vec![lvs_argv(), format!("lvchange {F} -ay -K vg0/vm-100-disk-0_s1")]);
+    r.clear();
+    b.deactivate_snapshot("vm-100-disk-0", "s1").unwrap();
+    assert_eq!(r.calls(), vec![lvs_argv(), format!("lvchange {F} -an vg0/vm-100-disk-0_s1")]);
+    r.clear();
+    assert_eq!(b.activate_snapshot("vm-100-disk-0", "s2").unwrap_err().kind(), "not-found");
+    b.deactivate_snapshot("vm-100-disk-0", "s2").unwrap();
+    assert_eq!(r.calls(), vec![lvs_argv(), lvs_argv()], "nothing activated for a missing snapshot");
+    assert_eq!(b.snapshot_path("vm-100-disk-0", "../x").unwrap_err().kind(), "invalid-input");
 }
 
 #[test]
