@@ -530,3 +530,5 @@ impl Replication for DrbdAdm {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod rollback_tests;
