@@ -207,6 +207,13 @@ impl NodeOps for LocalNode {
             return Err(Error::Refused(format!("{}: volume is being deleted; not creating a replica", vol.resource)));
         }
         let backend = self.backend(&vol.backend)?;
+        // A linked clone being created gets its backing from the base's (only then: a
+        // replica lost later is recreated empty and resyncs fully).
+        if let (VolumeState::Creating, Some(parent)) = (vol.state, &vol.parent) {
+            if backend.lookup(&vol.resource)?.is_none() {
+                self.clone_backing(vol, parent, &*backend)?;
+            }
+        }
         // create() is idempotent and grows an existing device that is too small.
         let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
         let plan = self.plan(vol, &backing, backend.thin(), vol.dual_primary.is_some())?;
@@ -418,6 +425,23 @@ impl NodeOps for LocalNode {
 }
 
 impl LocalNode {
+    /// The clone's backing = a thin snapshot of the base's backing, which ends with the base's
+    /// DRBD metadata: replaced by fresh metadata at once, so the clone is a new resource whose
+    /// identical (base) data lets the initial sync be skipped as for a new thin volume.
+    /// A crash between the two steps leaves the base's metadata: the clone then comes up
+    /// with the base's data generation and the replicas sync fully (slower, still correct,
+    /// since the base is identical everywhere).
+    fn clone_backing(&self, vol: &VolumeDoc, parent: &str, backend: &dyn Backend) -> Result<()> {
+        let base = self.store.volume(&vol.storeid, parent)?.ok_or_else(|| {
+            Error::NotFound(format!("{}: its base volume {}:{parent} does not exist; cannot create the linked clone", vol.resource, vol.storeid))
+        })?;
+        let backing = backend.clone_from(&base.resource, &vol.resource)?;
+        let plan = self.plan(vol, &backing, backend.thin(), false)?;
+        self.repl.wipe_metadata(&plan)?;
+        tracing::info!(resource = %vol.resource, base = %base.resource, "linked clone backing created with fresh metadata");
+        Ok(())
+    }
+
     fn snap_backend(&self, vol: &VolumeDoc) -> Result<Box<dyn Backend>> {
         let b = self.backend(&vol.backend)?;
         if !b.can_snapshot() {

@@ -244,6 +244,22 @@ impl Backend for FileBackend {
         Ok(dev)
     }
 
+    fn clone_from(&self, base: &str, name: &str) -> Result<Backing> {
+        check_name(base)?;
+        check_name(name)?;
+        let (src, img) = (self.image(base), self.image(name));
+        if !img.exists() {
+            if !src.exists() {
+                return Err(Error::NotFound(format!("base image {} does not exist; cannot clone it", src.display())));
+            }
+            let tmp = self.dir.join(format!(".{name}.img.clone"));
+            self.cp(&src, &tmp)?;
+            fs::rename(&tmp, &img).map_err(|e| io("rename into place", &img, e))?;
+        }
+        let path = self.attach(&img)?;
+        Ok(Backing { path, size_kib: Self::size_kib(&img)? })
+    }
+
     fn deactivate_snapshot(&self, name: &str, snap: &str) -> Result<()> {
         check_name(name)?;
         check_name(snap)?;

@@ -173,6 +173,22 @@ impl Backend for LvmThin {
         Ok(path)
     }
 
+    /// As PVE's LvmThinPlugin clone_image: a writable thin snapshot without the activation-skip flag.
+    fn clone_from(&self, base: &str, name: &str) -> Result<Backing> {
+        r::check_name(base)?;
+        r::check_name(name)?;
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        if let Some(b) = self.lookup_in(&rows, name)? {
+            return Ok(b);
+        }
+        if r::find(&rows, base).is_none() {
+            return Err(Error::NotFound(format!("base LV {}/{base} does not exist on this node; cannot clone it", self.vg)));
+        }
+        self.runner.check(&lvm("lvcreate").args(["-n", name, "-prw", "-kn", "-s", &format!("{}/{base}", self.vg)]))?;
+        self.lookup(name)?
+            .ok_or_else(|| Error::Tool(format!("lvcreate reported success but LV {}/{name} is missing", self.vg)))
+    }
+
     fn deactivate_snapshot(&self, name: &str, snap: &str) -> Result<()> {
         if self.snapshot_path(name, snap)?.is_none() {
             return Ok(());

@@ -45,6 +45,12 @@ pub trait Backend: Send + Sync {
         let _ = snap;
         Err(Error::Refused(format!("{name}: this backend has no snapshots to activate")))
     }
+    /// Linked clone: create `name` as a writable thin snapshot of `base` (file backend: a
+    /// copy). Idempotent: an existing `name` is returned as is.
+    fn clone_from(&self, base: &str, name: &str) -> Result<Backing> {
+        let _ = base;
+        Err(Error::Refused(format!("{name}: this backend cannot make linked clones")))
+    }
     /// Undo `activate_snapshot`. Idempotent.
     fn deactivate_snapshot(&self, name: &str, snap: &str) -> Result<()> {
         let _ = (name, snap);

@@ -140,8 +140,8 @@ pub fn feature_supported(feature: &str, kind: BackendKind, base: bool, snapname:
     let (current, on_base, on_snap) = match feature {
         // Per-node backend snapshots, kept in step by the agents (src/protocol/snapshot.rs).
         "snapshot" => (snaps, false, false),
-        // Linked clones need clone volumes whose backing is a thin snapshot of the base's: not yet.
-        "clone" => (false, false, false),
+        // Linked clones of templates: thin snapshots of the base's backing (protocol::volume::clone).
+        "clone" => (false, thin, false),
         // create_base: a store rename of an unused volume without snapshots.
         "template" => (true, false, false),
         // full clone / move: PVE copies between activated block devices; a snapshot is one
@@ -200,7 +200,9 @@ mod tests {
             ("snapshot", Lvm, false, false, false),
             ("snapshot", Lvmthin, true, false, false),
             ("snapshot", Lvmthin, false, true, false),
-            ("clone", Lvmthin, true, false, false),
+            ("clone", Lvmthin, true, false, true),
+            ("clone", File, true, false, true),
+            ("clone", Lvm, true, false, false),
             ("clone", Lvmthin, false, true, false),
             ("clone", Lvmthin, false, false, false),
             ("template", Lvmthin, false, false, true),

@@ -320,7 +320,19 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     match (r, cleared) {
         (Err(e), _) => Err(append(e, &format!("; the other replicas resync fully from {local}"))),
         (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(_)) => {
+        (Ok(()), Ok(d)) => {
+            // Return once the others are back up (resyncing), so what follows sees them.
+            let peers = peers_of(ctx, &d);
+            let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the other replicas of {name} to come back"), || {
+                Ok(published(ctx.store, &peers, &d.resource)?
+                    .into_iter()
+                    .filter(|(_, o)| o.as_ref().is_none_or(|o| o.disk == "Discarded" || o.generation < d.generation))
+                    .map(|(n, _)| n)
+                    .collect())
+            })?;
+            if !pending.is_empty() {
+                tracing::warn!("{name}: the replicas on {} are not back yet; their agents bring them up and resync them from {local}", pending.join(", "));
+            }
             tracing::info!("{name} rolled back to {snap} on {local}; the other replicas resync fully from it");
             Ok(json!({}))
         }
