@@ -210,3 +210,64 @@ fn agent_takes_recent_missing_snapshots_only() {
     assert!(!lab.node_dir("b").join(format!("{RES}.fresh.snap")).exists());
     assert!(lab.store.node_state("b").unwrap().unwrap().volumes[RES].snapshots.is_empty());
 }
+
+#[test]
+fn linked_clone_of_a_template_on_two_nodes() {
+    if !can_loop() {
+        return;
+    }
+    let base_res = "pool1.vm-100-disk-0";
+    let lab = Lab::new(&["a", "b"]);
+    let mut base = lab.volume(base_res, &["a", "b"], 4096);
+    base.volname = V.into();
+    lab.store.put_volume(&base).unwrap();
+    let mut aa = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut ab = Agent::new(lab.store.clone(), lab.local("b"));
+    for _ in 0..3 {
+        aa.pass().unwrap();
+        ab.pass().unwrap();
+    }
+    // The template's data, identical on both (DRBD replicated it); then made a template.
+    for n in ["a", "b"] {
+        write_at0(&lab.image(n, base_res), b"template");
+    }
+    base.state = VolumeState::Ready;
+    base.volname = "base-100-disk-0".into();
+    base.base = true;
+    base.generation += 1;
+    lab.store.remove_volume("pool1", V).unwrap();
+    lab.store.put_volume(&base).unwrap();
+    for _ in 0..2 {
+        aa.pass().unwrap();
+        ab.pass().unwrap();
+    }
+    let a = lab.local("a");
+    // Not while the template is not known identical everywhere (b's replica down: a sees it Connecting).
+    lab.sim("b").down(base_res).unwrap();
+    let r = call(&a, &lab.store, "clone", json!({"volname": "base-100-disk-0", "vmid": 102}));
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, "refused");
+    assert!(e.message.contains("a sees b Connecting"), "{}", e.message);
+    assert!(lab.store.volume("pool1", "vm-102-disk-0").unwrap().is_none(), "nothing allocated");
+    // b's agent brings it back.
+    ab.pass().unwrap();
+    aa.pass().unwrap();
+    assert_eq!(lab.sim("b").status().unwrap().iter().find(|s| s.name == base_res).unwrap().devices[0].disk, "UpToDate");
+
+    let b_agent = Bg::spawn(ab);
+    let r = ok(call(&a, &lab.store, "clone", json!({"volname": "base-100-disk-0", "vmid": 102})));
+    assert_eq!(r, json!({"volname": "vm-102-disk-0"}));
+    let cl = lab.store.volume("pool1", "vm-102-disk-0").unwrap().unwrap();
+    assert_eq!((cl.parent.as_deref(), cl.state), (Some("base-100-disk-0"), VolumeState::Ready));
+    assert_ne!(cl.resource, base_res);
+    for n in ["a", "b"] {
+        assert_eq!(read_at0(lab.image(n, &cl.resource), 8), b"template", "{n}: clone holds the template's data");
+        let st = lab.sim(n).status().unwrap().into_iter().find(|s| s.name == cl.resource).unwrap();
+        assert_eq!(st.devices[0].disk, "UpToDate", "{n}");
+        assert_eq!(st.devices[0].extra["sim-full-syncs"], "0", "{n}: initial sync skipped, fresh metadata");
+    }
+    // The clone is its own resource: writing it leaves the template alone.
+    write_at0(&lab.image("a", &cl.resource), b"clone-wr");
+    assert_eq!(read_at0(lab.image("a", base_res), 8), b"template");
+    drop(b_agent);
+}

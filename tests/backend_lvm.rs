@@ -160,6 +160,26 @@ fn lvmthin_remove_and_snapshots() {
 }
 
 #[test]
+fn lvmthin_linked_clone_is_a_writable_thin_snapshot_of_the_base() {
+    let r = RecordingRunner::new();
+    r.once(&["lvs"], Output::ok(LVS));
+    r.on(&["lvs"], Output::ok(LVS.replace("{\"lv_name\":\"pool\"", "{\"lv_name\":\"vm-102-disk-0\", \"lv_size\":\"268435456B\", \"lv_path\":\"/dev/vg0/vm-102-disk-0\"},{\"lv_name\":\"pool\"")));
+    let b = thin(&r).clone_from("vm-100-disk-0", "vm-102-disk-0").unwrap();
+    assert_eq!(b.path, "/dev/vg0/vm-102-disk-0");
+    assert_eq!(r.calls(), vec![lvs_argv(), format!("lvcreate {F} -n vm-102-disk-0 -prw -kn -s vg0/vm-100-disk-0"), lvs_argv()]);
+    // Idempotent: an existing clone is not created again.
+    r.clear();
+    thin(&r).clone_from("vm-100-disk-0", "vm-102-disk-0").unwrap();
+    assert_eq!(r.calls(), vec![lvs_argv()]);
+    // A missing base: not-found, nothing created.
+    r.clear();
+    assert_eq!(thin(&r).clone_from("vm-999-disk-0", "vm-103-disk-0").unwrap_err().kind(), "not-found");
+    assert_eq!(r.calls(), vec![lvs_argv()]);
+    // Thick LVM: refused.
+    assert_eq!(thick(&r).clone_from("vm-100-disk-0", "vm-104-disk-0").unwrap_err().kind(), "refused");
+}
+
+#[test]
 fn lvm_thick_create_space_and_no_snapshots() {
     let r = RecordingRunner::new();
     r.once(&["lvs"], Output::ok(r#"{"report":[{"lv":[]}]}"#));
