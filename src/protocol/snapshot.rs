@@ -287,7 +287,8 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             for (n, o) in published(ctx.store, &peers, &doc.resource)? {
                 match o {
                     Some(o) if o.disk == "Discarded" && o.generation >= doc.generation => {}
-                    Some(o) if o.generation >= doc.generation && o.error.is_some() => {
+                    // The agent refused (e.g. the guest was started there meanwhile).
+                    Some(o) if o.error.as_deref().is_some_and(|e| e.contains("discarded for a rollback")) => {
                         failed = Some(format!("{n}: {}", o.error.unwrap_or_default()));
                         return Ok(vec![]);
                     }
