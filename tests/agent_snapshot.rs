@@ -271,3 +271,51 @@ fn linked_clone_of_a_template_on_two_nodes() {
     assert_eq!(read_at0(lab.image("a", base_res), 8), b"template");
     drop(b_agent);
 }
+
+#[test]
+fn a_peer_in_use_refuses_to_be_discarded() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let mut vol = lab.volume(RES, &["a", "b"], 2048);
+    vol.volname = V.into();
+    lab.store.put_volume(&vol).unwrap();
+    let mut aa = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut ab = Agent::new(lab.store.clone(), lab.local("b"));
+    for _ in 0..3 {
+        aa.pass().unwrap();
+        ab.pass().unwrap();
+    }
+    // A guest runs on b when a rollback from a is marked (started between check and mark).
+    lab.sim("b").promote(RES).unwrap();
+    lab.sim("b").set_open(RES, true).unwrap();
+    vol.snapshots.push(drbdpool::store::docs::SnapshotDoc {
+        name: "s1".into(),
+        created: 1,
+        origin: Some("a".into()),
+        rollback: Some(drbdpool::store::docs::RollbackMark { source: "a".into(), since: 1 }),
+    });
+    vol.generation += 1;
+    lab.store.put_volume(&vol).unwrap();
+    ab.pass().unwrap();
+    let o = &lab.store.node_state("b").unwrap().unwrap().volumes[RES];
+    assert!(o.error.as_deref().is_some_and(|e| e.contains("discarded for a rollback") && e.contains("Primary")), "{o:?}");
+    let st = lab.sim("b").status().unwrap().into_iter().find(|s| s.name == RES).unwrap();
+    assert_eq!((st.role.as_str(), st.devices[0].disk.as_str()), ("Primary", "UpToDate"), "left alone");
+    // The guest stops: the next pass discards it (down, fresh metadata), published as Discarded.
+    lab.sim("b").set_open(RES, false).unwrap();
+    lab.sim("b").demote(RES).unwrap();
+    ab.pass().unwrap();
+    assert_eq!(lab.store.node_state("b").unwrap().unwrap().volumes[RES].disk, "Discarded");
+    assert!(lab.sim("b").status().unwrap().iter().all(|s| s.name != RES), "down while the mark is set");
+    ab.pass().unwrap();
+    assert!(lab.sim("b").status().unwrap().iter().all(|s| s.name != RES), "stays down");
+    // Mark cleared (a's data unchanged): b comes back and resyncs fully from a.
+    vol.snapshots[0].rollback = None;
+    vol.generation += 1;
+    lab.store.put_volume(&vol).unwrap();
+    ab.pass().unwrap();
+    let st = lab.sim("b").status().unwrap().into_iter().find(|s| s.name == RES).unwrap();
+    assert_eq!((st.devices[0].disk.as_str(), st.devices[0].extra["sim-full-syncs"].as_str()), ("UpToDate", "1"));
+}
