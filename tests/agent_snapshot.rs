@@ -319,3 +319,35 @@ fn a_peer_in_use_refuses_to_be_discarded() {
     let st = lab.sim("b").status().unwrap().into_iter().find(|s| s.name == RES).unwrap();
     assert_eq!((st.devices[0].disk.as_str(), st.devices[0].extra["sim-full-syncs"].as_str()), ("UpToDate", "1"));
 }
+
+#[test]
+fn a_ready_volume_with_all_metadata_wiped_is_never_declared_in_sync() {
+    if !can_loop() {
+        return;
+    }
+    use drbdpool::node::NodeOps;
+    let lab = Lab::new(&["a", "b"]);
+    let mut vol = lab.volume(RES, &["a", "b"], 2048);
+    vol.volname = V.into();
+    lab.store.put_volume(&vol).unwrap();
+    let mut aa = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut ab = Agent::new(lab.store.clone(), lab.local("b"));
+    for _ in 0..3 {
+        aa.pass().unwrap();
+        ab.pass().unwrap();
+    }
+    vol.state = VolumeState::Ready;
+    vol.generation += 1;
+    lab.store.put_volume(&vol).unwrap();
+    // A rollback that failed half-way on both sides: data kept, metadata fresh everywhere.
+    write_at0(&lab.image("a", RES), b"a-differs");
+    lab.local("a").discard_replica(&vol).unwrap();
+    lab.local("b").discard_replica(&vol).unwrap();
+    for _ in 0..3 {
+        aa.pass().unwrap();
+        ab.pass().unwrap();
+    }
+    for n in ["a", "b"] {
+        assert_eq!(disk(&lab, n), ("Inconsistent".into(), 0), "{n}: must not be declared UpToDate");
+    }
+}

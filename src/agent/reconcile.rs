@@ -186,7 +186,10 @@ impl Agent {
         let first = vol.replicas.first().is_some_and(|r| r.node == self.node());
         if first {
             let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
-            if self.local.initial_sync_due(vol, st) {
+            // Only while the volume is being created: a ready volume whose replicas all show fresh
+            // metadata has data that fresh metadata does not describe (a rollback or clone that
+            // failed half-way wipes metadata, not data). Declaring it in sync could hide differences.
+            if vol.state == VolumeState::Creating && self.local.initial_sync_due(vol, st) {
                 if self.local.is_thin(&vol.backend)? {
                     tracing::info!(resource = %res, "fresh thin replicas connected: skipping the initial sync");
                     self.local.skip_initial_sync(vol)?;

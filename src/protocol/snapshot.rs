@@ -267,7 +267,10 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     }
     if let Some((s, m)) = rollback_in_progress(&doc) {
         if s.name != snap || m.source != local {
-            return Err(refused!("{name} is already being rolled back to {} on {}: wait for that to finish", s.name, m.source));
+            return Err(refused!(
+                "{name} is already being rolled back to {} on {} (since {}): wait for that to finish; if that call died, repeat it on {}",
+                s.name, m.source, m.since, m.source
+            ));
         }
     }
     let busy = super::volume::in_use(ctx, &doc)?;
