@@ -350,4 +350,6 @@ fn a_ready_volume_with_all_metadata_wiped_is_never_declared_in_sync() {
     for n in ["a", "b"] {
         assert_eq!(disk(&lab, n), ("Inconsistent".into(), 0), "{n}: must not be declared UpToDate");
     }
+    let err = lab.store.node_state("a").unwrap().unwrap().volumes[RES].error.clone().unwrap_or_default();
+    assert!(err.contains("not declaring them in sync"), "replicas[0] reports why: {err}");
 }

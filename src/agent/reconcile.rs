@@ -186,18 +186,25 @@ impl Agent {
         let first = vol.replicas.first().is_some_and(|r| r.node == self.node());
         if first {
             let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
-            // Only while the volume is being created: a ready volume whose replicas all show fresh
-            // metadata has data that fresh metadata does not describe (a rollback or clone that
-            // failed half-way wipes metadata, not data). Declaring it in sync could hide differences.
-            if vol.state == VolumeState::Creating && self.local.initial_sync_due(vol, st) {
-                if self.local.is_thin(&vol.backend)? {
+            if self.local.initial_sync_due(vol, st) {
+                let thin = self.local.is_thin(&vol.backend)?;
+                if thin && vol.state == VolumeState::Creating {
                     tracing::info!(resource = %res, "fresh thin replicas connected: skipping the initial sync");
                     self.local.skip_initial_sync(vol)?;
+                    self.refresh(res, status)?;
+                } else if thin {
+                    // A ready volume whose replicas all show fresh metadata holds data that fresh
+                    // metadata does not describe (a rollback or clone that failed half-way wipes
+                    // metadata, not data): declaring it in sync could hide differences.
+                    return Err(Error::Refused(format!(
+                        "{res}: every replica has fresh metadata but the volume is not new: not declaring them in sync; \
+                         pick the replica with the right data and make it the sync source by hand (drbdadm primary --force {res}; drbdadm secondary {res})"
+                    )));
                 } else {
                     tracing::info!(resource = %res, "fresh thick replicas connected: starting the full initial sync from here");
                     self.local.start_initial_sync(vol)?;
+                    self.refresh(res, status)?;
                 }
-                self.refresh(res, status)?;
             }
             // Grow DRBD once every replica reports its backing grown for this generation.
             let st = &status[res];

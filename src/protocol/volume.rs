@@ -131,7 +131,8 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
             agent_hint(&pending)
         )));
     }
-    if doc.replicas[0].node == local {
+    // Thick backing: replicas[0]'s agent starts the full initial sync instead.
+    if doc.replicas[0].node == local && doc.backend.kind != BackendKind::Lvm {
         ctx.node.skip_initial_sync(doc)?;
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
