@@ -171,6 +171,25 @@ pub fn check_storeid(s: &str) -> Result<()> {
     }
 }
 
+/// PVE's snapshot name rule (pve-snapshot-name: `^[a-zA-Z][a-zA-Z0-9_-]{1,39}$`);
+/// `current` is PVE's name for the live state. `vzdump` (CT backups) is allowed.
+pub fn check_snap_name(s: &str) -> Result<()> {
+    let b = s.as_bytes();
+    let ok = (2..=40).contains(&b.len())
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'));
+    if !ok {
+        return Err(invalid!(
+            "snapshot name '{}' is not valid: it must start with a letter and contain only letters, digits, '_' and '-' (2 to 40 characters)",
+            s.escape_default()
+        ));
+    }
+    if s == "current" {
+        return Err(invalid!("snapshot name 'current' is reserved for the live state: choose another name"));
+    }
+    Ok(())
+}
+
 /// Node names as Proxmox allows them (host names), so they are safe in file names.
 pub fn check_node_name(s: &str) -> Result<()> {
     let ok = !s.is_empty()
@@ -270,6 +289,16 @@ pub fn check_size_bytes(v: &serde_json::Value) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn snapshot_names_follow_pve() {
+        for ok in ["vzdump", "s1", "before-upgrade", "A_b-9", &"a".repeat(40)] {
+            check_snap_name(ok).unwrap();
+        }
+        for bad in ["", "a", "1abc", "-x", "a b", "a.b", "a/b", "current", &"a".repeat(41), "\u{e9}t\u{e9}"] {
+            assert_eq!(check_snap_name(bad).unwrap_err().kind(), "invalid-input", "{bad}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -141,6 +141,42 @@ fn lvmthin_remove_and_snapshots() {
     r.clear();
     b.remove_snapshot("vm-100-disk-0", "s1").unwrap();
     assert_eq!(r.calls()[1], format!("lvremove {F} -f vg0/vm-100-disk-0_s1"));
+
+    // Snapshot devices: thin snapshots skip activation unless -K (as PVE's LvmThinPlugin).
+    r.clear();
+    assert_eq!(b.snapshot_path("vm-100-disk-0", "s1").unwrap().as_deref(), Some("/dev/vg0/vm-100-disk-0_s1"));
+    assert_eq!(b.snapshot_path("vm-100-disk-0", "s2").unwrap(), None);
+    r.clear();
+    assert_eq!(b.activate_snapshot("vm-100-disk-0", "s1").unwrap(), "/dev/vg0/vm-100-disk-0_s1");
+    assert_eq!(r.calls(), vec![lvs_argv(), format!("lvchange {F} -ay -K vg0/vm-100-disk-0_s1")]);
+    r.clear();
+    b.deactivate_snapshot("vm-100-disk-0", "s1").unwrap();
+    assert_eq!(r.calls(), vec![lvs_argv(), format!("lvchange {F} -an vg0/vm-100-disk-0_s1")]);
+    r.clear();
+    assert_eq!(b.activate_snapshot("vm-100-disk-0", "s2").unwrap_err().kind(), "not-found");
+    b.deactivate_snapshot("vm-100-disk-0", "s2").unwrap();
+    assert_eq!(r.calls(), vec![lvs_argv(), lvs_argv()], "nothing activated for a missing snapshot");
+    assert_eq!(b.snapshot_path("vm-100-disk-0", "../x").unwrap_err().kind(), "invalid-input");
+}
+
+#[test]
+fn lvmthin_linked_clone_is_a_writable_thin_snapshot_of_the_base() {
+    let r = RecordingRunner::new();
+    r.once(&["lvs"], Output::ok(LVS));
+    r.on(&["lvs"], Output::ok(LVS.replace("{\"lv_name\":\"pool\"", "{\"lv_name\":\"vm-102-disk-0\", \"lv_size\":\"268435456B\", \"lv_path\":\"/dev/vg0/vm-102-disk-0\"},{\"lv_name\":\"pool\"")));
+    let b = thin(&r).clone_from("vm-100-disk-0", "vm-102-disk-0").unwrap();
+    assert_eq!(b.path, "/dev/vg0/vm-102-disk-0");
+    assert_eq!(r.calls(), vec![lvs_argv(), format!("lvcreate {F} -n vm-102-disk-0 -prw -kn -s vg0/vm-100-disk-0"), lvs_argv()]);
+    // Idempotent: an existing clone is not created again.
+    r.clear();
+    thin(&r).clone_from("vm-100-disk-0", "vm-102-disk-0").unwrap();
+    assert_eq!(r.calls(), vec![lvs_argv()]);
+    // A missing base: not-found, nothing created.
+    r.clear();
+    assert_eq!(thin(&r).clone_from("vm-999-disk-0", "vm-103-disk-0").unwrap_err().kind(), "not-found");
+    assert_eq!(r.calls(), vec![lvs_argv()]);
+    // Thick LVM: refused.
+    assert_eq!(thick(&r).clone_from("vm-100-disk-0", "vm-104-disk-0").unwrap_err().kind(), "refused");
 }
 
 #[test]

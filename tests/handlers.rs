@@ -236,9 +236,28 @@ fn rename_and_create_base_move_the_document() {
     assert!(s.volume("dp", "vm-101-disk-1").unwrap().is_some());
     let (k, _) = err(call(&c, "rename", "dp", json!({"volname": "vm-101-disk-1", "target_vmid": 101, "target_volname": "base-101-disk-0"})));
     assert_eq!(k, "invalid-input");
-    let (k, m) = err(call(&c, "clone", "dp", json!({"volname": "base-101-disk-0", "vmid": 102})));
+    // Linked clone of the template: same replica nodes, parent recorded, ready.
+    let r = ok(call(&c, "clone", "dp", json!({"volname": "base-101-disk-0", "vmid": 102})));
+    assert_eq!(r["volname"], "vm-102-disk-0");
+    let base = s.volume("dp", "base-101-disk-0").unwrap().unwrap();
+    let cl = s.volume("dp", "vm-102-disk-0").unwrap().unwrap();
+    assert_eq!((cl.parent.as_deref(), cl.state, cl.size_kib, cl.base), (Some("base-101-disk-0"), drbdpool::store::docs::VolumeState::Ready, base.size_kib, false));
+    assert_eq!(cl.replicas.iter().map(|r| &r.node).collect::<Vec<_>>(), base.replicas.iter().map(|r| &r.node).collect::<Vec<_>>());
+    assert_ne!((cl.minor, cl.port, &cl.resource), (base.minor, base.port, &base.resource));
+    assert!(n.calls().contains(&format!("skip_initial_sync {}", cl.resource)), "{:?}", n.calls());
+    // Not from a non-template, not from a snapshot.
+    let (k, m) = err(call(&c, "clone", "dp", json!({"volname": "vm-101-disk-1", "vmid": 103})));
     assert_eq!(k, "refused");
-    assert!(m.contains("not supported by drbdpool yet"), "{m}");
+    assert!(m.contains("not a template"), "{m}");
+    let (k, m) = err(call(&c, "clone", "dp", json!({"volname": "base-101-disk-0", "vmid": 103, "snap": "s1"})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("snapshot"), "{m}");
+    // A template that is not identical everywhere (local replica Outdated) is not cloned.
+    n.set(&base.resource, |o| o.disk = "Outdated".into());
+    let (k, m) = err(call(&c, "clone", "dp", json!({"volname": "base-101-disk-0", "vmid": 103})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("pve1: Outdated"), "{m}");
+    assert!(s.volume("dp", "vm-103-disk-0").unwrap().is_none());
 }
 
 #[test]
@@ -265,10 +284,8 @@ fn queries() {
     assert_eq!(ok(call(&c, "path", "dp", json!({"volname": "vm-200-disk-0"}))), json!({"path": "/dev/drbd1001", "vmid": 200, "vtype": "images"}));
     let (k, _) = err(call(&c, "path", "dp", json!({"volname": "vm-300-disk-0"})));
     assert_eq!(k, "not-found");
-    assert_eq!(ok(call(&c, "has_feature", "dp", json!({"feature": "snapshot", "volname": "vm-200-disk-0", "running": 0}))), json!({"supported": false}));
+    assert_eq!(ok(call(&c, "has_feature", "dp", json!({"feature": "snapshot", "volname": "vm-200-disk-0", "running": 0}))), json!({"supported": true}));
     assert_eq!(ok(call(&c, "has_feature", "dp", json!({"feature": "copy", "volname": "vm-200-disk-0"}))), json!({"supported": true}));
-    let (_, m) = err(call(&c, "snapshot", "dp", json!({"volname": "vm-200-disk-0", "snap": "s1"})));
-    assert!(m.contains("not supported by drbdpool yet"), "{m}");
     assert_eq!(ok(call(&c, "snapshot_list", "dp", json!({"volname": "vm-200-disk-0"}))), json!({"snapshots": {}}));
     assert_eq!(ok(call(&c, "export_formats", "dp", json!({"volname": "vm-200-disk-0", "with_snapshots": 0}))), json!({"formats": ["raw+size"]}));
     assert_eq!(ok(call(&c, "import_formats", "dp", json!({"volname": "vm-200-disk-0", "with_snapshots": 1}))), json!({"formats": []}));

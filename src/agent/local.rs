@@ -162,6 +162,8 @@ impl LocalNode {
             size_kib: dev.and_then(|d| d.size_kib).unwrap_or(0),
             peers,
             error: None,
+            // Filled by the agent's snapshot reconcile.
+            snapshots: Vec::new(),
         }
     }
 
@@ -209,6 +211,13 @@ impl NodeOps for LocalNode {
             return Err(Error::Refused(format!("{}: volume is being deleted; not creating a replica", vol.resource)));
         }
         let backend = self.backend(&vol.backend)?;
+        // A linked clone being created gets its backing from the base's (only then: a
+        // replica lost later is recreated empty and resyncs fully).
+        if let (VolumeState::Creating, Some(parent)) = (vol.state, &vol.parent) {
+            if backend.lookup(&vol.resource)?.is_none() {
+                self.clone_backing(vol, parent, &*backend)?;
+            }
+        }
         // create() is idempotent and grows an existing device that is too small.
         let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
         let plan = self.plan(vol, &backing, backend.thin(), vol.dual_primary.is_some())?;
@@ -336,5 +345,132 @@ impl NodeOps for LocalNode {
 
     fn space(&self, spec: &BackendSpec) -> Result<Space> {
         self.backend(spec)?.space()
+    }
+
+    fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.snap_backend(vol)?;
+        if backend.snapshot_path(&vol.resource, snap)?.is_some() {
+            return Ok(());
+        }
+        // Only UpToDate data is the volume's data; an Outdated or syncing replica's is not.
+        let disk = self.status_of(&vol.resource)?.and_then(|s| s.devices.first().map(|d| d.disk.clone()));
+        if disk.as_deref() != Some("UpToDate") {
+            return Err(Error::Refused(format!(
+                "{}: the replica on {} is {}, not UpToDate: a snapshot of it would not hold the volume's data",
+                vol.resource,
+                self.node,
+                disk.as_deref().unwrap_or("not up")
+            )));
+        }
+        backend.snapshot(&vol.resource, snap)?;
+        tracing::info!(resource = %vol.resource, snap, "snapshot taken");
+        Ok(())
+    }
+
+    fn remove_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.snap_backend(vol)?;
+        backend.deactivate_snapshot(&vol.resource, snap)?;
+        backend.remove_snapshot(&vol.resource, snap)
+    }
+
+    fn snapshot_path(&self, vol: &VolumeDoc, snap: &str) -> Result<Option<String>> {
+        if vol.replica(&self.node).is_none() {
+            return Ok(None);
+        }
+        self.snap_backend(vol)?.snapshot_path(&vol.resource, snap)
+    }
+
+    fn activate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<String> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.snap_backend(vol)?.activate_snapshot(&vol.resource, snap)
+    }
+
+    fn deactivate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.snap_backend(vol)?.deactivate_snapshot(&vol.resource, snap)
+    }
+
+    fn rollback_source(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let backend = self.snap_backend(vol)?;
+        if backend.snapshot_path(&vol.resource, snap)?.is_none() {
+            return Err(Error::NotFound(format!("{}: node {} has no snapshot {snap}", vol.resource, self.node)));
+        }
+        self.refuse_in_use(vol, "rolled back")?;
+        self.repl.down(&vol.resource)?;
+        backend.rollback(&vol.resource, snap)?;
+        let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        let plan = self.plan(vol, &backing, backend.thin(), false)?;
+        self.repl.apply(&plan)?;
+        self.repl.make_sync_source(&vol.resource)?;
+        tracing::info!(resource = %vol.resource, snap, "rolled back; this replica is the sync source");
+        Ok(())
+    }
+
+    fn discard_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        self.refuse_in_use(vol, "discarded for a rollback")?;
+        self.repl.down(&vol.resource)?;
+        let backend = self.backend(&vol.backend)?;
+        let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        let plan = self.plan(vol, &backing, backend.thin(), false)?;
+        self.repl.wipe_metadata(&plan)?;
+        tracing::info!(resource = %vol.resource, "replica discarded: it resyncs fully from the rolled-back replica");
+        Ok(())
+    }
+}
+
+impl LocalNode {
+    /// The clone's backing = a thin snapshot of the base's backing, which ends with the base's
+    /// DRBD metadata: replaced by fresh metadata at once, so the clone is a new resource whose
+    /// identical (base) data lets the initial sync be skipped as for a new thin volume.
+    /// A crash between the two steps leaves the base's metadata: the clone then comes up
+    /// with the base's data generation and the replicas sync fully (slower, still correct,
+    /// since the base is identical everywhere).
+    fn clone_backing(&self, vol: &VolumeDoc, parent: &str, backend: &dyn Backend) -> Result<()> {
+        let base = self.store.volume(&vol.storeid, parent)?.ok_or_else(|| {
+            Error::NotFound(format!("{}: its base volume {}:{parent} does not exist; cannot create the linked clone", vol.resource, vol.storeid))
+        })?;
+        let backing = backend.clone_from(&base.resource, &vol.resource)?;
+        let plan = self.plan(vol, &backing, backend.thin(), false)?;
+        self.repl.wipe_metadata(&plan)?;
+        tracing::info!(resource = %vol.resource, base = %base.resource, "linked clone backing created with fresh metadata");
+        Ok(())
+    }
+
+    fn snap_backend(&self, vol: &VolumeDoc) -> Result<Box<dyn Backend>> {
+        let b = self.backend(&vol.backend)?;
+        if !b.can_snapshot() {
+            return Err(Error::Refused(format!(
+                "{}: the {:?} backend on {} has no snapshots: use an lvmthin storage for snapshots",
+                vol.resource, vol.backend.kind, self.node
+            )));
+        }
+        Ok(b)
+    }
+
+    /// Invariant 2: never change the data under a Primary or an open device.
+    fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
+        if let Some(st) = self.status_of(&vol.resource)? {
+            let open = st.devices.iter().any(|d| d.open == Some(true));
+            if st.role == "Primary" || open {
+                return Err(Error::Refused(format!(
+                    "{}: not {what} on {}: the replica is {}{}; stop the guest using it first",
+                    vol.resource,
+                    self.node,
+                    st.role,
+                    if open { " and open" } else { "" }
+                )));
+            }
+        }
+        Ok(())
     }
 }

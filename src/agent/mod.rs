@@ -10,6 +10,13 @@
 //!   thin replicas once all are connected (thick: starts a full sync from
 //!   itself), and runs `drbdadm resize` once every replica reports the new
 //!   generation;
+//!   it follows the document's snapshots (takes missing ones younger than
+//!   SNAP_CATCHUP_SECS, of UpToDate data only; deletes removed ones) and lists
+//!   them in its published state; a linked clone's backing is made from the
+//!   base's with fresh metadata; the initial-sync skip is for `creating` only;
+//! - a rollback marked on another node: takes the replica down with fresh
+//!   metadata (never while Primary/open), publishes disk `Discarded` and stays
+//!   down until the mark is gone, then comes up for a full sync;
 //! - `deleting`: takes the replica down and deletes its backing device, unless
 //!   it is open or Primary (Invariant 2: refused and reported);
 //! - resources configured here that no document wants are taken down (never

@@ -15,6 +15,14 @@ use crate::store::Store;
 pub const HEARTBEAT_SECS: u64 = 60;
 /// Re-measure storage space at most this often (an `lvs` per storage).
 pub const SPACE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A snapshot missing here is taken only this soon after the helper recorded it: later
+/// the data has moved on and a copy would silently differ from the other replicas'.
+pub const SNAP_CATCHUP_SECS: u64 = 120;
+
+/// The rollback in progress on another node (`since` of its mark), if any.
+fn rollback_elsewhere(vol: &VolumeDoc, me: &str) -> Option<u64> {
+    vol.snapshots.iter().filter_map(|s| s.rollback.as_ref()).find(|m| m.source != me).map(|m| m.since)
+}
 
 pub struct Agent {
     store: Store,
@@ -26,6 +34,10 @@ pub struct Agent {
     /// resource -> generation for which `drbdadm resize` was run (once per generation:
     /// if DRBD's size still differs afterwards, repeating it every second would not help).
     resized: HashMap<String, u64>,
+    /// resource -> rollback mark (`since`) for which this replica was discarded.
+    discarded: HashMap<String, u64>,
+    /// (resource, snapshot) found missing here and too old to take now (looked up once).
+    snap_missing: HashSet<(String, String)>,
     last: Option<NodeState>,
     space: Option<(std::time::Instant, BTreeSet<String>, BTreeMap<String, Space>)>,
 }
@@ -48,7 +60,7 @@ fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> b
 
 impl Agent {
     pub fn new(store: Store, local: LocalNode) -> Agent {
-        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), last: None, space: None }
+        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None }
     }
 
     pub fn local(&self) -> &LocalNode {
@@ -97,7 +109,10 @@ impl Agent {
             mine.insert(vol.resource.clone());
             let res = vol.resource.clone();
             let r = match vol.state {
-                VolumeState::Creating | VolumeState::Ready => self.reconcile_live(vol, &mut status, &states).map(Some),
+                VolumeState::Creating | VolumeState::Ready => match rollback_elsewhere(vol, &me) {
+                    Some(since) => self.reconcile_discard(vol, since).map(Some),
+                    None => self.reconcile_live(vol, &mut status, &states).map(|o| Some(self.reconcile_snapshots(vol, o))),
+                },
                 VolumeState::Deleting => self.reconcile_delete(vol, status.get(&res)),
             };
             match r {
@@ -114,6 +129,7 @@ impl Agent {
                     o.generation = self.applied.get(&res).map(|a| a.0).unwrap_or(0);
                     o.ready = o.ready && o.generation == vol.generation;
                     o.error = Some(e.to_string());
+                    o.snapshots = self.published_snapshots(&res);
                     volumes.insert(res, o);
                 }
             }
@@ -171,14 +187,24 @@ impl Agent {
         if first {
             let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
             if self.local.initial_sync_due(vol, st) {
-                if self.local.is_thin(&vol.backend)? {
+                let thin = self.local.is_thin(&vol.backend)?;
+                if thin && vol.state == VolumeState::Creating {
                     tracing::info!(resource = %res, "fresh thin replicas connected: skipping the initial sync");
                     self.local.skip_initial_sync(vol)?;
+                    self.refresh(res, status)?;
+                } else if thin {
+                    // A ready volume whose replicas all show fresh metadata holds data that fresh
+                    // metadata does not describe (a rollback or clone that failed half-way wipes
+                    // metadata, not data): declaring it in sync could hide differences.
+                    return Err(Error::Refused(format!(
+                        "{res}: every replica has fresh metadata but the volume is not new: not declaring them in sync; \
+                         pick the replica with the right data and make it the sync source by hand (drbdadm primary --force {res}; drbdadm secondary {res})"
+                    )));
                 } else {
                     tracing::info!(resource = %res, "fresh thick replicas connected: starting the full initial sync from here");
                     self.local.start_initial_sync(vol)?;
+                    self.refresh(res, status)?;
                 }
-                self.refresh(res, status)?;
             }
             // Grow DRBD once every replica reports its backing grown for this generation.
             let st = &status[res];
@@ -196,6 +222,82 @@ impl Agent {
         }
         let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
         Ok(self.local.observed_from(vol, st))
+    }
+
+    fn published_snapshots(&self, res: &str) -> Vec<String> {
+        self.last.as_ref().and_then(|s| s.volumes.get(res)).map(|o| o.snapshots.clone()).unwrap_or_default()
+    }
+
+    /// Make this node's snapshots follow the document: take missing recent ones, delete
+    /// removed ones. What was published last is what exists here (no backend listing per pass).
+    fn reconcile_snapshots(&mut self, vol: &VolumeDoc, mut o: VolumeObserved) -> VolumeObserved {
+        let res = &vol.resource;
+        let have = self.published_snapshots(res);
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for s in have.iter().filter(|s| !vol.snapshots.iter().any(|d| &d.name == *s)) {
+            match self.local.remove_snapshot(vol, s) {
+                Ok(()) => tracing::info!(resource = %res, snap = %s, "snapshot deleted"),
+                Err(e) => {
+                    errors.push(format!("deleting snapshot {s}: {e}"));
+                    out.push(s.clone());
+                }
+            }
+        }
+        for d in &vol.snapshots {
+            if have.contains(&d.name) {
+                out.push(d.name.clone());
+                continue;
+            }
+            let key = (res.clone(), d.name.clone());
+            if self.snap_missing.contains(&key) {
+                continue;
+            }
+            match self.local.snapshot_path(vol, &d.name) {
+                Ok(Some(_)) => {
+                    out.push(d.name.clone());
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    errors.push(format!("looking up snapshot {}: {e}", d.name));
+                    continue;
+                }
+            }
+            if now().saturating_sub(d.created) > SNAP_CATCHUP_SECS {
+                tracing::warn!(resource = %res, snap = %d.name, "snapshot missing here and too old to take now: not rolled back from here");
+                self.snap_missing.insert(key);
+                continue;
+            }
+            match self.local.snapshot(vol, &d.name) {
+                Ok(()) => out.push(d.name.clone()),
+                Err(e) => errors.push(format!("taking snapshot {}: {e}", d.name)),
+            }
+        }
+        o.snapshots = out;
+        if !errors.is_empty() {
+            o.error = Some(errors.join("; "));
+        }
+        o
+    }
+
+    /// Another replica is being rolled back: stay down with fresh metadata until the
+    /// mark is gone, then the normal path brings this replica up for a full sync.
+    fn reconcile_discard(&mut self, vol: &VolumeDoc, since: u64) -> Result<VolumeObserved> {
+        let res = &vol.resource;
+        if self.discarded.get(res) != Some(&since) {
+            self.applied.remove(res);
+            self.local.discard_replica(vol)?;
+            self.discarded.insert(res.clone(), since);
+        }
+        Ok(VolumeObserved {
+            ready: false,
+            generation: vol.generation,
+            role: "Unknown".into(),
+            disk: "Discarded".into(),
+            snapshots: self.published_snapshots(res),
+            ..Default::default()
+        })
     }
 
     /// Every other replica's agent reports this generation, without error.

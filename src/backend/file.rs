@@ -190,6 +190,10 @@ impl Backend for FileBackend {
     fn remove_snapshot(&self, name: &str, snap: &str) -> Result<()> {
         check_name(name)?;
         check_name(snap)?;
+        let sf = self.snap_file(name, snap);
+        if sf.exists() {
+            self.detach_all(&sf)?;
+        }
         match fs::remove_file(self.snap_file(name, snap)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &self.snap_file(name, snap), e)),
             _ => Ok(()),
@@ -209,6 +213,61 @@ impl Backend for FileBackend {
         self.cp(&sf, &tmp)?;
         self.detach_all(&img)?;
         fs::rename(&tmp, &img).map_err(|e| io("rename into place", &img, e))
+    }
+
+    fn snapshot_path(&self, name: &str, snap: &str) -> Result<Option<String>> {
+        check_name(name)?;
+        check_name(snap)?;
+        let sf = self.snap_file(name, snap);
+        if !sf.exists() {
+            return Ok(None);
+        }
+        Ok(Some(self.loops(&sf)?.into_iter().next().unwrap_or_else(|| sf.to_string_lossy().into_owned())))
+    }
+
+    /// Read-only loop device on the snapshot file (a snapshot never changes).
+    fn activate_snapshot(&self, name: &str, snap: &str) -> Result<String> {
+        check_name(name)?;
+        check_name(snap)?;
+        let sf = self.snap_file(name, snap);
+        if !sf.exists() {
+            return Err(Error::NotFound(format!("snapshot {} does not exist on this node", sf.display())));
+        }
+        if let Some(l) = self.loops(&sf)?.into_iter().next() {
+            return Ok(l);
+        }
+        let out = self.runner.check(&Cmd::new("losetup").args(["--find", "--show", "--read-only"]).arg(sf.to_string_lossy()))?;
+        let dev = out.stdout.trim().to_string();
+        if !dev.starts_with("/dev/") {
+            return Err(Error::Tool(format!("`losetup --find --show` printed {dev:?}, expected a /dev/loopN path")));
+        }
+        Ok(dev)
+    }
+
+    fn clone_from(&self, base: &str, name: &str) -> Result<Backing> {
+        check_name(base)?;
+        check_name(name)?;
+        let (src, img) = (self.image(base), self.image(name));
+        if !img.exists() {
+            if !src.exists() {
+                return Err(Error::NotFound(format!("base image {} does not exist; cannot clone it", src.display())));
+            }
+            let tmp = self.dir.join(format!(".{name}.img.clone"));
+            self.cp(&src, &tmp)?;
+            fs::rename(&tmp, &img).map_err(|e| io("rename into place", &img, e))?;
+        }
+        let path = self.attach(&img)?;
+        Ok(Backing { path, size_kib: Self::size_kib(&img)? })
+    }
+
+    fn deactivate_snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        check_name(name)?;
+        check_name(snap)?;
+        let sf = self.snap_file(name, snap);
+        if sf.exists() {
+            self.detach_all(&sf)?;
+        }
+        Ok(())
     }
 
     /// True only if a probe copy with the snapshot command works in this directory.

@@ -155,4 +155,45 @@ impl Backend for LvmThin {
     fn can_snapshot(&self) -> bool {
         true
     }
+
+    fn snapshot_path(&self, name: &str, snap: &str) -> Result<Option<String>> {
+        r::check_name(name)?;
+        r::check_name(snap)?;
+        let lv = Self::snap_lv(name, snap);
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        Ok(r::find(&rows, &lv).map(|_| format!("/dev/{}/{lv}", self.vg)))
+    }
+
+    /// `-K`: thin snapshots carry the activation-skip flag.
+    fn activate_snapshot(&self, name: &str, snap: &str) -> Result<String> {
+        let path = self.snapshot_path(name, snap)?.ok_or_else(|| {
+            Error::NotFound(format!("snapshot LV {}/{} does not exist on this node", self.vg, Self::snap_lv(name, snap)))
+        })?;
+        self.runner.check(&lvm("lvchange").args(["-ay".to_string(), "-K".into(), format!("{}/{}", self.vg, Self::snap_lv(name, snap))]))?;
+        Ok(path)
+    }
+
+    /// As PVE's LvmThinPlugin clone_image: a writable thin snapshot without the activation-skip flag.
+    fn clone_from(&self, base: &str, name: &str) -> Result<Backing> {
+        r::check_name(base)?;
+        r::check_name(name)?;
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        if let Some(b) = self.lookup_in(&rows, name)? {
+            return Ok(b);
+        }
+        if r::find(&rows, base).is_none() {
+            return Err(Error::NotFound(format!("base LV {}/{base} does not exist on this node; cannot clone it", self.vg)));
+        }
+        self.runner.check(&lvm("lvcreate").args(["-n", name, "-prw", "-kn", "-s", &format!("{}/{base}", self.vg)]))?;
+        self.lookup(name)?
+            .ok_or_else(|| Error::Tool(format!("lvcreate reported success but LV {}/{name} is missing", self.vg)))
+    }
+
+    fn deactivate_snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        if self.snapshot_path(name, snap)?.is_none() {
+            return Ok(());
+        }
+        self.runner.check(&lvm("lvchange").args(["-an".to_string(), format!("{}/{}", self.vg, Self::snap_lv(name, snap))]))?;
+        Ok(())
+    }
 }

@@ -35,6 +35,27 @@ pub trait Backend: Send + Sync {
     fn remove_snapshot(&self, name: &str, snap: &str) -> Result<()>;
     fn rollback(&self, name: &str, snap: &str) -> Result<()>;
     fn can_snapshot(&self) -> bool;
+    /// The device or file of snapshot `snap` of `name` if it exists (not activated).
+    fn snapshot_path(&self, name: &str, snap: &str) -> Result<Option<String>> {
+        let _ = (name, snap);
+        Ok(None)
+    }
+    /// Make the snapshot readable as a block device (for mounting/backup); returns its path.
+    fn activate_snapshot(&self, name: &str, snap: &str) -> Result<String> {
+        let _ = snap;
+        Err(Error::Refused(format!("{name}: this backend has no snapshots to activate")))
+    }
+    /// Linked clone: create `name` as a writable thin snapshot of `base` (file backend: a
+    /// copy). Idempotent: an existing `name` is returned as is.
+    fn clone_from(&self, base: &str, name: &str) -> Result<Backing> {
+        let _ = base;
+        Err(Error::Refused(format!("{name}: this backend cannot make linked clones")))
+    }
+    /// Undo `activate_snapshot`. Idempotent.
+    fn deactivate_snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        let _ = (name, snap);
+        Ok(())
+    }
 }
 
 /// The backend a VolumeDoc's BackendSpec names. Missing properties are a clear

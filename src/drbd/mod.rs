@@ -114,6 +114,18 @@ pub trait Replication: Send + Sync {
     fn configured(&self) -> Result<Vec<String>> {
         Ok(self.status()?.into_iter().map(|r| r.name).collect())
     }
+    /// Snapshot rollback, on the replicas that are NOT rolled back: with the resource down,
+    /// write its resource file and create fresh metadata on the backing device, so the
+    /// next `apply` brings it up Inconsistent and it receives a full sync. Leaves it down.
+    fn wipe_metadata(&self, plan: &ResourcePlan) -> Result<()> {
+        Err(crate::error::Error::Refused(format!("{}: this DRBD side cannot recreate metadata", plan.resource)))
+    }
+    /// Snapshot rollback, on the rolled-back replica (up, every peer down): declare this
+    /// node's data the good copy with a new data generation (`primary --force`, `secondary`),
+    /// so peers with fresh metadata sync fully from it.
+    fn make_sync_source(&self, resource: &str) -> Result<()> {
+        Err(crate::error::Error::Refused(format!("{resource}: this DRBD side cannot force a sync source")))
+    }
     /// Thick backends: declare this node's fresh data the good copy so a full initial
     /// sync runs to the peers (`drbdadm primary --force` then `drbdadm secondary`).
     fn start_initial_sync(&self, resource: &str) -> Result<()> {

@@ -501,6 +501,21 @@ impl Replication for DrbdAdm {
         self.run_checked(self.adm().args(["secondary", resource]).timeout(SLOW)).map(|_| ())
     }
 
+    /// `create-md --force` needs the resource file (and the resource down, checked first).
+    fn wipe_metadata(&self, plan: &ResourcePlan) -> Result<()> {
+        let res = plan.resource.as_str();
+        if self.is_up(res)? {
+            return Err(Error::Refused(format!("{res}: still up; take it down before recreating its metadata")));
+        }
+        self.write_config(plan)?;
+        self.run_checked(self.adm().args(["--", "--force", "create-md", res]).timeout(SLOW)).map(|_| ())
+    }
+
+    fn make_sync_source(&self, resource: &str) -> Result<()> {
+        self.run_checked(self.adm().args(["primary", "--force", resource]).timeout(SLOW))?;
+        self.run_checked(self.adm().args(["secondary", resource]).timeout(SLOW)).map(|_| ())
+    }
+
     fn outdate(&self, resource: &str) -> Result<()> {
         self.run_checked(self.adm().args(["outdate", resource]).timeout(SLOW)).map(|_| ())
     }
@@ -515,3 +530,5 @@ impl Replication for DrbdAdm {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod rollback_tests;

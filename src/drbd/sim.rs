@@ -38,6 +38,10 @@
 //!   backing size (backing minus the sim's 4 KiB metadata) of all replicas,
 //!   capped at the planned size.
 //!
+//! - A full sync (of an Inconsistent node) copies the data area from the source.
+//! - `wipe_metadata` (resource down) zeroes the metadata: the next apply is create-md;
+//!   `make_sync_source` is `primary --force; secondary`: new generation, UpToDate.
+//!
 //! Not modelled: timing (everything is instant), resync progress, protocol
 //! details, quorum, diskless nodes, network partitions other than "not up",
 //! I/O errors, more than one volume per resource, the real parser of resource files.
@@ -223,6 +227,7 @@ impl SimDrbd {
                         let d = w.get_mut(b).unwrap();
                         if d.md.disk == "Inconsistent" {
                             d.full_syncs += 1;
+                            copy_data(&src.backing, &d.backing, src.size_kib.min(d.size_kib))?;
                         }
                         d.md = src.md.clone();
                         changed = true;
@@ -348,6 +353,22 @@ fn connection(w: &BTreeMap<String, SimRes>, a: &str, b: &str) -> &'static str {
         return "StandAlone";
     }
     "Connected"
+}
+
+/// A full sync copies the data area (bitmap-based resyncs are not modelled: the sim's
+/// `write` hook writes no data).
+fn copy_data(from: &str, to: &str, kib: u64) -> Result<()> {
+    let mut src = File::open(from).map_err(|e| serr("open sync source", Path::new(from), e))?;
+    let mut dst = OpenOptions::new().write(true).open(to).map_err(|e| serr("open sync target", Path::new(to), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = kib * 1024;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n]).map_err(|e| serr("read sync source", Path::new(from), e))?;
+        dst.write_all(&buf[..n]).map_err(|e| serr("write sync target", Path::new(to), e))?;
+        left -= n as u64;
+    }
+    dst.sync_all().map_err(|e| serr("fsync", Path::new(to), e))
 }
 
 fn bump(md: &mut Md) {
@@ -607,6 +628,33 @@ impl Replication for SimDrbd {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn wipe_metadata(&self, plan: &ResourcePlan) -> Result<()> {
+        let res = plan.resource.as_str();
+        let _g = self.lock()?;
+        if self.load(&self.node, res)?.is_some_and(|r| r.up) {
+            return Err(refused(res, "still up; take it down before recreating its metadata"));
+        }
+        let kib = device_kib(&plan.backing)?;
+        if kib < SIM_MD_KIB {
+            return Err(Error::Tool(format!("{res}: backing {} too small for metadata", plan.backing)));
+        }
+        let mut f = OpenOptions::new().write(true).open(&plan.backing).map_err(|e| serr("open backing device", Path::new(&plan.backing), e))?;
+        f.seek(SeekFrom::Start((kib - SIM_MD_KIB) * 1024)).map_err(|e| serr("seek", Path::new(&plan.backing), e))?;
+        f.write_all(&vec![0u8; (SIM_MD_KIB * 1024) as usize]).map_err(|e| serr("wipe metadata of", Path::new(&plan.backing), e))?;
+        f.sync_all().map_err(|e| serr("fsync", Path::new(&plan.backing), e))
+    }
+
+    /// As `primary --force; secondary`: a new data generation, UpToDate, whatever the disk was.
+    fn make_sync_source(&self, resource: &str) -> Result<()> {
+        self.with_world(resource, |w| {
+            self.mine(w, resource)?;
+            let m = w.get_mut(&self.node).unwrap();
+            bump(&mut m.md);
+            m.md.disk = "UpToDate".into();
+            Ok(())
+        })
     }
 
     fn start_initial_sync(&self, resource: &str) -> Result<()> {

@@ -10,7 +10,7 @@ use crate::refused;
 use crate::store::docs::{DualPrimary, NodeState, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::vol_lock_name;
 
-use super::{load, not_supported, now, Args, Ctx};
+use super::{load, now, Args, Ctx};
 
 /// A published Primary claim older than this is not trusted. Agents refresh their
 /// state at least every 60 s; a node that cannot (no quorum: /etc/pve is read-only)
@@ -102,8 +102,8 @@ pub fn decide(
 
 pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
-    if a.opt_str("snapname")?.is_some() {
-        return Err(not_supported("activating a snapshot"));
+    if let Some(snap) = a.opt_str("snapname")? {
+        return super::snapshot::activate(ctx, sid, volname, snap);
     }
     let migrated_from = a.opt_str("migrated_from")?;
     if let Some(m) = migrated_from {
@@ -159,8 +159,8 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 
 pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
-    if a.opt_str("snapname")?.is_some() {
-        return Err(not_supported("snapshots"));
+    if let Some(snap) = a.opt_str("snapname")? {
+        return super::snapshot::deactivate(ctx, sid, volname, snap);
     }
     let doc = load(ctx, sid, volname)?;
     let local = ctx.node.name().to_string();

@@ -6,6 +6,7 @@ pub mod activate;
 mod args;
 mod query;
 pub mod scfg;
+pub mod snapshot;
 mod volume;
 mod wait;
 
@@ -144,9 +145,12 @@ pub fn dispatch(ctx: &Ctx, method: &str, req: &Request) -> Result<Value> {
         "deactivate" => activate::deactivate(ctx, sid, &a),
         "size" => query::size(ctx, sid, &a),
         "resize" => volume::resize(ctx, sid, &a),
-        "snapshot" | "snapshot_delete" | "snapshot_rollback" | "rollback_is_possible" => query::snapshot_unsupported(ctx, sid, &a, method),
-        "snapshot_list" => query::snapshot_list(ctx, sid, &a),
-        "has_feature" => query::has_feature(ctx, sid, &a),
+        "snapshot" => snapshot::snapshot(ctx, sid, &a),
+        "snapshot_delete" => snapshot::snapshot_delete(ctx, sid, &a),
+        "snapshot_rollback" => snapshot::snapshot_rollback(ctx, sid, &a),
+        "rollback_is_possible" => snapshot::rollback_is_possible(ctx, sid, &a),
+        "snapshot_list" => snapshot::snapshot_list(ctx, sid, &a),
+        "has_feature" => query::has_feature(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a),
         "create_base" => volume::create_base(ctx, sid, &a),
         "clone" => volume::clone(ctx, sid, &a),
         "rename" => volume::rename(ctx, sid, &a),
@@ -170,10 +174,6 @@ pub(crate) fn load(ctx: &Ctx, storeid: &str, volname: &str) -> Result<crate::sto
     ctx.store
         .volume(storeid, volname)?
         .ok_or_else(|| Error::NotFound(format!("volume {storeid}:{volname} does not exist (see `drbdpool volume list`)")))
-}
-
-pub(crate) fn not_supported(what: &str) -> Error {
-    Error::Refused(format!("{what} is not supported by drbdpool yet"))
 }
 
 pub(crate) fn now() -> u64 {

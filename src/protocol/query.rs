@@ -7,9 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::store::docs::{Space, VolumeDoc};
+use crate::store::docs::{BackendKind, Space, VolumeDoc};
 
-use super::{load, not_supported, now, Args, Ctx};
+use super::{load, now, Args, Ctx};
 
 /// Our agent refreshes its state at least every 60 s; older means it is not running.
 const STATUS_STALE_SECS: u64 = 300;
@@ -122,8 +122,8 @@ pub fn list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 
 pub fn path(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
-    if a.opt_str("snapname")?.is_some() {
-        return Err(not_supported("snapshots"));
+    if let Some(snap) = a.opt_str("snapname")? {
+        return super::snapshot::path(ctx, sid, volname, snap);
     }
     let doc = load(ctx, sid, volname)?;
     Ok(json!({"path": doc.device_path(), "vmid": doc.vmid, "vtype": "images"}))
@@ -140,42 +140,49 @@ pub fn size(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     Ok(v)
 }
 
-pub fn snapshot_unsupported(ctx: &Ctx, sid: &str, a: &Args, method: &str) -> Result<Value> {
-    let volname = a.str("volname")?;
-    load(ctx, sid, volname)?;
-    a.str("snap")?;
-    Err(Error::Refused(format!("{method} of {sid}:{volname} refused: snapshots are not supported by drbdpool yet")))
-}
-
-pub fn snapshot_list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
-    let doc = load(ctx, sid, a.str("volname")?)?;
-    let mut m = Map::new();
-    for s in &doc.snapshots {
-        m.insert(s.name.clone(), json!({"id": s.name, "timestamp": s.created}));
-    }
-    Ok(json!({"snapshots": m}))
-}
-
-/// Features that really work today. Everything else is false.
-pub fn feature_supported(feature: &str, snapname: bool) -> Result<bool> {
-    Ok(match feature {
-        // create_base: a store rename of an inactive volume.
-        "template" => !snapname,
-        // rename: a store rename; the resource and device stay the same.
-        "rename" => !snapname,
-        // full clone / move: PVE copies between two activated block devices.
-        "copy" => !snapname,
-        "snapshot" | "clone" | "sparseinit" | "replicate" => false,
+/// Which features work, per backend kind and per what the volume is. As PVE's plugins,
+/// the row is chosen by `snap` (a snapshot is named), else `base` (a template), else `current`.
+pub fn feature_supported(feature: &str, kind: BackendKind, base: bool, snapname: bool) -> Result<bool> {
+    let snaps = super::snapshot::backend_snapshots(kind);
+    let thin = kind != BackendKind::Lvm;
+    // (current, base, snap)
+    let (current, on_base, on_snap) = match feature {
+        // Per-node backend snapshots, kept in step by the agents (src/protocol/snapshot.rs).
+        "snapshot" => (snaps, false, false),
+        // Linked clones of templates: thin snapshots of the base's backing (protocol::volume::clone).
+        "clone" => (false, thin, false),
+        // create_base: a store rename of an unused volume without snapshots.
+        "template" => (true, false, false),
+        // full clone / move: PVE copies between activated block devices; a snapshot is one
+        // once activated (activate with snapname).
+        "copy" => (true, true, snaps),
+        // New volumes read zeroes on every replica (thin backing, initial sync skipped).
+        "sparseinit" => (thin, thin, false),
+        // rename: a store rename; the resource, device and snapshots stay.
+        "rename" => (true, false, false),
+        // PVE's storage replication (zfs send) does not apply: DRBD replicates.
+        "replicate" => (false, false, false),
         other => return Err(crate::invalid!("unknown feature '{other}' (known: snapshot, clone, template, copy, sparseinit, rename, replicate)")),
+    };
+    Ok(if snapname {
+        on_snap
+    } else if base {
+        on_base
+    } else {
+        current
     })
 }
 
-pub fn has_feature(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+pub fn has_feature(ctx: &Ctx, sid: &str, cfg: &super::scfg::StorageCfg, a: &Args) -> Result<Value> {
     let feature = a.str("feature")?;
     let volname = a.str("volname")?;
-    crate::naming::parse_volname(volname)?;
+    let parsed = crate::naming::parse_volname(volname)?;
+    let snapname = a.opt_str("snapname")?;
+    if let Some(s) = snapname {
+        crate::naming::check_snap_name(s)?;
+    }
     let _ = (ctx, sid, a.flag("running")?);
-    let supported = feature_supported(feature, a.opt_str("snapname")?.is_some())?;
+    let supported = feature_supported(feature, cfg.backend.kind, parsed.base, snapname.is_some())?;
     Ok(json!({"supported": supported}))
 }
 
@@ -194,14 +201,40 @@ mod tests {
 
     #[test]
     fn features_tell_the_truth() {
-        assert!(feature_supported("template", false).unwrap());
-        assert!(!feature_supported("template", true).unwrap());
-        assert!(feature_supported("rename", false).unwrap());
-        assert!(feature_supported("copy", false).unwrap());
-        assert!(!feature_supported("copy", true).unwrap());
-        for f in ["snapshot", "clone", "sparseinit", "replicate"] {
-            assert!(!feature_supported(f, false).unwrap(), "{f}");
+        use BackendKind::*;
+        // (feature, backend, base, snapname) -> supported
+        let table: &[(&str, BackendKind, bool, bool, bool)] = &[
+            ("snapshot", Lvmthin, false, false, true),
+            ("snapshot", File, false, false, true),
+            ("snapshot", Lvm, false, false, false),
+            ("snapshot", Lvmthin, true, false, false),
+            ("snapshot", Lvmthin, false, true, false),
+            ("clone", Lvmthin, true, false, true),
+            ("clone", File, true, false, true),
+            ("clone", Lvm, true, false, false),
+            ("clone", Lvmthin, false, true, false),
+            ("clone", Lvmthin, false, false, false),
+            ("template", Lvmthin, false, false, true),
+            ("template", Lvm, false, false, true),
+            ("template", Lvmthin, true, false, false),
+            ("template", Lvmthin, false, true, false),
+            ("copy", Lvmthin, false, false, true),
+            ("copy", Lvmthin, true, false, true),
+            ("copy", Lvmthin, false, true, true),
+            ("copy", Lvm, false, true, false),
+            ("copy", Lvm, false, false, true),
+            ("sparseinit", Lvmthin, false, false, true),
+            ("sparseinit", File, true, false, true),
+            ("sparseinit", Lvm, false, false, false),
+            ("sparseinit", Lvmthin, false, true, false),
+            ("rename", Lvmthin, false, false, true),
+            ("rename", Lvmthin, false, true, false),
+            ("rename", Lvmthin, true, false, false),
+            ("replicate", Lvmthin, false, false, false),
+        ];
+        for (f, k, base, snap, want) in table {
+            assert_eq!(feature_supported(f, *k, *base, *snap).unwrap(), *want, "{f} {k:?} base={base} snap={snap}");
         }
-        assert_eq!(feature_supported("teleport", false).unwrap_err().kind(), "invalid-input");
+        assert_eq!(feature_supported("teleport", Lvmthin, false, false).unwrap_err().kind(), "invalid-input");
     }
 }

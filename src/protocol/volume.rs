@@ -1,5 +1,5 @@
 //! Methods that change desired state: alloc, free, resize, create_base, rename
-//! (clone is refused until per-node snapshots exist). Each writes the store
+//! (clone: linked clones of templates). Each writes the store
 //! under its lock and then waits, bounded, for the other nodes' agents.
 
 use std::time::{Duration, Instant};
@@ -131,7 +131,8 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
             agent_hint(&pending)
         )));
     }
-    if doc.replicas[0].node == local {
+    // Thick backing: replicas[0]'s agent starts the full initial sync instead.
+    if doc.replicas[0].node == local && doc.backend.kind != BackendKind::Lvm {
         ctx.node.skip_initial_sync(doc)?;
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
@@ -191,7 +192,7 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc) {
 }
 
 /// Nodes where the volume is Primary or open (Invariant 2), from the local view and published states.
-fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
+pub(crate) fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
@@ -337,6 +338,12 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     if doc.state != VolumeState::Ready {
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
     }
+    if !doc.snapshots.is_empty() {
+        return Err(refused!(
+            "{sid}:{volname} has snapshots ({}): delete them before converting it to a template",
+            doc.snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
     let busy = in_use(ctx, &doc)?;
     if !busy.is_empty() {
         return Err(refused!("volume {sid}:{volname} is in use on {}: stop the guest before converting it to a template", busy.join(", ")));
@@ -367,8 +374,104 @@ pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     Ok(json!({"volname": new.name}))
 }
 
+/// Linked clone of a template: a new volume on the template's replica nodes whose backing
+/// on each is a thin snapshot of the template's backing (lvmthin `lvcreate -n <new> -prw -kn -s
+/// <vg>/<base>`; file backend: a copy) with fresh DRBD metadata. The template's data is the
+/// same on every replica (checked: UpToDate everywhere, connected, nothing out of sync), so the
+/// clones are identical too and the initial sync is skipped as for a new thin volume.
 pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
-    load(ctx, sid, a.str("volname")?)?;
-    a.vmid("vmid")?;
-    Err(Error::Refused("linked clones are not supported by drbdpool yet: use a full clone".into()))
+    let volname = a.str("volname")?;
+    let vmid = a.vmid("vmid")?;
+    let snap = a.opt_str("snap")?;
+    let base = load(ctx, sid, volname)?;
+    let name = format!("{sid}:{volname}");
+    if !base.base {
+        return Err(refused!("{name} is not a template: linked clones are made from templates (create_base first), else use a full clone"));
+    }
+    if snap.is_some() {
+        return Err(refused!("linked clones of a snapshot are not supported: clone the template {name} itself, or use a full clone"));
+    }
+    if base.backend.kind == BackendKind::Lvm {
+        return Err(refused!("linked clones need thin backing; the lvm (thick) backend of {name} has none: use a full clone"));
+    }
+    if base.state != VolumeState::Ready {
+        return Err(refused!("template {name} is not ready (state {:?})", base.state));
+    }
+    let unsynced = not_identical(ctx, &base)?;
+    if !unsynced.is_empty() {
+        return Err(refused!(
+            "template {name} is not identical on all its replicas ({}): a linked clone needs the same base data on every node; wait for the sync, or use a full clone",
+            unsynced.join("; ")
+        ));
+    }
+    let deadline = Instant::now() + ctx.peer_timeout;
+    let doc = {
+        let _g = ctx.store.lock(ALLOC_LOCK)?;
+        let names = ctx.store.volume_names(sid)?;
+        let new = naming::next_disk_name(vmid, names.iter().map(String::as_str))?;
+        let all = ctx.store.all_volumes()?;
+        let resource = naming::resource_name(sid, &new);
+        if let Some(o) = all.iter().find(|v| v.resource == resource) {
+            return Err(Error::Conflict(format!(
+                "the DRBD resource name {resource} for {sid}:{new} is already used by {}:{}: remove that first",
+                o.storeid, o.volname
+            )));
+        }
+        let nodes: Vec<String> = base.replicas.iter().map(|r| r.node.clone()).collect();
+        let al = allocate(&all, &nodes, &Ranges::default())?;
+        let doc = VolumeDoc {
+            format: crate::store::docs::FORMAT,
+            storeid: sid.to_string(),
+            volname: new.clone(),
+            vmid,
+            resource,
+            size_kib: base.size_kib,
+            minor: al.minor,
+            port: al.port,
+            replicas: nodes.iter().zip(al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: id }).collect(),
+            backend: base.backend.clone(),
+            secret: random_secret(),
+            state: VolumeState::Creating,
+            base: false,
+            parent: Some(base.volname.clone()),
+            snapshots: vec![],
+            outdated: vec![],
+            dual_primary: None,
+            created: now(),
+            generation: 1,
+        };
+        ctx.store.put_volume(&doc)?;
+        doc
+    };
+    tracing::info!("linked clone {sid}:{} of {name} allocated as {} (minor {}, port {})", doc.volname, doc.resource, doc.minor, doc.port);
+    match finish_create(ctx, &doc, deadline) {
+        Ok(()) => Ok(json!({"volname": doc.volname})),
+        Err(e) => {
+            roll_back_create(ctx, &doc);
+            Err(e)
+        }
+    }
+}
+
+/// Replicas of `doc` that are not known to hold the same data as the others, with why.
+fn not_identical(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
+    let local = ctx.node.name().to_string();
+    let others: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let mut views = published(ctx.store, &others, &doc.resource)?;
+    if doc.replica(&local).is_some() {
+        views.insert(local.clone(), ctx.node.observe(doc)?);
+    }
+    let mut out = Vec::new();
+    for (n, o) in views {
+        match o {
+            None => out.push(format!("{n}: no state")),
+            Some(o) if o.disk != "UpToDate" => out.push(format!("{n}: {}", o.disk)),
+            Some(o) => {
+                for p in o.peers.iter().filter(|p| p.connection != "Connected" || p.out_of_sync_kib > 0) {
+                    out.push(format!("{n} sees {} {} with {} KiB out of sync", p.node, p.connection, p.out_of_sync_kib));
+                }
+            }
+        }
+    }
+    Ok(out)
 }

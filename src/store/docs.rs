@@ -70,6 +70,20 @@ pub enum VolumeState {
 pub struct SnapshotDoc {
     pub name: String,
     pub created: u64,
+    /// The node whose handler took the first copy (closest to PVE's freeze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// A rollback to this snapshot is in progress: the other replicas discard
+    /// their data and resync fully from `source` (src/protocol/snapshot.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackMark>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackMark {
+    /// The node whose backing device is rolled back and becomes the sync source.
+    pub source: String,
+    pub since: u64,
 }
 
 /// Live-migration window: dual-primary allowed while `target` takes over.
@@ -170,6 +184,9 @@ pub struct VolumeObserved {
     /// Last reconcile error for this volume, shown by `drbdpool status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Snapshots of the VolumeDoc that this node's backend holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
 }
 
 /// Observed state of one node (`state/<node>.json`), written by its agent.

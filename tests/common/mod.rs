@@ -148,6 +148,49 @@ impl NodeOps for FakeNode {
     fn space(&self, _b: &BackendSpec) -> Result<Space> {
         Ok(Space { total: TOTAL, avail: AVAIL, used: TOTAL - AVAIL })
     }
+    fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.log(format!("snapshot {} {snap}", vol.resource));
+        let disk = self.replicas.lock().unwrap().get(&vol.resource).map(|o| o.disk.clone());
+        if disk.as_deref() != Some("UpToDate") {
+            return Err(Error::Refused(format!("{}: replica on {} is {disk:?}, not UpToDate", vol.resource, self.name)));
+        }
+        let s = snap.to_string();
+        self.set(&vol.resource, |o| {
+            if !o.snapshots.contains(&s) {
+                o.snapshots.push(s)
+            }
+        });
+        Ok(())
+    }
+    fn remove_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.log(format!("remove_snapshot {} {snap}", vol.resource));
+        if self.replicas.lock().unwrap().contains_key(&vol.resource) {
+            self.set(&vol.resource, |o| o.snapshots.retain(|s| s != snap));
+        }
+        Ok(())
+    }
+    fn snapshot_path(&self, vol: &VolumeDoc, snap: &str) -> Result<Option<String>> {
+        let has = self.replicas.lock().unwrap().get(&vol.resource).is_some_and(|o| o.snapshots.iter().any(|s| s == snap));
+        Ok(has.then(|| format!("/dev/ssd/{}_{snap}", vol.resource)))
+    }
+    fn activate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<String> {
+        self.log(format!("activate_snapshot {} {snap}", vol.resource));
+        self.snapshot_path(vol, snap)?.ok_or_else(|| Error::NotFound(format!("no snapshot {snap} here")))
+    }
+    fn deactivate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.log(format!("deactivate_snapshot {} {snap}", vol.resource));
+        Ok(())
+    }
+    fn rollback_source(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        // The mark must be in place (peers discarded) before the local rollback.
+        let marked = vol.snapshots.iter().any(|s| s.name == snap && s.rollback.as_ref().is_some_and(|m| m.source == self.name));
+        self.log(format!("rollback_source {} {snap} marked={marked}", vol.resource));
+        Ok(())
+    }
+    fn discard_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        self.log(format!("discard_replica {}", vol.resource));
+        Ok(())
+    }
 }
 
 /// Fake agents of other nodes: every few ms they publish, for each volume they hold,
@@ -173,7 +216,11 @@ impl FakeAgents {
                     for v in vols.iter().filter(|v| v.replica(n).is_some() && v.state != VolumeState::Deleting) {
                         let (role, open) = r.lock().unwrap().get(&(n.clone(), v.resource.clone())).cloned().unwrap_or(("Secondary".into(), false));
                         let peers = v.replicas.iter().filter(|x| x.node != *n).map(|x| PeerObserved { node: x.node.clone(), connection: "Connected".into(), role: "Secondary".into(), disk: "UpToDate".into(), replication: "Established".into(), ..Default::default() }).collect();
-                        state.volumes.insert(v.resource.clone(), VolumeObserved { ready: true, generation: v.generation, role, disk: "UpToDate".into(), open, size_kib: v.size_kib, peers, error: None });
+                        if v.snapshots.iter().any(|s| s.rollback.as_ref().is_some_and(|m| m.source != *n)) {
+                            state.volumes.insert(v.resource.clone(), VolumeObserved { generation: v.generation, role: "Unknown".into(), disk: "Discarded".into(), ..Default::default() });
+                            continue;
+                        }
+                        state.volumes.insert(v.resource.clone(), VolumeObserved { ready: true, generation: v.generation, role, disk: "UpToDate".into(), open, size_kib: v.size_kib, peers, error: None, snapshots: v.snapshots.iter().map(|s| s.name.clone()).collect() });
                     }
                     if s.node_state(n).ok().flatten().map(|o| o.volumes) != Some(state.volumes.clone()) {
                         let _ = s.put_node_state(&state);
