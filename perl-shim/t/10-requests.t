@@ -50,8 +50,8 @@ sub taint_free {
 }
 
 # --- common envelope ---------------------------------------------------------------
-my ($c, @r) = one_call('alloc_image', sub { $P->alloc_image('dpool', $scfg, 100, 'raw', undef, 4194304) });
-is_deeply($c->{argv}, ['plugin', 'alloc_image'], 'argv: plugin alloc_image');
+my ($c, @r) = one_call('alloc', sub { $P->alloc_image('dpool', $scfg, 100, 'raw', undef, 4194304) });
+is_deeply($c->{argv}, ['plugin', 'alloc'], 'argv: plugin alloc');
 my $req = $c->{request};
 is($req->{version}, 1, 'request version 1');
 is($req->{storeid}, 'dpool', 'storeid');
@@ -78,8 +78,8 @@ clear_calls($dir);
 @PVE::Storage::Plugin::LOCKS_TAKEN = ();
 my $volid = PVE::Storage::vdisk_alloc($cfg, 'dpool', 101, undef, undef, 1024 * 1024);
 is($volid, 'dpool:vm-101-disk-0', 'vdisk_alloc returns storeid:volname');
-is_deeply([map { $_->{argv}->[1] } @{ calls($dir) }], [qw(check_connection activate_storage alloc_image)],
-    'vdisk_alloc call sequence');
+is_deeply([map { $_->{argv}->[1] } @{ calls($dir) }], [qw(activate_storage alloc)],
+    'vdisk_alloc call sequence: activate_storage, alloc');
 is_deeply(\@PVE::Storage::Plugin::LOCKS_TAKEN, [['dpool', 'cluster']], 'alloc ran under the cluster-wide lock (shared)');
 
 # --- free_image ----------------------------------------------------------------------
@@ -104,13 +104,13 @@ is($r[0], '/dev/drbd1000', 'PVE::Storage::path: no activation, just path');
     $P->qemu_blockdev_options($scfg, 'dpool', 'vm-100-disk-0', '10.0', {}) });
 is_deeply($r[0], { driver => 'host_device', filename => '/dev/drbd1000' }, 'blockdev: host_device + filename');
 ok(taint_free($r[0]), 'blockdev options untainted');
-set_reply($dir, 'map_volume', { ok => JSON::PP::true, result => { path => '/dev/drbd1000' } });
 ($c, @r) = one_call('map_volume', sub { $P->map_volume('dpool', $scfg, 'vm-100-disk-0', undef, { 'guest-is-windows' => 0 }) });
-is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', snapname => undef, hints => { 'guest-is-windows' => JSON::PP::false } },
-    'map_volume args');
+is($c->{argv}->[1], 'path', 'map_volume asks the helper for the path (PVE activated the volume before)');
 is($r[0], '/dev/drbd1000', 'map_volume returns the device');
-($c, @r) = one_call('unmap_volume', sub { $P->unmap_volume('dpool', $scfg, 'vm-100-disk-0') });
-is($r[0], 1, 'unmap_volume returns 1');
+ok(!tainted($r[0]), 'map_volume result untainted');
+clear_calls($dir);
+is($P->unmap_volume('dpool', $scfg, 'vm-100-disk-0'), 1, 'unmap_volume returns 1');
+is(scalar(@{ calls($dir) }), 0, '... without a helper call (deactivate_volume demotes)');
 set_reply($dir, 'path', { ok => JSON::PP::true, result => { path => '/dev/drbd1000; rm -rf /' } });
 eval { $P->path($scfg, 'vm-100-disk-0', 'dpool') };
 like($@, qr/invalid device path for path/, 'a path with shell metacharacters from the helper is refused');
@@ -126,7 +126,7 @@ is_deeply($c->{request}->{args}, {
 {
     local $ENV{PVE_MIGRATED_FROM} = 'pve2';
     ($c, @r) = one_call('activate_volume migration', sub {
-        PVE::Storage::activate_volumes($cfg, ['dpool:vm-100-disk-0']) }, 'activate_volume');
+        PVE::Storage::activate_volumes($cfg, ['dpool:vm-100-disk-0']) }, 'activate');
     is($c->{request}->{args}->{migrated_from}, 'pve2', 'migrated_from taken from PVE_MIGRATED_FROM');
     is($c->{request}->{args}->{hints}, undef, 'no hints: null');
     local $ENV{PVE_MIGRATED_FROM} = 'pve2;reboot';
@@ -139,14 +139,22 @@ is_deeply($c->{request}->{args}, {
 is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', snapname => 'snap1' }, 'deactivate_volume args');
 ($c, @r) = one_call('activate_storage', sub { $P->activate_storage('dpool', $scfg, {}) });
 is_deeply($c->{request}->{args}, {}, 'activate_storage args empty');
-($c, @r) = one_call('deactivate_storage', sub { $P->deactivate_storage('dpool', $scfg, {}) });
-is($c->{argv}->[1], 'deactivate_storage', 'deactivate_storage forwarded');
-set_reply($dir, 'check_connection', { ok => JSON::PP::true, result => { connected => JSON::PP::false } });
-($c, @r) = one_call('check_connection', sub { $P->check_connection('dpool', $scfg) });
-is($r[0], 0, 'check_connection false when the helper says so');
+clear_calls($dir);
+$P->deactivate_storage('dpool', $scfg, {});
+is(scalar(@{ calls($dir) }), 0, 'deactivate_storage: nothing to do, no helper call');
+is($P->check_connection('dpool', $scfg), 1, 'check_connection: helper installed');
+is(scalar(@{ calls($dir) }), 0, 'check_connection runs no helper (pvestatd calls it every 10 s)');
+{
+    local $ENV{DRBDPOOL_BIN} = "$dir/missing";
+    eval { PVE::Storage::activate_storage($cfg, 'dpool', {}) };
+    like($@, qr/connection check for storage 'dpool' failed - drbdpool: helper '.*missing' not found/,
+        'without the helper PVE refuses to activate the storage, saying why');
+}
+set_reply($dir, 'activate_storage', { ok => JSON::PP::false, error => { kind => 'refused',
+    message => 'node pve1 is not registered with drbdpool: run `drbdpool node add pve1 --address <replication ip>`' } });
 eval { PVE::Storage::activate_storage($cfg, 'dpool', {}) };
-like($@, qr/storage 'dpool' is not online/, 'PVE then refuses to activate');
-set_reply($dir, 'check_connection', undef);
+like($@, qr/activate_storage failed \(refused\): node pve1 is not registered/, 'activate_storage error passed on');
+set_reply($dir, 'activate_storage', undef);
 
 # --- status / storage_info --------------------------------------------------------------------
 ($c, @r) = one_call('status', sub { $P->status('dpool', $scfg, {}) });
@@ -160,7 +168,7 @@ is(($P->status('dpool', $scfg, {}))[3], 0, 'inactive reported as 0');
 set_reply($dir, 'status', undef);
 
 # --- list_images -------------------------------------------------------------------------------
-set_reply($dir, 'list_images', { ok => JSON::PP::true, result => { images => [
+set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
     { volname => 'vm-100-disk-0', size => 4294967296, ctime => 1700000000 },
     { volname => 'vm-101-disk-0', size_kib => 1048576 },
     { volname => 'base-102-disk-0', size => 1073741824 },
@@ -180,22 +188,22 @@ is($c->{request}->{args}->{vmid}, 101, 'vmid filter sent');
 is_deeply([map { $_->{volid} } @{ $r[0] }], ['dpool:vm-101-disk-0'], 'filtered by vmid (also in Perl)');
 ($c, @r) = one_call('list_images vollist', sub {
     $P->list_images('dpool', $scfg, undef, ['dpool:vm-103-disk-0', 'other:vm-100-disk-0'], {}) });
-is_deeply($c->{request}->{args}->{volnames}, ['vm-103-disk-0'], 'vollist sent as volnames of this storage');
+is_deeply($c->{request}->{args}->{vollist}, ['dpool:vm-103-disk-0'], 'vollist: the volids of this storage');
 is_deeply([map { $_->{volid} } @{ $r[0] }], ['dpool:vm-103-disk-0'], 'filtered by vollist');
 clear_calls($dir);
 eval { PVE::Storage::vdisk_free($cfg, 'dpool:base-102-disk-0') };
 like($@, qr/still in use by linked clones/, 'vdisk_free of a used base refused by PVE');
-set_reply($dir, 'list_images', undef);
+set_reply($dir, 'list', undef);
 
 # --- sizes -----------------------------------------------------------------------------------
-set_reply($dir, 'volume_size_info', { ok => JSON::PP::true, result => { size => 4294967296, used => 1048576, ctime => 1700000000 } });
+set_reply($dir, 'size', { ok => JSON::PP::true, result => { size => 4294967296, used => 1048576, ctime => 1700000000 } });
 ($c, @r) = one_call('volume_size_info', sub { [$P->volume_size_info($scfg, 'dpool', 'vm-100-disk-0', 3)] });
 is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0' }, 'volume_size_info args');
 is_deeply($r[0], [4294967296, 'raw', 1048576, undef, 1700000000], 'list context: (size, format, used, parent, ctime)');
 ($c, @r) = one_call('volume_size_info scalar', sub { scalar(PVE::Storage::volume_size_info($cfg, 'dpool:vm-100-disk-0', 5)) });
 is($r[0], 4294967296, 'scalar context: bytes');
 ok(!tainted($r[0]), 'size untainted');
-set_reply($dir, 'volume_size_info', undef);
+set_reply($dir, 'size', undef);
 
 ($c, @r) = one_call('volume_resize', sub { PVE::Storage::volume_resize($cfg, 'dpool:vm-100-disk-0', 5 * 1024**3 + 1, 1) });
 is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', size_bytes => 5 * 1024**3 + 1024, running => JSON::PP::true },
@@ -212,20 +220,22 @@ is(scalar(@{ calls($dir) }), 0, 'none of these reached the helper');
 # --- snapshots and features ---------------------------------------------------------------------
 for my $m (qw(volume_snapshot volume_snapshot_rollback)) {
     ($c, @r) = one_call($m, sub { $P->$m($scfg, 'dpool', 'vm-100-disk-0', 'snap1') });
-    is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', snapname => 'snap1' }, "$m args");
+    (my $hm = $m) =~ s/^volume_//;
+    is($c->{argv}->[1], $hm, "$m -> helper $hm");
+    is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', snap => 'snap1' }, "$m args");
 }
 ($c, @r) = one_call('volume_snapshot_delete', sub { $P->volume_snapshot_delete($scfg, 'dpool', 'vm-100-disk-0', 'snap1', 1) });
-is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', snapname => 'snap1', running => JSON::PP::true },
+is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', snap => 'snap1', running => JSON::PP::true },
     'volume_snapshot_delete args');
-set_reply($dir, 'volume_rollback_is_possible',
+set_reply($dir, 'rollback_is_possible',
     { ok => JSON::PP::true, result => { possible => JSON::PP::false, blockers => ['snap2', 'snap3'] } });
 my $blockers = [];
 eval { $P->volume_rollback_is_possible($scfg, 'dpool', 'vm-100-disk-0', 'snap1', $blockers) };
 like($@, qr/can't rollback.*snap2, snap3/, 'rollback refused, naming the newer snapshots');
 is_deeply($blockers, ['snap2', 'snap3'], 'blockers pushed for PVE');
-set_reply($dir, 'volume_rollback_is_possible', undef);
+set_reply($dir, 'rollback_is_possible', undef);
 is($P->volume_rollback_is_possible($scfg, 'dpool', 'vm-100-disk-0', 'snap1', []), 1, 'rollback possible: 1');
-set_reply($dir, 'volume_snapshot_info', { ok => JSON::PP::true, result => { snapshots => {
+set_reply($dir, 'snapshot_list', { ok => JSON::PP::true, result => { snapshots => {
     snap1 => { id => 'abc', timestamp => 1700000001 } } } });
 ($c, @r) = one_call('volume_snapshot_info', sub { $P->volume_snapshot_info($scfg, 'dpool', 'vm-100-disk-0') });
 is_deeply($r[0], { snap1 => { name => 'snap1', id => 'abc', timestamp => 1700000001 } }, 'volume_snapshot_info');
@@ -233,8 +243,9 @@ ok(taint_free($r[0]), 'snapshot info untainted');
 eval { $P->rename_snapshot($scfg, 'dpool', 'vm-100-disk-0', 'a', 'b') };
 like($@, qr/not supported/, 'rename_snapshot not supported');
 
-($c, @r) = one_call('volume_has_feature', sub { PVE::Storage::volume_has_feature($cfg, 'snapshot', 'dpool:vm-100-disk-0', undef, 0) });
-is_deeply($c->{request}->{args}, { feature => 'snapshot', volname => 'vm-100-disk-0', snapname => undef, running => JSON::PP::false },
+($c, @r) = one_call('volume_has_feature', sub { PVE::Storage::volume_has_feature($cfg, 'copy', 'dpool:vm-100-disk-0', undef, 0) });
+is($c->{argv}->[1], 'has_feature', 'helper method has_feature');
+is_deeply($c->{request}->{args}, { feature => 'copy', volname => 'vm-100-disk-0', snapname => undef, running => JSON::PP::false },
     'volume_has_feature args');
 is($r[0], 1, 'feature the helper has: 1');
 ($c, @r) = one_call('volume_has_feature no', sub { $P->volume_has_feature($scfg, 'clone', 'dpool', 'vm-100-disk-0', 'snap1', 0) });
@@ -248,14 +259,14 @@ is($r[0], 'dpool:base-100-disk-0', 'vdisk_create_base result');
 clear_calls($dir);
 eval { $P->create_base('dpool', $scfg, 'base-100-disk-0') };
 like($@, qr/not possible with base image/, 'create_base of a base dies without a call');
-set_reply($dir, 'clone_image', { ok => JSON::PP::true, result => { volname => 'vm-200-disk-0' } });
-($c, @r) = one_call('clone_image', sub { PVE::Storage::vdisk_clone($cfg, 'dpool:base-100-disk-0', 200, undef) }, 'clone_image');
-is_deeply($c->{request}->{args}, { volname => 'base-100-disk-0', vmid => 200, snapname => undef }, 'clone_image args');
+set_reply($dir, 'clone', { ok => JSON::PP::true, result => { volname => 'vm-200-disk-0' } });
+($c, @r) = one_call('clone_image', sub { PVE::Storage::vdisk_clone($cfg, 'dpool:base-100-disk-0', 200, undef) }, 'clone');
+is_deeply($c->{request}->{args}, { volname => 'base-100-disk-0', vmid => 200, snap => undef }, 'clone args');
 is($r[0], 'dpool:vm-200-disk-0', 'vdisk_clone result');
-set_reply($dir, 'clone_image', { ok => JSON::PP::true, result => { volname => 'vm-201-disk-0' } });
+set_reply($dir, 'clone', { ok => JSON::PP::true, result => { volname => 'vm-201-disk-0' } });
 eval { $P->clone_image($scfg, 'dpool', 'base-100-disk-0', 200) };
 like($@, qr/not owned by VM 200/, 'a clone for the wrong VM is refused');
-set_reply($dir, 'rename_volume', { ok => JSON::PP::true, result => { volname => 'vm-300-disk-1' } });
+set_reply($dir, 'rename', { ok => JSON::PP::true, result => { volname => 'vm-300-disk-1' } });
 ($c, @r) = one_call('rename_volume', sub { $P->rename_volume($scfg, 'dpool', 'vm-100-disk-0', 300, undef) });
 is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', target_vmid => 300, target_volname => undef },
     'rename_volume args');

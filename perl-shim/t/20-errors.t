@@ -56,17 +56,17 @@ no_call('resize bytes text', sub { $P->volume_resize($scfg, 'dpool', 'vm-100-dis
 }
 
 # --- the helper says no --------------------------------------------------------------------
-set_reply($dir, 'activate_volume', { ok => JSON::PP::false, error => {
+set_reply($dir, 'activate', { ok => JSON::PP::false, error => {
     kind => 'not-found', message => "volume 'vm-100-disk-9' does not exist in storage 'dpool'" } });
 eval { $P->activate_volume('dpool', $scfg, 'vm-100-disk-9') };
-is($@, "drbdpool: activate_volume failed (not-found): volume 'vm-100-disk-9' does not exist in storage 'dpool'\n",
+is($@, "drbdpool: activate failed (not-found): volume 'vm-100-disk-9' does not exist in storage 'dpool'\n",
     'error reply: method, kind and the helper message');
-set_reply($dir, 'activate_volume', { ok => JSON::PP::false, exit => 4, error => {
+set_reply($dir, 'activate', { ok => JSON::PP::false, exit => 4, error => {
     kind => 'refused', message => "replica on pve1 is Outdated; UpToDate data is on pve2" } });
 eval { $P->activate_volume('dpool', $scfg, 'vm-100-disk-0') };
-like($@, qr/^drbdpool: activate_volume failed \(refused\): replica on pve1 is Outdated; UpToDate data is on pve2$/,
+like($@, qr/^drbdpool: activate failed \(refused\): replica on pve1 is Outdated; UpToDate data is on pve2$/,
     'error reply with a kind-specific exit code');
-set_reply($dir, 'activate_volume', undef);
+set_reply($dir, 'activate', undef);
 
 # --- helper missing -----------------------------------------------------------------------------
 {
@@ -88,13 +88,13 @@ my $stuck = `ps -eo args`;
 unlike($stuck, qr/\Q$dir\E\/drbdpool plugin status/, 'no helper process left behind');
 set_reply($dir, 'status', undef);
 
-set_reply($dir, 'volume_size_info', { action => 'sleep', seconds => 30 });
+set_reply($dir, 'size', { action => 'sleep', seconds => 30 });
 $t0 = time();
 eval { $P->volume_size_info($scfg, 'dpool', 'vm-100-disk-0', 1) };
 $took = time() - $t0;
 like($@, qr/timed out after 1s/, 'volume_size_info honours the caller timeout');
 ok($took < 3, sprintf('... and returns within it (%.1f s)', $took));
-set_reply($dir, 'volume_size_info', undef);
+set_reply($dir, 'size', undef);
 
 # a helper whose child keeps stdout open must not hang us either (process group kill)
 open(my $fh, '>', "$dir/forker") or die;
@@ -104,7 +104,7 @@ chmod(0755, "$dir/forker");
 {
     local $ENV{DRBDPOOL_BIN} = "$dir/forker";
     $t0 = time();
-    eval { $P->check_connection('dpool', $scfg) };
+    eval { $P->status("dpool", $scfg, {}) };
     $took = time() - $t0;
     like($@, qr/timed out after 5s/, 'helper with a background child times out');
     ok($took < 8, sprintf('... within budget (%.1f s)', $took));
@@ -131,13 +131,13 @@ like($@, qr/reported success but exited with code 3/, 'ok reply with non-zero ex
 set_reply($dir, 'path', { ok => JSON::PP::true, result => {} });
 eval { $P->path($scfg, 'vm-100-disk-0', 'dpool') };
 like($@, qr/invalid device path for path/, 'reply without a path');
-set_reply($dir, 'alloc_image', { ok => JSON::PP::true, result => { volname => '../../etc/passwd' } });
+set_reply($dir, 'alloc', { ok => JSON::PP::true, result => { volname => '../../etc/passwd' } });
 eval { $P->alloc_image('dpool', $scfg, 100, 'raw', undef, 1024) };
 like($@, qr/invalid volume name '\.\.\/\.\.\/etc\/passwd'/, 'a bad volname from the helper is refused');
-set_reply($dir, 'alloc_image', { ok => JSON::PP::true, result => { volname => 'vm-100-disk-3' } });
+set_reply($dir, 'alloc', { ok => JSON::PP::true, result => { volname => 'vm-100-disk-3' } });
 eval { $P->alloc_image('dpool', $scfg, 100, 'raw', 'vm-100-disk-1', 1024) };
 like($@, qr/allocated 'vm-100-disk-3' but 'vm-100-disk-1' was asked for/, 'helper renaming a named alloc is caught');
-set_reply($dir, 'alloc_image', undef);
+set_reply($dir, 'alloc', undef);
 set_reply($dir, 'path', undef);
 
 # a helper that does not read its stdin and exits at once must not kill us with SIGPIPE

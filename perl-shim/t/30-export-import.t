@@ -41,7 +41,7 @@ is(length($stream), 8 + 1024 * 1024, 'stream = 8-byte header + data');
 is(unpack('Q<', substr($stream, 0, 8)), 1024 * 1024, 'header: little-endian u64 size in bytes');
 is(md5_hex(substr($stream, 8)), md5_hex($content), 'data exported unchanged');
 is_deeply([map { $_->{argv}->[1] } @{ calls($dir) }],
-    [qw(activate_volume volume_size_info path deactivate_volume)], 'export: activate, size, path, deactivate');
+    [qw(activate size path deactivate)], 'export: activate, size, path, deactivate');
 
 eval { PVE::Storage::volume_export($cfg, $out, $volid, 'raw+size', 'snap1', undef, 0) };
 like($@, qr/cannot export a snapshot/, 'snapshot export refused');
@@ -56,8 +56,8 @@ close($in);
 is($new, 'dpool:vm-200-disk-0', 'import returns storeid:volname');
 my $calls = calls($dir);
 is_deeply([map { $_->{argv}->[1] } @$calls],
-    [qw(list_images alloc_image activate_volume path deactivate_volume)], 'import call sequence');
-my ($alloc) = grep { $_->{argv}->[1] eq 'alloc_image' } @$calls;
+    [qw(list alloc activate path deactivate)], 'import call sequence');
+my ($alloc) = grep { $_->{argv}->[1] eq 'alloc' } @$calls;
 is_deeply($alloc->{request}->{args}, { vmid => 200, fmt => 'raw', name => 'vm-200-disk-0', size_kib => 1024 },
     'import allocates the header size in KiB');
 my $imported = do { open(my $fh, '<', "$dir/dev/vm-200-disk-0") or die; binmode($fh); local $/; <$fh> };
@@ -88,7 +88,7 @@ eval { PVE::Storage::volume_import($cfg, $in, 'dpool:vm-300-disk-0', 'raw+size',
 close($in);
 like($@, qr/stream ended 4096 of 1048576 bytes in/, 'short stream: clear error');
 is_deeply([map { $_->{argv}->[1] } @{ calls($dir) }],
-    [qw(list_images alloc_image activate_volume path deactivate_volume free_image)],
+    [qw(list alloc activate path deactivate free)],
     'short stream: deactivated and freed');
 ok(!-e "$dir/dev/vm-300-disk-0", 'nothing left behind');
 
@@ -101,15 +101,15 @@ open($in, '<', "$dir/odd") or die;
 eval { PVE::Storage::volume_import($cfg, $in, 'dpool:vm-301-disk-0', 'raw+size', undef, undef, 0, 0) };
 close($in);
 like($@, qr/not a multiple of 1 KiB/, 'odd header size refused');
-ok(!grep({ $_->{argv}->[1] eq 'alloc_image' } @{ calls($dir) }), '... before allocating');
+ok(!grep({ $_->{argv}->[1] eq 'alloc' } @{ calls($dir) }), '... before allocating');
 
 # alloc fails: nothing to free
-set_reply($dir, 'alloc_image', { ok => JSON::PP::false, error => { kind => 'refused', message => 'no space on pve2' } });
+set_reply($dir, 'alloc', { ok => JSON::PP::false, error => { kind => 'refused', message => 'no space on pve2' } });
 clear_calls($dir);
 open($in, '<', "$dir/stream") or die;
 eval { PVE::Storage::volume_import($cfg, $in, 'dpool:vm-302-disk-0', 'raw+size', undef, undef, 0, 0) };
 close($in);
-like($@, qr/alloc_image failed \(refused\): no space on pve2/, 'alloc failure passed on');
-ok(!grep({ $_->{argv}->[1] eq 'free_image' } @{ calls($dir) }), 'nothing freed when nothing was allocated');
+like($@, qr/alloc failed \(refused\): no space on pve2/, 'alloc failure passed on');
+ok(!grep({ $_->{argv}->[1] eq 'free' } @{ calls($dir) }), 'nothing freed when nothing was allocated');
 
 done_testing();

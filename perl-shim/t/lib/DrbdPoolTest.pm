@@ -56,7 +56,7 @@ my $a = $req->{args} // {};
 my $devdir = "$dir/dev";
 mkdir $devdir;
 my $res = {};
-if ($method eq 'alloc_image') {
+if ($method eq 'alloc') {
     my $name = $a->{name};
     if (!defined($name)) {
         my $i = 0;
@@ -67,21 +67,21 @@ if ($method eq 'alloc_image') {
     truncate($fh, $a->{size_kib} * 1024);
     close($fh);
     $res = { volname => $name };
-} elsif ($method eq 'free_image') {
+} elsif ($method eq 'free') {
     unlink("$devdir/$a->{volname}");
-} elsif ($method eq 'path' || $method eq 'map_volume') {
+} elsif ($method eq 'path' || $method eq 'activate') {
     $res = { path => "$devdir/$a->{volname}" };
-} elsif ($method eq 'volume_size_info') {
+} elsif ($method eq 'size') {
     $res = { size => (-s "$devdir/$a->{volname}") // 0 };
-} elsif ($method eq 'list_images') {
+} elsif ($method eq 'list') {
     opendir(my $dh, $devdir);
-    my @imgs = map { { volname => $_, size => -s "$devdir/$_", ctime => 1700000000 } }
+    my @imgs = map { { volid => "$req->{storeid}:$_", volname => $_, size => -s "$devdir/$_", ctime => 1700000000 } }
         grep { m/^(vm|base)-/ } sort readdir($dh);
-    $res = { images => \@imgs };
+    $res = { volumes => \@imgs };
 } elsif ($method eq 'status') {
     $res = { total => 1024 * 1024 * 1024, avail => 768 * 1024 * 1024, used => 256 * 1024 * 1024, active => JSON::PP::true };
-} elsif ($method eq 'volume_has_feature') {
-    $res = { has => ($a->{feature} eq 'snapshot' ? JSON::PP::true : JSON::PP::false) };
+} elsif ($method eq 'has_feature') {
+    $res = { supported => ($a->{feature} eq 'copy' ? JSON::PP::true : JSON::PP::false) };
 }
 print encode_json({ version => 1, ok => JSON::PP::true, result => $res });
 exit(0);

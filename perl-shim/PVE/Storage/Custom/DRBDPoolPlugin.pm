@@ -21,8 +21,9 @@ use Scalar::Util qw(tainted);
 use Time::HiRes qw(time sleep);
 
 use PVE::INotify;
-use PVE::Storage;
 use PVE::Storage::Plugin;
+# Not `use PVE::Storage`: PVE::Storage loads us from its own loader, and
+# loading it from here first would run that loader before we are derived.
 
 use base qw(PVE::Storage::Plugin);
 
@@ -41,25 +42,23 @@ push @PVE::Storage::Plugin::SHARED_STORAGE, 'drbdpool'
 # Seconds each helper call may take before it is killed. Calls that run under
 # PVE's storage lock (60 s lifetime) stay below it; status runs every 10 s in
 # pvestatd and must never stall the node's status loop.
+# Keys are the helper's method names (docs/PROTOCOL.md).
 my %TIMEOUT = (
     status => 5,
-    check_connection => 5,
     activate_storage => 10,
-    deactivate_storage => 10,
     path => 10,
-    list_images => 20,
-    volume_size_info => 5,
-    volume_has_feature => 10,
-    volume_snapshot_info => 10,
-    volume_rollback_is_possible => 10,
-    alloc_image => 55,
-    free_image => 55,
-    clone_image => 55,
+    list => 20,
+    size => 5,
+    has_feature => 10,
+    snapshot_list => 10,
+    rollback_is_possible => 10,
+    alloc => 55,
+    free => 55,
+    clone => 55,
     create_base => 55,
-    rename_volume => 55,
+    rename => 55,
 );
 my $DEFAULT_TIMEOUT = 60; # everything else; `drbdpool-timeout` overrides it
-my %LOCKED = map { $_ => 1 } qw(alloc_image free_image clone_image create_base rename_volume);
 
 # --- PVE plugin registration ---------------------------------------------
 
@@ -526,7 +525,7 @@ sub alloc_image {
     my $size_kib = _uint($size, 'size (KiB)');
     die "drbdpool: size must be at least 1 KiB\n" if $size_kib < 1;
 
-    my $res = $class->_call('alloc_image', $storeid, $scfg, {
+    my $res = $class->_call('alloc', $storeid, $scfg, {
         vmid => $vmid,
         fmt => 'raw',
         name => $name,
@@ -542,7 +541,7 @@ sub free_image {
     my ($class, $storeid, $scfg, $volname, $isBase, $format) = @_;
 
     $volname = _volname($volname);
-    $class->_call('free_image', $storeid, $scfg, {
+    $class->_call('free', $storeid, $scfg, {
         volname => $volname,
         is_base => _bool($isBase),
     });
@@ -555,17 +554,17 @@ sub list_images {
     my $args = {};
     $args->{vmid} = _vmid($vmid) if defined($vmid);
     if ($vollist) {
-        my @names;
+        my @volids;
         for my $volid (@$vollist) {
             my ($sid, $vn) = $volid =~ m/^([^:]+):(.+)$/ or next;
-            push @names, _volname($vn) if $sid eq $storeid;
+            push @volids, "$storeid:" . _volname($vn) if $sid eq $storeid;
         }
-        $args->{volnames} = \@names;
+        $args->{vollist} = \@volids;
     }
 
-    my $res = $class->_call('list_images', $storeid, $scfg, $args);
-    my $images = ref($res) eq 'HASH' ? $res->{images} : $res;
-    die "drbdpool: helper list_images returned no image list\n" if ref($images) ne 'ARRAY';
+    my $res = $class->_call('list', $storeid, $scfg, $args);
+    my $images = ref($res) eq 'HASH' ? ($res->{volumes} // $res->{images}) : $res;
+    die "drbdpool: helper 'list' returned no volume list\n" if ref($images) ne 'ARRAY';
 
     my %want = map { $_ => 1 } @{ $vollist // [] };
     my @out;
@@ -616,11 +615,16 @@ sub status {
     );
 }
 
+# PVE runs this before every activate_storage. The helper has no separate
+# method: the store is local (pmxcfs), so "connected" means the helper is
+# installed; activate_storage then checks that this node is registered.
 sub check_connection {
     my ($class, $storeid, $scfg) = @_;
-    my $res = $class->_call('check_connection', $storeid, $scfg, {}, quiet => 1);
-    return 1 if ref($res) ne 'HASH' || !exists($res->{connected});
-    return $res->{connected} ? 1 : 0;
+    my $bin = _helper_bin();
+    die "drbdpool: helper '$bin' not found or not executable on node '"
+        . PVE::INotify::nodename() . "' (install drbdpool on every node, or set DRBDPOOL_BIN)\n"
+        if !-f $bin || !-x _;
+    return 1;
 }
 
 sub activate_storage {
@@ -633,8 +637,7 @@ sub activate_storage {
 
 sub deactivate_storage {
     my ($class, $storeid, $scfg, $cache) = @_;
-    $class->_call('deactivate_storage', $storeid, $scfg, {});
-    return;
+    return; # nothing storage-wide to tear down; volumes are deactivated one by one
 }
 
 # --- volumes -----------------------------------------------------------------
@@ -650,7 +653,7 @@ sub activate_volume {
         migrated_from => _migrated_from(),
         hints => _hints($hints),
     };
-    $class->_call('activate_volume', $storeid, $scfg, $args);
+    $class->_call('activate', $storeid, $scfg, $args);
     return;
 }
 
@@ -671,39 +674,32 @@ sub _hints {
 sub deactivate_volume {
     my ($class, $storeid, $scfg, $volname, $snapname, $cache) = @_;
 
-    $class->_call('deactivate_volume', $storeid, $scfg, {
+    $class->_call('deactivate', $storeid, $scfg, {
         volname => _volname($volname),
         snapname => _snapname($snapname),
     });
     return;
 }
 
+# Containers and TPM state: PVE activates the volume first (activate_volumes),
+# so mapping is only the device path; DRBD needs no extra mapping step.
 sub map_volume {
     my ($class, $storeid, $scfg, $volname, $snapname, $hints) = @_;
-
-    my $res = $class->_call('map_volume', $storeid, $scfg, {
-        volname => _volname($volname),
-        snapname => _snapname($snapname),
-        hints => _hints($hints),
-    });
-    return _path($res->{path}, 'map_volume');
+    my ($path) = $class->path($scfg, $volname, $storeid, $snapname);
+    return $path;
 }
 
 sub unmap_volume {
     my ($class, $storeid, $scfg, $volname, $snapname) = @_;
-
-    $class->_call('unmap_volume', $storeid, $scfg, {
-        volname => _volname($volname),
-        snapname => _snapname($snapname),
-    });
-    return 1;
+    _volname($volname);
+    return 1; # the device goes away with deactivate_volume
 }
 
 sub volume_size_info {
     my ($class, $scfg, $storeid, $volname, $timeout) = @_;
 
     my $t = (defined($timeout) && $timeout =~ m/^(\d+(?:\.\d+)?)$/ && $1 > 0) ? $1 : undef;
-    my $res = $class->_call('volume_size_info', $storeid, $scfg, {
+    my $res = $class->_call('size', $storeid, $scfg, {
         volname => _volname($volname),
     }, timeout => $t);
     my $size = _size_bytes($res);
@@ -721,7 +717,7 @@ sub volume_resize {
     my $bytes = _uint($size, 'size (bytes)');
     die "drbdpool: new size $bytes is not a multiple of 1024 bytes\n" if $bytes % 1024;
 
-    $class->_call('volume_resize', $storeid, $scfg, {
+    $class->_call('resize', $storeid, $scfg, {
         volname => _volname($volname),
         size_bytes => $bytes,
         running => _bool($running),
@@ -736,26 +732,26 @@ sub _snap_call {
     die "drbdpool: missing snapshot name\n" if !defined($snap);
     return $class->_call($method, $storeid, $scfg, {
         volname => _volname($volname),
-        snapname => _snapname($snap),
+        snap => _snapname($snap),
         %extra,
     });
 }
 
 sub volume_snapshot {
     my ($class, $scfg, $storeid, $volname, $snap) = @_;
-    $class->_snap_call('volume_snapshot', $scfg, $storeid, $volname, $snap);
+    $class->_snap_call('snapshot', $scfg, $storeid, $volname, $snap);
     return;
 }
 
 sub volume_snapshot_rollback {
     my ($class, $scfg, $storeid, $volname, $snap) = @_;
-    $class->_snap_call('volume_snapshot_rollback', $scfg, $storeid, $volname, $snap);
+    $class->_snap_call('snapshot_rollback', $scfg, $storeid, $volname, $snap);
     return;
 }
 
 sub volume_snapshot_delete {
     my ($class, $scfg, $storeid, $volname, $snap, $running) = @_;
-    $class->_snap_call('volume_snapshot_delete', $scfg, $storeid, $volname, $snap,
+    $class->_snap_call('snapshot_delete', $scfg, $storeid, $volname, $snap,
         running => _bool($running));
     return;
 }
@@ -763,7 +759,7 @@ sub volume_snapshot_delete {
 sub volume_rollback_is_possible {
     my ($class, $scfg, $storeid, $volname, $snap, $blockers) = @_;
 
-    my $res = $class->_snap_call('volume_rollback_is_possible', $scfg, $storeid, $volname, $snap);
+    my $res = $class->_snap_call('rollback_is_possible', $scfg, $storeid, $volname, $snap);
     $res = {} if ref($res) ne 'HASH';
     my @found = grep { defined && m/^$SNAPNAME_RE$/ } @{ $res->{blockers} // [] };
     push @$blockers, @found if $blockers && ref($blockers) eq 'ARRAY';
@@ -775,7 +771,7 @@ sub volume_rollback_is_possible {
 sub volume_snapshot_info {
     my ($class, $scfg, $storeid, $volname) = @_;
 
-    my $res = $class->_call('volume_snapshot_info', $storeid, $scfg, {
+    my $res = $class->_call('snapshot_list', $storeid, $scfg, {
         volname => _volname($volname),
     });
     my $snaps = ref($res) eq 'HASH' ? ($res->{snapshots} // {}) : {};
@@ -812,13 +808,13 @@ sub volume_has_feature {
     return undef if !defined($feature) || $feature !~ m/^([a-z_-]{1,32})$/;
     my $f = $1;
     # Only the helper knows what the backend can do (thin snapshots, ...).
-    my $res = $class->_call('volume_has_feature', $storeid, $scfg, {
+    my $res = $class->_call('has_feature', $storeid, $scfg, {
         feature => $f,
         volname => _volname($volname),
         snapname => _snapname($snapname),
         running => _bool($running),
     });
-    my $has = ref($res) eq 'HASH' ? $res->{has} : $res;
+    my $has = ref($res) eq 'HASH' ? ($res->{supported} // $res->{has}) : $res;
     return $has ? 1 : undef;
 }
 
@@ -843,10 +839,10 @@ sub create_base {
 sub clone_image {
     my ($class, $scfg, $storeid, $volname, $vmid, $snap) = @_;
 
-    my $res = $class->_call('clone_image', $storeid, $scfg, {
+    my $res = $class->_call('clone', $storeid, $scfg, {
         volname => _volname($volname),
         vmid => _vmid($vmid),
-        snapname => _snapname($snap),
+        snap => _snapname($snap),
     });
     my $new = _volname($res->{volname});
     die "drbdpool: helper returned clone '$new' that is not owned by VM $vmid\n"
@@ -857,7 +853,7 @@ sub clone_image {
 sub rename_volume {
     my ($class, $scfg, $storeid, $source_volname, $target_vmid, $target_volname) = @_;
 
-    my $res = $class->_call('rename_volume', $storeid, $scfg, {
+    my $res = $class->_call('rename', $storeid, $scfg, {
         volname => _volname($source_volname),
         target_vmid => _vmid($target_vmid),
         target_volname => defined($target_volname) ? _volname($target_volname) : undef,
