@@ -1,0 +1,268 @@
+#!/usr/bin/perl -T
+# The call sequences PVE makes (reference §1.6) against the REAL drbdpool
+# binary: file backend, simulated DRBD, two nodes (pve1, pve2) with their
+# agents running in the background. Set DRBDPOOL_BIN to the built helper:
+#   DRBDPOOL_BIN=$PWD/target/debug/drbdpool prove -T -I perl-shim -I perl-shim/t/lib perl-shim/t
+# Where the helper's exact behaviour was not known when this was written, the
+# assertion is what an admin would expect (see t/README.md).
+
+use strict;
+use warnings;
+
+use Test::More;
+use File::Temp qw(tempdir);
+use Cwd qw(realpath);
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(time sleep);
+
+BEGIN { $ENV{PATH} = '/usr/sbin:/usr/bin:/sbin:/bin'; delete @ENV{qw(IFS CDPATH ENV BASH_ENV)}; }
+
+my $bin;
+BEGIN {
+    my $b = $ENV{DRBDPOOL_BIN} // '';
+    if ($b eq '' || $b !~ m{^(/[\w./+-]+)$} || !-x $1) {
+        require Test::More;
+        Test::More::plan(skip_all => 'set DRBDPOOL_BIN to an absolute path of the built drbdpool helper'
+            . ' (e.g. target/debug/drbdpool) to run the call sequences against it');
+    }
+    $bin = $1;
+}
+
+use PVE::Storage;
+
+my $tmp = tempdir(CLEANUP => 1);
+($tmp) = $tmp =~ m{^(/[\w./-]+)$};
+my $store = "$tmp/store";
+my $backing = "$tmp/backing";
+mkdir($_) for $store, $backing, "$tmp/sim", "$tmp/mnt";
+
+$ENV{DRBDPOOL_STORE} = $store;
+$ENV{DRBDPOOL_DRBD} = 'sim';
+$ENV{DRBDPOOL_SIM_DIR} = "$tmp/sim";
+$ENV{DRBDPOOL_PEER_TIMEOUT_SECS} //= 40;
+$ENV{DRBDPOOL_NODE} = 'pve1';
+delete $ENV{PVE_MIGRATED_FROM};
+
+sub run_bin {
+    my (@args) = @_;
+    my $pid = open(my $ph, '-|') // die "fork: $!";
+    if (!$pid) {
+        open(STDERR, '>&', \*STDOUT);
+        exec($bin, @args) or POSIX::_exit(127);
+    }
+    my $out = do { local $/; <$ph> } // '';
+    close($ph);
+    return ($? >> 8, $out);
+}
+
+for ([pve1 => '127.0.0.1'], [pve2 => '127.0.0.2']) {
+    my ($rc, $out) = run_bin('--store', $store, 'node', 'add', $_->[0], '--address', $_->[1]);
+    is($rc, 0, "node add $_->[0] $_->[1]") or diag($out);
+}
+
+# Agents: started here, killed in END, by pid.
+my %agent;
+my (undef, $agent_help) = run_bin('agent', '--help');
+my @interval = $agent_help =~ m/--interval/ ? ('--interval', '1') : ();
+for my $node (qw(pve1 pve2)) {
+    my $pid = fork() // die "fork: $!";
+    if (!$pid) {
+        open(STDOUT, '>', "$tmp/agent-$node.log");
+        open(STDERR, '>&', \*STDOUT);
+        $ENV{DRBDPOOL_NODE} = $node;
+        exec($bin, '--store', $store, '--node', $node, 'agent', @interval) or POSIX::_exit(127);
+    }
+    $agent{$node} = $pid;
+}
+END {
+    for my $pid (values %agent) {
+        kill('TERM', $pid);
+    }
+    my $until = time() + 5;
+    for my $pid (values %agent) {
+        while (waitpid($pid, WNOHANG) == 0) {
+            if (time() > $until) { kill('KILL', $pid); waitpid($pid, 0); last }
+            sleep(0.05);
+        }
+    }
+}
+
+sub agent_logs {
+    my $s = '';
+    for my $n (sort keys %agent) {
+        open(my $fh, '<', "$tmp/agent-$n.log") or next;
+        my @l = <$fh>;
+        $s .= "--- agent $n (last lines)\n" . join('', @l[-(@l < 15 ? scalar(@l) : 15) .. -1]);
+    }
+    return $s;
+}
+
+PVE::Storage::set_config_text(<<"CFG");
+drbdpool: dpool
+	drbdpool-backend file
+	drbdpool-dir $backing
+	content images,rootdir
+	drbdpool-replicas 2
+	nodes pve1,pve2
+CFG
+my $cfg = PVE::Storage::config();
+is($cfg->{ids}->{dpool}->{shared}, 1, 'storage is shared');
+
+sub as_node {
+    my ($node, $code) = @_;
+    local $ENV{DRBDPOOL_NODE} = $node;
+    return $code->();
+}
+
+sub lives {
+    my ($name, $code) = @_;
+    my @r = eval { $code->() };
+    is($@, '', $name) or diag(agent_logs());
+    return wantarray ? @r : $r[0];
+}
+
+my $MiB = 1024 * 1024;
+
+# --- pvestatd: status becomes active once the agents have published ---------------
+subtest 'status (pvestatd)' => sub {
+    my $info;
+    my $until = time() + 40;
+    while (time() < $until) {
+        $info = as_node('pve1', sub { PVE::Storage::storage_info($cfg, 'images') });
+        last if $info->{dpool}->{active};
+        sleep(0.5);
+    }
+    ok($info->{dpool}->{active}, 'dpool active on pve1 after the agent published') or diag(agent_logs());
+    ok($info->{dpool}->{total} > 0, "total $info->{dpool}->{total} bytes");
+    ok($info->{dpool}->{avail} <= $info->{dpool}->{total}, 'avail <= total');
+    my $t0 = time();
+    as_node('pve2', sub { PVE::Storage::storage_info($cfg, 'images') });
+    ok(time() - $t0 < 2, 'status answers fast');
+};
+
+# --- GUI VM create: vdisk_alloc, then start activates and builds the command line --------
+my $vm = 'dpool:vm-100-disk-0';
+subtest 'GUI VM create' => sub {
+    my $volid = lives('vdisk_alloc 64 MiB on pve1', sub {
+        as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 100, 'raw', undef, 64 * 1024) }) });
+    is($volid, $vm, 'first disk of VM 100');
+    my $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 100) });
+    is_deeply([map { [$_->{volid}, $_->{size}, $_->{format}] } @{ $list->{dpool} }], [[$vm, 64 * $MiB, 'raw']],
+        'listed on pve2 with its size in bytes');
+    my $path_unactivated = as_node('pve2', sub { scalar(PVE::Storage::path($cfg, $vm)) });
+    like($path_unactivated, qr{^/}, "pvesm path works on any node without activation: $path_unactivated");
+    lives('activate_volumes on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    my $path = as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm)) });
+    is($path, $path_unactivated, 'same, stable path once active');
+    ok(-e $path, "device $path exists once active");
+    my $bd = as_node('pve1', sub { PVE::Storage::qemu_blockdev_options($cfg, $vm, '10.0', {}) });
+    is_deeply($bd, { driver => 'host_device', filename => $path }, 'blockdev options');
+    is(scalar(PVE::Storage::volume_size_info($cfg, $vm, 3)), 64 * $MiB, 'volume_size_info (EFI/cloud-init path)');
+    lives('stop: deactivate_volumes on pve1', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
+# --- GUI CT create: raw volume, activate, map, mkfs.ext4 -O mmp, mount, umount, deactivate --------
+my $ct = 'dpool:vm-101-disk-0';
+subtest 'GUI CT create' => sub {
+    my $volid = lives('vdisk_alloc raw for CT 101', sub {
+        as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 101, 'raw', undef, 64 * 1024) }) });
+    is($volid, $ct, 'CT disks on block storage are vm-<ctid>-disk-N');
+    lives('activate_volumes', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$ct]) }) });
+    my $dev = lives('map_volume', sub { as_node('pve1', sub { PVE::Storage::map_volume($cfg, $ct) }) });
+    ok(defined($dev) && -e $dev, 'mapped device exists') or return;
+    my ($rc, $out) = (system('mkfs.ext4', '-q', '-F', '-O', 'mmp', '-E', 'root_owner=0:0', $dev) >> 8, '');
+    is($rc, 0, "mkfs.ext4 -O mmp on $dev");
+    my $real = realpath($dev) // '';
+    SKIP: {
+        skip 'mount needs root and a real block device (loop)', 2 if $> != 0 || $real !~ m{^/dev/loop\d+$};
+        is(system('mount', $real, "$tmp/mnt"), 0, 'mount (pct mount_all)');
+        is(system('umount', "$tmp/mnt"), 0, 'umount');
+    }
+    lives('unmap_volume', sub { as_node('pve1', sub { PVE::Storage::unmap_volume($cfg, $ct) }) });
+    lives('deactivate_volumes', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$ct]) }) });
+};
+
+# --- start / stop, twice: idempotent ---------------------------------------------------------------
+subtest 'start and stop' => sub {
+    for my $round (1, 2) {
+        lives("start $round: activate", sub {
+            as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm], undef, { 'plugin-may-deactivate-volume' => 1 }) }) });
+        lives("start $round: activate again (volume may already be active)", sub {
+            as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+        lives("stop $round: deactivate", sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+    }
+    lives('deactivating an inactive volume is fine', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
+# --- live migration pve1 -> pve2 -----------------------------------------------------------------------
+subtest 'live migration' => sub {
+    lives('VM runs on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    eval { as_node('pve2', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) };
+    like($@, qr/pve1/, 'plain start on pve2 while Primary on pve1: refused, naming pve1');
+    {
+        local $ENV{PVE_MIGRATED_FROM} = 'pve1';
+        lives('target pve2 activates with PVE_MIGRATED_FROM=pve1 while pve1 is Primary', sub {
+            as_node('pve2', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    }
+    lives('source pve1 deactivates after the handover', sub {
+        as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+    {
+        local $ENV{PVE_MIGRATED_FROM} = 'pve2';
+        eval { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) };
+        is($@, '', 'migrating back: pve1 activates with PVE_MIGRATED_FROM=pve2');
+    }
+    lives('pve2 deactivates', sub { as_node('pve2', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+    lives('pve1 stops', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
+# --- HA: start on another node once the first released it -------------------------------------------------
+subtest 'HA start on another node' => sub {
+    lives('running on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    lives('pve1 released it', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+    lives('LRM on pve2 starts it (activate_storage + activate_volume)', sub {
+        as_node('pve2', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    my $path = as_node('pve2', sub { scalar(PVE::Storage::path($cfg, $vm)) });
+    ok(-e $path, "device $path exists on pve2");
+    lives('stop on pve2', sub { as_node('pve2', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
+# --- vzdump of a stopped VM: activate, path, volume_size_info(5 s), read, deactivate -------------------------
+subtest 'backup-like read' => sub {
+    lives('activate', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    my $path = as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm)) });
+    my $size = as_node('pve1', sub { scalar(PVE::Storage::volume_size_info($cfg, $vm, 5)) });
+    is($size, 64 * $MiB, 'size in bytes');
+    if (open(my $fh, '<', $path)) {
+        my $n = sysread($fh, my $buf, 65536);
+        is($n, 65536, 'device readable');
+        close($fh);
+    } else {
+        fail("cannot open $path for reading: $!");
+    }
+    lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
+# --- resize (qm resize: bytes, grow only) ----------------------------------------------------------------------
+subtest 'resize' => sub {
+    lives('grow to 96 MiB', sub { as_node('pve1', sub { PVE::Storage::volume_resize($cfg, $vm, 96 * $MiB, 0) }) });
+    is(scalar(PVE::Storage::volume_size_info($cfg, $vm, 5)), 96 * $MiB, 'new size reported');
+    eval { as_node('pve1', sub { PVE::Storage::volume_resize($cfg, $vm, 32 * $MiB, 0) }) };
+    like($@, qr/shrink/i, 'shrinking refused');
+    is(scalar(PVE::Storage::volume_size_info($cfg, $vm, 5)), 96 * $MiB, 'size unchanged after the refusal');
+};
+
+# --- destroy: refused while active, then gone ----------------------------------------------------------------------
+subtest 'destroy' => sub {
+    lives('activate on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
+    eval { as_node('pve2', sub { PVE::Storage::vdisk_free($cfg, $vm) }) };
+    like($@, qr/in use|Primary|active/i, 'vdisk_free refused while the volume is active on pve1');
+    lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+    lives('vdisk_free', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $vm) }) });
+    lives('vdisk_free of the CT disk', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $ct) }) });
+    my $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool') });
+    is_deeply($list->{dpool}, [], 'no volumes left');
+    eval { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) };
+    like($@, qr/not-found|does not exist/, 'activating a freed volume: not found');
+};
+
+done_testing();
