@@ -250,6 +250,9 @@ is_deeply($c->{request}->{args}, { feature => 'copy', volname => 'vm-100-disk-0'
 is($r[0], 1, 'feature the helper has: 1');
 ($c, @r) = one_call('volume_has_feature no', sub { $P->volume_has_feature($scfg, 'clone', 'dpool', 'vm-100-disk-0', 'snap1', 0) });
 is($r[0], undef, 'feature the helper lacks: undef');
+clear_calls($dir);
+is($P->volume_has_feature($scfg, 'teleport', 'dpool', 'vm-100-disk-0'), undef, 'unknown feature: undef');
+is(scalar(@{ calls($dir) }), 0, '... without asking the helper');
 
 # --- templates, clones, renames ---------------------------------------------------------------------
 set_reply($dir, 'create_base', { ok => JSON::PP::true, result => { volname => 'base-100-disk-0' } });

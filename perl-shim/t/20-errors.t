@@ -7,6 +7,7 @@ use warnings;
 
 use Test::More;
 use Time::HiRes qw(time);
+use Scalar::Util ();
 
 BEGIN { $ENV{PATH} = '/usr/bin:/bin'; delete @ENV{qw(IFS CDPATH ENV BASH_ENV)}; }
 
@@ -150,6 +151,18 @@ chmod(0755, "$dir/deaf");
     my $big = { map { ("k$_" => 'x' x 1000) } 1 .. 200 }; # request > pipe buffer
     eval { $P->status('dpool', { %$scfg, %$big }, {}) };
     is($@, "drbdpool: status failed (invalid-input): deaf\n", 'helper that ignores stdin: its reply still counts');
+}
+
+# pvedaemon runs under -T: a tainted PATH must not stop the exec
+{
+    open(my $self, '<', __FILE__) or die;
+    my $t = substr(scalar(<$self>), 0, 0); # file input is tainted
+    close($self);
+    local $ENV{PATH} = '/usr/bin:/bin' . $t;
+    ok(Scalar::Util::tainted($ENV{PATH}), 'PATH is tainted for this call');
+    my @st = eval { $P->status('dpool', $scfg, {}) };
+    is($@, '', 'helper still runs (the child gets a clean PATH)');
+    is($st[0], 1073741824, '... and answers');
 }
 
 done_testing();

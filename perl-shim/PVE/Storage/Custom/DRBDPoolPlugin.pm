@@ -807,8 +807,11 @@ sub volume_qemu_snapshot_method {
 sub volume_has_feature {
     my ($class, $scfg, $feature, $storeid, $volname, $snapname, $running, $opts) = @_;
 
-    return undef if !defined($feature) || $feature !~ m/^([a-z_-]{1,32})$/; ## no critic (ProhibitExplicitReturnUndef): used in hash constructors and PVE expects undef
-    my $f = $1;
+    # The features PVE asks about (Storage.pm volume_has_feature); a newer PVE
+    # asking for one we do not know gets "no" rather than an error.
+    my %known = map { $_ => 1 } qw(snapshot clone template copy sparseinit rename replicate);
+    return undef if !defined($feature) || !$known{$feature}; ## no critic (ProhibitExplicitReturnUndef)
+    my ($f) = $feature =~ m/^([a-z]+)$/;
     # Only the helper knows what the backend can do (thin snapshots, ...).
     my $res = $class->_call('has_feature', $storeid, $scfg, {
         feature => $f,
