@@ -296,6 +296,39 @@ subtest 'resize' => sub {
     is(scalar(PVE::Storage::volume_size_info($cfg, $vm, 5)), 96 * $MiB, 'size unchanged after the refusal');
 };
 
+# --- snapshots: vzdump snapshot mode of a CT, then a rollback of the stopped guest --------------------------------
+subtest 'snapshot, snapshot device, rollback' => sub {
+    my $has = as_node('pve1', sub { PVE::Storage::volume_has_feature($cfg, 'snapshot', $vm, undef, 0) });
+    ok($has, 'file backend: snapshot feature');
+    lives('volume_snapshot vzdump', sub { as_node('pve1', sub { PVE::Storage::volume_snapshot($cfg, $vm, 'vzdump') }) });
+    my $info = lives('volume_snapshot_info', sub { as_node('pve1', sub { PVE::Storage::volume_snapshot_info($cfg, $vm) }) });
+    ok($info && $info->{vzdump} && $info->{vzdump}->{timestamp} > 0, 'snapshot listed with a timestamp');
+    lives('activate_volumes with snapname', sub {
+        as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm], 'vzdump') }) });
+    my $snapdev = lives('path of the snapshot', sub { as_node('pve1', sub { scalar(PVE::Storage::path($cfg, $vm, 'vzdump')) }) });
+    my $dev = as_node('pve1', sub { scalar(eval { PVE::Storage::path($cfg, $vm) }) });
+    isnt($snapdev // '', $dev // '', "snapshot device " . ($snapdev // 'undef') . " differs from the volume's");
+    lives('deactivate the snapshot', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm], 'vzdump') }) });
+    my @blockers;
+    lives('rollback possible', sub {
+        as_node('pve1', sub { PVE::Storage::volume_rollback_is_possible($cfg, $vm, 'vzdump', \@blockers) }) });
+    lives('rollback of the stopped guest', sub {
+        as_node('pve1', sub { PVE::Storage::volume_snapshot_rollback($cfg, $vm, 'vzdump') }) });
+    lives('volume_snapshot_delete', sub { as_node('pve1', sub { PVE::Storage::volume_snapshot_delete($cfg, $vm, 'vzdump', 0) }) });
+    $info = as_node('pve1', sub { PVE::Storage::volume_snapshot_info($cfg, $vm) });
+    ok(!exists($info->{vzdump}), 'snapshot gone');
+    my $until = time() + 40;
+    my $err;
+    while (time() < $until) { # after a rollback the other replica resyncs fully before it can be used
+        eval { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) };
+        $err = $@;
+        last if !$err;
+        sleep(0.5);
+    }
+    is($err, '', 'volume can be activated again after the rollback');
+    lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
 # --- destroy: refused while active, then gone ----------------------------------------------------------------------
 subtest 'destroy' => sub {
     lives('activate on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });
