@@ -395,28 +395,34 @@ sub _call {
     }
 
     # The pipes are closed; the helper should be gone within moments.
-    my $waited = 0;
-    while (waitpid($pid, WNOHANG) == 0) {
+    my $exit;
+    while (1) {
+        my $w = waitpid($pid, WNOHANG);
+        if ($w == $pid) {
+            $exit = ($? & 127) ? 128 + ($? & 127) : $? >> 8;
+            last;
+        }
+        # -1: a daemon's own SIGCHLD handler reaped it; the reply alone decides
+        last if $w < 0;
         if (time() >= $deadline + 2) {
             _kill_child($pid);
-            $waited = -1;
+            $exit = -1;
             last;
         }
         sleep(0.01);
     }
-    my $status = $waited < 0 ? -1 : $?;
-    my $exit = $status == -1 ? -1 : ($status & 127 ? 128 + ($status & 127) : $status >> 8);
+    my $exit_text = $exit // 'unknown (reaped elsewhere)';
 
     my $reply = eval { JSON::PP->new->decode($stdout) };
     if (!$reply || ref($reply) ne 'HASH' || !exists($reply->{ok})) {
         if ($stdout =~ m/^\s*$/) {
-            die "$what exited with code $exit without a reply on node '$node';"
+            die "$what exited with code $exit_text without a reply on node '$node';"
                 . " check that the installed drbdpool matches this plugin (protocol $PROTOCOL_VERSION)"
                 . _stderr_tail($stderr) . "\n";
         }
         my $head = substr($stdout, 0, 200);
         $head =~ s/[^\x20-\x7e]/?/g;
-        die "$what returned garbage instead of a JSON reply (exit code $exit): '$head';"
+        die "$what returned garbage instead of a JSON reply (exit code $exit_text): '$head';"
             . " check that the installed drbdpool matches this plugin (protocol $PROTOCOL_VERSION)"
             . _stderr_tail($stderr) . "\n";
     }
@@ -429,7 +435,7 @@ sub _call {
         chomp($msg);
         die "drbdpool: $method failed ($kind): $msg\n";
     }
-    if ($exit != 0) {
+    if (defined($exit) && $exit != 0) {
         die "$what reported success but exited with code $exit; not trusting the reply"
             . _stderr_tail($stderr) . "\n";
     }
