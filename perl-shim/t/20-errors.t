@@ -114,7 +114,15 @@ chmod(0755, "$dir/forker");
     open(my $pf, '<', "$dir/forker.pid") or die "no pid file: $!";
     my ($bg) = <$pf> =~ m/^(\d+)/;
     close($pf);
-    ok($bg && !kill(0, $bg), "the helper's background child ($bg) was killed with its process group");
+    # dead = gone or a zombie waiting for whoever inherited it
+    my $alive = sub {
+        open(my $st, '<', "/proc/$bg/stat") or return 0;
+        my ($state) = (<$st> // '') =~ m/\)\s+(\S)/;
+        return ($state // 'Z') ne 'Z';
+    };
+    my $until = time() + 3;
+    sleep(0.1) while $alive->() && time() < $until;
+    ok($bg && !$alive->(), "the helper's background child ($bg) was killed with its process group");
 }
 
 # --- garbage, silence, inconsistent exit ----------------------------------------------------------
