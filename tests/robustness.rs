@@ -612,7 +612,7 @@ fn sample_volume() -> VolumeDoc {
         state: VolumeState::Ready,
         base: false,
         parent: Some("base-9000-disk-0".into()),
-        snapshots: vec![SnapshotDoc { name: "before".into(), created: 1764000000 }],
+        snapshots: vec![SnapshotDoc { name: "before".into(), created: 1764000000, origin: None, rollback: None }],
         outdated: vec!["pve2".into()],
         dual_primary: Some(DualPrimary { source: "pve1".into(), target: "pve2".into(), since: 1764000001 }),
         created: 1763000000,
@@ -647,6 +647,7 @@ fn sample_state() -> NodeState {
                 sync_percent: Some(12.5),
             }],
             error: Some("x".into()),
+            snapshots: vec![],
         },
     );
     NodeState { format: FORMAT, node: "pve1".into(), updated: 1764000002, storages, volumes }

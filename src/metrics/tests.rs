@@ -49,6 +49,7 @@ fn fixture() -> MetricsData {
                 sync_percent: Some(62.5),
             }],
             error: None,
+            snapshots: vec![],
         },
     );
     volumes.insert(
@@ -70,6 +71,7 @@ fn fixture() -> MetricsData {
                 sync_percent: None,
             }],
             error: Some("lvcreate failed".into()),
+            snapshots: vec![],
         },
     );
     MetricsData {
