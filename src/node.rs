@@ -29,43 +29,20 @@ pub trait NodeOps {
     /// Free/total space of the storage's backend on this node.
     fn space(&self, vol_backend: &crate::store::docs::BackendSpec) -> Result<Space>;
     /// Take this node's snapshot `snap` of the backing device (only of UpToDate data). Idempotent.
-    fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
-        let _ = snap;
-        Err(no_snapshots(self.name(), vol))
-    }
+    /// Refused on backends without snapshots.
+    fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()>;
     /// Delete this node's snapshot. Idempotent.
-    fn remove_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
-        let _ = snap;
-        Err(no_snapshots(self.name(), vol))
-    }
+    fn remove_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()>;
     /// The snapshot's device/file on this node, None if this node has no such snapshot.
-    fn snapshot_path(&self, vol: &VolumeDoc, snap: &str) -> Result<Option<String>> {
-        let _ = (vol, snap);
-        Ok(None)
-    }
+    fn snapshot_path(&self, vol: &VolumeDoc, snap: &str) -> Result<Option<String>>;
     /// Make the snapshot a readable block device here; returns its path.
-    fn activate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<String> {
-        let _ = snap;
-        Err(no_snapshots(self.name(), vol))
-    }
-    fn deactivate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
-        let _ = (vol, snap);
-        Ok(())
-    }
+    fn activate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<String>;
+    fn deactivate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()>;
     /// Rollback, on the replica that is rolled back (every peer discarded and down):
     /// take the resource down, roll the backing device back to `snap`, bring it up and
     /// make it the sync source with a new data generation.
-    fn rollback_source(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
-        let _ = snap;
-        Err(no_snapshots(self.name(), vol))
-    }
+    fn rollback_source(&self, vol: &VolumeDoc, snap: &str) -> Result<()>;
     /// Rollback, on every other replica: take the resource down and recreate its metadata,
     /// so it comes back Inconsistent and receives a full sync. Refused while Primary/open.
-    fn discard_replica(&self, vol: &VolumeDoc) -> Result<()> {
-        Err(no_snapshots(self.name(), vol))
-    }
-}
-
-fn no_snapshots(node: &str, vol: &VolumeDoc) -> crate::error::Error {
-    crate::error::Error::Refused(format!("{}: snapshots are not available on node {node}", vol.resource))
+    fn discard_replica(&self, vol: &VolumeDoc) -> Result<()>;
 }

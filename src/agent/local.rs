@@ -179,6 +179,15 @@ impl LocalNode {
             })
     }
 
+    /// Every replica connected and UpToDate: nothing left to skip.
+    fn all_uptodate(vol: &VolumeDoc, st: &ResourceStatus) -> bool {
+        st.devices.first().is_some_and(|d| d.disk == "UpToDate")
+            && st.connections.len() == vol.replicas.len().saturating_sub(1)
+            && st.connections.iter().all(|c| {
+                c.connection == "Connected" && c.peer_devices.first().is_some_and(|p| p.peer_disk == "UpToDate")
+            })
+    }
+
     /// Thick backends: make this node's data the source of a full initial sync.
     pub fn start_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
@@ -322,6 +331,10 @@ impl NodeOps for LocalNode {
             )));
         }
         let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
+        // The agent of this node and the alloc helper both try; whoever comes second finds it done.
+        if Self::all_uptodate(vol, &st) {
+            return Ok(());
+        }
         if !self.initial_sync_due(vol, &st) {
             return Err(Error::Refused(format!(
                 "{}: the initial sync can be skipped only while every replica is connected and Inconsistent with fresh metadata",

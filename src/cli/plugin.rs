@@ -64,6 +64,27 @@ impl NodeOps for LazyNode<'_> {
     fn space(&self, b: &BackendSpec) -> Result<Space> {
         self.get()?.space(b)
     }
+    fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.get()?.snapshot(vol, snap)
+    }
+    fn remove_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.get()?.remove_snapshot(vol, snap)
+    }
+    fn snapshot_path(&self, vol: &VolumeDoc, snap: &str) -> Result<Option<String>> {
+        self.get()?.snapshot_path(vol, snap)
+    }
+    fn activate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<String> {
+        self.get()?.activate_snapshot(vol, snap)
+    }
+    fn deactivate_snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.get()?.deactivate_snapshot(vol, snap)
+    }
+    fn rollback_source(&self, vol: &VolumeDoc, snap: &str) -> Result<()> {
+        self.get()?.rollback_source(vol, snap)
+    }
+    fn discard_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        self.get()?.discard_replica(vol)
+    }
 }
 
 /// Run one plugin call; returns the process exit code (0 ok, 1 error reply written).
