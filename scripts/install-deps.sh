@@ -8,7 +8,7 @@ pkgs=(
   e2fsprogs util-linux iproute2             # mkfs.ext4 -O mmp, losetup, network namespaces for agents
   perl libjson-pp-perl                      # the Perl shim and its prove tests
   qemu-system-x86 cpio busybox-static       # the real-kernel lab (tests/vm)
-  dpkg-dev debhelper fakeroot lintian       # building and checking the .deb
+  dpkg-dev debhelper fakeroot lintian help2man       # building and checking the .deb
 )
 missing=()
 for p in "${pkgs[@]}"; do
