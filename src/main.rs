@@ -60,10 +60,16 @@ enum Cmd {
         method: String,
     },
     /// Every volume with each replica's role, disk, connections and sync progress
-    #[command(after_help = "Examples:\n  drbdpool status\n  drbdpool status --json | jq '.volumes[] | select(.state != \"ready\")'")]
+    #[command(after_help = "Examples:\n  drbdpool status\n  drbdpool status --json | jq '.volumes[] | select(.state != \"ready\")'\n  drbdpool status --watch        # resync progress with rate and ETA")]
     Status {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw every 2 s (or --interval) with resync rate and ETA, until Ctrl-C
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between redraws with --watch
+        #[arg(long, default_value_t = 2.0, value_name = "S", requires = "watch")]
+        interval: f64,
     },
     /// Volumes in the store
     #[command(subcommand)]
@@ -153,8 +159,14 @@ fn open_store(o: &Opts) -> Result<Store> {
 fn run(o: &Opts) -> Result<()> {
     let out = match &o.cmd {
         Cmd::Plugin { .. } => unreachable!(),
-        Cmd::Status { json } => {
+        Cmd::Status { json, watch, interval } => {
             let s = open_store(o)?;
+            if *watch {
+                if !(interval.is_finite() && *interval >= 0.1) {
+                    return Err(drbdpool::invalid!("--interval must be at least 0.1 seconds"));
+                }
+                cli::status_watch(&s, Duration::from_secs_f64(*interval))?;
+            }
             if *json {
                 serde_json::to_string_pretty(&cli::status_json(&s)?).unwrap()
             } else {

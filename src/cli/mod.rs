@@ -83,6 +83,67 @@ pub fn status_json(store: &Store) -> Result<Value> {
 }
 
 pub fn status_table(store: &Store) -> Result<String> {
+    status_table_with(store, None)
+}
+
+/// Remembers each peer's out-of-sync amount between refreshes of `status --watch`,
+/// so the table can show the resync rate and an ETA.
+#[derive(Default)]
+pub struct SyncTracker {
+    seen: BTreeMap<(String, String, String), (u64, std::time::Instant)>,
+    rate: BTreeMap<(String, String, String), f64>,
+}
+
+impl SyncTracker {
+    /// Record `oos_kib` now; the rate (KiB/s) when it went down since the last sample.
+    fn observe(&mut self, key: (String, String, String), oos_kib: u64) -> Option<f64> {
+        let now = std::time::Instant::now();
+        if let Some((prev, at)) = self.seen.get(&key).copied() {
+            let dt = now.duration_since(at).as_secs_f64();
+            if oos_kib < prev && dt > 0.0 {
+                self.rate.insert(key.clone(), (prev - oos_kib) as f64 / dt);
+                self.seen.insert(key.clone(), (oos_kib, now));
+            } else if oos_kib > prev {
+                self.rate.remove(&key);
+                self.seen.insert(key.clone(), (oos_kib, now));
+            }
+        } else {
+            self.seen.insert(key.clone(), (oos_kib, now));
+        }
+        self.rate.get(&key).copied()
+    }
+}
+
+/// "1h02m", "3m20s", "45s"
+fn eta(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `drbdpool status --watch`: redraw every `every` until interrupted.
+pub fn status_watch(store: &Store, every: std::time::Duration) -> Result<()> {
+    use std::io::Write;
+    let mut tracker = SyncTracker::default();
+    loop {
+        let table = status_table_with(store, Some(&mut tracker))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let mut out = std::io::stdout().lock();
+        // Clear the screen and home the cursor, like watch(1).
+        let _ = write!(out, "\x1b[2J\x1b[H");
+        let _ = writeln!(out, "drbdpool status, every {:.0}s (unix time {now}); Ctrl-C to stop\n", every.as_secs_f64());
+        let _ = write!(out, "{table}");
+        let _ = out.flush();
+        drop(out);
+        std::thread::sleep(every);
+    }
+}
+
+/// The status table; with a tracker, resyncs show their rate and ETA.
+pub fn status_table_with(store: &Store, mut tracker: Option<&mut SyncTracker>) -> Result<String> {
     let (vols, states) = status_rows(store)?;
     let mut t = Table::new(&["VOLUME", "SIZE", "STATE", "NODE", "ROLE", "DISK", "CONNECTION", "SYNC"]);
     for v in &vols {
@@ -94,8 +155,7 @@ pub fn status_table(store: &Store) -> Result<String> {
                     o.role.clone(),
                     o.disk.clone(),
                     o.peers.iter().map(|p| format!("{}:{}", p.node, p.connection)).collect::<Vec<_>>().join(","),
-                    o.peers.iter().filter_map(|p| p.sync_percent).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
-                        .map(|p| format!("{p:.1}%")).unwrap_or_default(),
+                    sync_cell(&v.resource, &r.node, &o.peers, tracker.as_deref_mut()),
                 ),
             };
             if v.outdated.contains(&r.node) {
@@ -118,6 +178,26 @@ pub fn status_table(store: &Store) -> Result<String> {
         }
     }
     Ok(t.render())
+}
+
+/// The SYNC column: the least-synced peer's progress, plus rate and ETA when watching.
+fn sync_cell(res: &str, node: &str, peers: &[crate::store::docs::PeerObserved], tracker: Option<&mut SyncTracker>) -> String {
+    let Some(p) = peers.iter().filter(|p| p.sync_percent.is_some()).min_by(|a, b| {
+        a.sync_percent.partial_cmp(&b.sync_percent).unwrap_or(std::cmp::Ordering::Equal)
+    }) else {
+        return String::new();
+    };
+    let mut cell = format!("{:.1}%", p.sync_percent.unwrap_or(0.0));
+    if let Some(t) = tracker {
+        if p.out_of_sync_kib > 0 {
+            if let Some(rate) = t.observe((res.to_string(), node.to_string(), p.node.clone()), p.out_of_sync_kib) {
+                if rate > 0.0 {
+                    cell.push_str(&format!(" {}/s ETA {}", human((rate * 1024.0) as u64), eta(p.out_of_sync_kib as f64 / rate)));
+                }
+            }
+        }
+    }
+    cell
 }
 
 pub fn volume_list(store: &Store, as_json: bool) -> Result<String> {
@@ -294,4 +374,28 @@ pub fn ha_sync(store: &Store) -> Result<String> {
         out.push_str("no HA-managed guest has drbdpool disks\n");
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn eta_formats() {
+        assert_eq!(eta(45.2), "45s");
+        assert_eq!(eta(200.0), "3m20s");
+        assert_eq!(eta(3720.0), "1h02m");
+    }
+
+    #[test]
+    fn tracker_rate_from_falling_out_of_sync() {
+        let mut t = SyncTracker::default();
+        let k = ("r".to_string(), "a".to_string(), "b".to_string());
+        assert_eq!(t.observe(k.clone(), 10_000), None);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let r = t.observe(k.clone(), 9_000).expect("a rate once out-of-sync falls");
+        assert!(r > 1_000.0 && r < 1_000.0 / 0.04, "{r}");
+        // A new resync (out-of-sync grows) forgets the old rate.
+        assert_eq!(t.observe(k, 50_000), None);
+    }
 }
