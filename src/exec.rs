@@ -162,6 +162,31 @@ impl Runner for RealRunner {
     }
 }
 
+/// Run a long-lived command (e.g. `drbdsetup events2`) and hand each stdout line
+/// to `on_line` until it returns false or the command ends. The other half of
+/// the seam: `Runner` is for commands that finish.
+pub fn stream_lines(cmd: &Cmd, mut on_line: impl FnMut(&str) -> bool) -> Result<()> {
+    use std::io::BufRead;
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::Tool(format!("cannot run `{}`: {e} (is it installed and in PATH?)", cmd.program)))?;
+    let out = child.stdout.take().expect("stdout piped");
+    for line in std::io::BufReader::new(out).lines() {
+        let Ok(line) = line else { break };
+        if !on_line(&line) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
 /// Records every command; answers from a script of (argv-prefix, output) rules,
 /// first match wins, unmatched commands succeed with empty output.
 #[derive(Clone, Default)]
@@ -236,6 +261,17 @@ mod tests {
     fn real_runner_kills_on_timeout() {
         let err = RealRunner.run(&Cmd::new("sleep").arg("5").timeout(Duration::from_millis(100))).unwrap_err();
         assert_eq!(err.kind(), "timeout");
+    }
+
+    #[test]
+    fn stream_lines_hands_over_each_line_and_stops_when_asked() {
+        let mut got = Vec::new();
+        stream_lines(&Cmd::new("sh").args(["-c", "echo a; echo b; sleep 30; echo c"]), |l| {
+            got.push(l.to_string());
+            got.len() < 2
+        })
+        .unwrap();
+        assert_eq!(got, vec!["a", "b"]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! contrib/drbdpool-agent.service).
 //!
 //! Every `interval` (default 1 s) it polls the cluster store (pmxcfs and 9p
-//! give no cross-node inotify) and for every volume of which this node is a
+//! give no cross-node inotify), and at once whenever `drbdsetup events2` reports
+//! a DRBD state change here, and for every volume of which this node is a
 //! replica:
 //! - `creating`/`ready`: creates or grows the backing device, writes the
 //!   resource file and brings it up (only when the doc's generation changed or
@@ -107,6 +108,12 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
         }
         None => None,
     };
+    // DRBD state changes wake the loop at once; polling stays the backstop (and the only
+    // trigger for store changes: pmxcfs has no cross-node notification).
+    let (wake_tx, wake) = std::sync::mpsc::channel::<()>();
+    if !opts.once && std::env::var("DRBDPOOL_DRBD").map(|v| v.is_empty() || v == "real").unwrap_or(true) {
+        watch_drbd_events(wake_tx);
+    }
     tracing::info!(node = %opts.node, interval = ?opts.interval, ha = ha.is_some(), "agent started");
     loop {
         let result = agent.pass();
@@ -124,7 +131,11 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
         if opts.once {
             return Ok(());
         }
-        std::thread::sleep(opts.interval);
+        // Sleep until the next round or a DRBD event, then drain the burst of events.
+        if wake.recv_timeout(opts.interval).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            while wake.try_recv().is_ok() {}
+        }
     }
 }
 
@@ -140,4 +151,25 @@ fn update_metrics(m: &std::sync::Mutex<crate::metrics::MetricsData>, opts: &Agen
     }
     d.state = state;
     d.volumes = volumes;
+}
+
+/// Follow `drbdsetup events2` (9 and 8.4 print the same shape) on a thread and send a
+/// wake-up for every change after the initial dump; restart it 5 s after it ends.
+fn watch_drbd_events(wake: std::sync::mpsc::Sender<()>) {
+    std::thread::spawn(move || loop {
+        let cmd = crate::exec::Cmd::new("drbdsetup").args(["events2", "all"]);
+        let mut dumped = false;
+        let r = crate::exec::stream_lines(&cmd, |line| {
+            if line.starts_with("exists -") {
+                dumped = true;
+            } else if dumped && !line.starts_with("exists ") && wake.send(()).is_err() {
+                return false; // the agent is gone
+            }
+            true
+        });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "drbdsetup events2 not available; polling only");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    });
 }
