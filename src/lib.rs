@@ -2,6 +2,7 @@
 //! file system (cluster state). See docs/ARCHITECTURE.md for the map.
 
 pub mod error;
+pub mod failpoint;
 pub mod exec;
 pub mod naming;
 pub mod placement;

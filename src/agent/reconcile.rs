@@ -132,6 +132,7 @@ impl Agent {
         }
 
         let storages = self.storages(&docs);
+        crate::failpoint!("agent.before-publish");
         self.publish(storages, volumes)?;
 
         // A deleting doc that no node lists anymore is finished: remove it.

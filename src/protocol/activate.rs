@@ -109,7 +109,10 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let states = ctx.store.node_states()?;
     match decide(&doc, &local, obs.as_ref(), &states, migrated_from, now())? {
         Decision::AlreadyPrimary => {}
-        Decision::Promote => ctx.node.promote(&doc)?,
+        Decision::Promote => {
+            crate::failpoint!("activate.before-promote");
+            ctx.node.promote(&doc)?
+        }
         Decision::PromoteForMigration { source } => {
             tracing::info!("opening the live-migration window for {} from {source} to {local}", doc.resource);
             let doc = {
@@ -121,9 +124,11 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 d
             };
             ctx.node.set_dual_primary(&doc, true)?;
+            crate::failpoint!("activate.before-promote");
             ctx.node.promote(&doc)?;
         }
     }
+    crate::failpoint!("activate.after-promote");
     Ok(json!({"path": doc.device_path()}))
 }
 
