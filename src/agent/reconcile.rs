@@ -11,6 +11,18 @@ use crate::node::NodeOps;
 use crate::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
 use crate::store::Store;
 
+/// A `creating` volume older than this has no alloc working on it any more (an
+/// alloc gives up after its peer timeout, 45 s): the agents roll it back.
+/// `DRBDPOOL_CREATE_EXPIRY_SECS`, else 300 s.
+pub fn create_expiry() -> std::time::Duration {
+    std::env::var("DRBDPOOL_CREATE_EXPIRY_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(std::time::Duration::from_secs(300))
+}
+
 /// Rewrite the NodeState at least this often even if nothing changed.
 pub const HEARTBEAT_SECS: u64 = 60;
 /// Re-measure storage space at most this often (an `lvs` per storage).
@@ -85,7 +97,8 @@ impl Agent {
         if self.last.is_none() {
             self.last = self.store.node_state(self.node()).ok().flatten();
         }
-        let (docs, complete) = self.read_docs()?;
+        let (mut docs, complete) = self.read_docs()?;
+        self.expire_creating(&mut docs);
         let states = self.store.node_states().unwrap_or_default();
         let mut status: BTreeMap<String, ResourceStatus> =
             self.local.replication().status()?.into_iter().map(|s| (s.name.clone(), s)).collect();
@@ -151,6 +164,33 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Roll back volumes whose alloc died (still `creating` after `create_expiry`):
+    /// mark them `deleting` so every replica node removes what it made. Any agent
+    /// may do it (the allocating node may be the one that died); under the
+    /// volume lock, and the alloc only marks a volume ready that is still `creating`.
+    fn expire_creating(&self, docs: &mut [VolumeDoc]) {
+        let limit = create_expiry().as_secs_f64();
+        for v in docs.iter_mut().filter(|v| v.state == VolumeState::Creating && (now().saturating_sub(v.created) as f64) > limit) {
+            let r = (|| -> Result<Option<VolumeDoc>> {
+                let _g = self.store.lock_timeout(&crate::store::lock::vol_lock_name(&v.resource), std::time::Duration::from_secs(1))?;
+                let Some(mut cur) = self.store.volume(&v.storeid, &v.volname)? else { return Ok(None) };
+                if cur.state != VolumeState::Creating || cur.resource != v.resource {
+                    return Ok(Some(cur));
+                }
+                cur.state = VolumeState::Deleting;
+                cur.generation += 1;
+                self.store.put_volume(&cur)?;
+                tracing::warn!(resource = %cur.resource, "volume still `creating` after {limit}s: its alloc died; rolling it back");
+                Ok(Some(cur))
+            })();
+            match r {
+                Ok(Some(cur)) => *v = cur,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(resource = %v.resource, error = %e, "cannot roll back a stale `creating` volume now; retrying next pass"),
+            }
+        }
     }
 
     fn reconcile_live(

@@ -170,6 +170,10 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
     let mut d = load(ctx, &doc.storeid, &doc.volname)?;
     crate::failpoint!("alloc.before-ready");
+    if d.state != VolumeState::Creating {
+        // Rolled back meanwhile (an agent expired it, or a free ran): never resurrect it.
+        return Err(Error::Conflict(format!("volume {name} was rolled back (state {:?}) while it was being created; allocate it again", d.state)));
+    }
     d.state = VolumeState::Ready;
     ctx.store.put_volume(&d)
 }
