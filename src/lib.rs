@@ -9,6 +9,7 @@ pub mod placement;
 pub mod node;
 pub mod ha;
 pub mod doctor;
+pub mod check;
 pub mod store;
 pub mod protocol;
 pub mod backend;
