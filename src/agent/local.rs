@@ -311,6 +311,10 @@ impl NodeOps for LocalNode {
             )));
         }
         let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
+        // The agent on this node skips it too (whoever comes first): already done is success.
+        if st.devices.first().is_some_and(|d| d.disk == "UpToDate") {
+            return Ok(());
+        }
         if !self.initial_sync_due(vol, &st) {
             return Err(Error::Refused(format!(
                 "{}: the initial sync can be skipped only while every replica is connected and Inconsistent with fresh metadata",
