@@ -134,9 +134,21 @@ impl Agent {
 
         // Resources configured here that no document wants (only when every doc was readable).
         if complete {
-            for res in self.local.replication().configured()? {
-                if mine.contains(&res) {
-                    continue;
+            let candidates: Vec<String> = self.local.replication().configured()?.into_iter().filter(|r| !mine.contains(r)).collect();
+            // Re-read the documents after listing: an alloc writes its document before it
+            // configures its replica, so whatever is configured by now has its document
+            // visible now, while the list read at the start of the pass may predate it.
+            let wanted: Option<BTreeSet<String>> = if candidates.is_empty() {
+                None
+            } else {
+                match self.read_docs()? {
+                    (fresh, true) => Some(fresh.into_iter().filter(|v| v.replica(&me).is_some()).map(|v| v.resource).collect()),
+                    _ => None,
+                }
+            };
+            for res in candidates {
+                if wanted.as_ref().is_none_or(|w| w.contains(&res)) {
+                    continue; // wanted after all (picked up next pass), or the store could not be read in full
                 }
                 if let Some(o) = self.take_down_orphan(&res, status.get(&res)) {
                     volumes.insert(res, o);
