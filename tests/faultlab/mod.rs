@@ -166,6 +166,19 @@ impl World {
         }
     }
 
+    /// A running `drbdpool agent --interval 0.2` for `node`, logging to `<base>/agent-<node>.log`.
+    pub fn spawn_agent(&self, node: &str) -> KillOnDrop {
+        let log = std::fs::File::create(self.base().join(format!("agent-{node}.log"))).unwrap();
+        let ch = self
+            .cmd(node, &["agent", "--interval", "0.2"], &[])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        KillOnDrop(ch)
+    }
+
     pub fn agent_once(&self, node: &str, extra: &[(&str, &str)]) -> Out {
         self.run(node, &["agent", "--once"], extra)
     }
@@ -259,6 +272,16 @@ impl World {
             s += &format!("images {n}: {:?}\n", self.images(n));
         }
         s
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
