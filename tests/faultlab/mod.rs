@@ -99,9 +99,14 @@ impl World {
 
     /// `drbdpool <args>` as node `node`, in its own mount namespace.
     pub fn cmd(&self, node: &str, args: &[&str], extra: &[(&str, &str)]) -> Command {
+        self.cmd_with(node, "true", args, extra)
+    }
+
+    /// `cmd` with a shell snippet run in the node's mount namespace first (e.g. a read-only remount).
+    pub fn cmd_with(&self, node: &str, pre: &str, args: &[&str], extra: &[(&str, &str)]) -> Command {
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+            .arg(format!(r#"mount --bind "$1" "$2" && {pre} && shift 2 && exec "$@""#))
             .arg("sh")
             .arg(self.node_dir(node))
             .arg(self.shared())
