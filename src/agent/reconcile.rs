@@ -110,7 +110,7 @@ impl Agent {
             mine.insert(vol.resource.clone());
             let res = vol.resource.clone();
             let r = match vol.state {
-                VolumeState::Creating | VolumeState::Ready => self.reconcile_live(vol, &mut status, &states).map(Some),
+                VolumeState::Creating | VolumeState::Ready => self.reconcile_live(vol, &mut status, &states),
                 VolumeState::Deleting => self.reconcile_delete(vol, status.get(&res)),
             };
             match r {
@@ -210,8 +210,22 @@ impl Agent {
         vol: &VolumeDoc,
         status: &mut BTreeMap<String, ResourceStatus>,
         states: &[NodeState],
-    ) -> Result<VolumeObserved> {
+    ) -> Result<Option<VolumeObserved>> {
         let res = &vol.resource;
+        // A replica new to this node: announce it (listed, not ready) before making it,
+        // then re-read the document. A `deleting` document is removed only once no node
+        // lists its resource, so either that removal sees the announcement and waits,
+        // or we see the document gone or deleting here and make nothing that would leak.
+        if !status.contains_key(res) && !self.last.as_ref().is_some_and(|s| s.volumes.contains_key(res)) {
+            self.announce(res)?;
+            match self.store.volume(&vol.storeid, &vol.volname)? {
+                Some(cur) if cur.resource == *res && cur.state != VolumeState::Deleting => {}
+                _ => {
+                    tracing::info!(resource = %res, "volume rolled back or removed meanwhile; not creating a replica");
+                    return Ok(None);
+                }
+            }
+        }
         self.removed.remove(res);
         let key = (vol.generation, vol.dual_primary.is_some());
         if self.applied.get(res) != Some(&key) || !status.contains_key(res) {
@@ -248,7 +262,7 @@ impl Agent {
             }
         }
         let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
-        Ok(self.local.observed_from(vol, st))
+        Ok(Some(self.local.observed_from(vol, st)))
     }
 
     /// Every other replica's agent reports this generation, without error.
@@ -347,6 +361,22 @@ impl Agent {
     }
 
     /// Write the NodeState only when its content changed, or for the heartbeat.
+    /// Publish at once that this node is about to create a replica of `res`.
+    fn announce(&mut self, res: &str) -> Result<()> {
+        let mut s = self.last.clone().unwrap_or_else(|| NodeState {
+            format: FORMAT,
+            node: self.node().to_string(),
+            updated: 0,
+            storages: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+        });
+        s.volumes.insert(res.to_string(), VolumeObserved { role: "Unknown".into(), disk: "Unconfigured".into(), ..Default::default() });
+        s.updated = now();
+        self.store.put_node_state(&s)?;
+        self.last = Some(s);
+        Ok(())
+    }
+
     fn publish(&mut self, storages: BTreeMap<String, Space>, volumes: BTreeMap<String, VolumeObserved>) -> Result<()> {
         let t = now();
         if let Some(prev) = &self.last {
