@@ -27,7 +27,7 @@ pub struct Finding {
     /// Stable word: unreadable, duplicate-minor, duplicate-port, duplicate-resource,
     /// duplicate-node-id, unregistered-node, stuck-creating, stuck-deleting, stale-lock,
     /// temp-file, leaked-resource, leaked-backing, leaked-loop, missing-backing, missing-resource,
-    /// local-unchecked.
+    /// migration-window, local-unchecked.
     pub kind: String,
     /// What it is about (volume id, node, path).
     pub subject: String,
@@ -71,7 +71,11 @@ pub fn check(store: &Store, o: &CheckOpts) -> Result<Vec<Finding>> {
     if let Some(node) = &o.node {
         let runner: Arc<dyn Runner> = Arc::new(RealRunner);
         match crate::agent::replication_from_env(node, runner.clone()) {
-            Ok(repl) => check_local(node, &docs, &*repl, &*runner, o, &mut out),
+            Ok(repl) => {
+                let mut storeids: BTreeSet<String> = store.storeids()?.into_iter().collect();
+                storeids.extend(docs.iter().map(|v| v.storeid.clone()));
+                check_local(node, &docs, &storeids, &*repl, &*runner, o, &mut out)
+            }
             Err(e) => out.push(f(
                 "local-unchecked",
                 node.as_str(),
@@ -140,6 +144,21 @@ fn check_store(store: &Store, docs: &[VolumeDoc], o: &CheckOpts, out: &mut Vec<F
                 vid(v),
                 format!("{} has a replica on node {}, which is not registered: `drbdpool node add {} --address <ip>` or free the volume", vid(v), r.node, r.node),
             ));
+        }
+        if let Some(dp) = &v.dual_primary {
+            let a = now.saturating_sub(dp.since);
+            if a > o.stuck_after.as_secs() {
+                out.push(f(
+                    "migration-window",
+                    vid(v),
+                    format!(
+                        "{} has allowed two primaries ({} -> {}) for {a}s: a live migration died in the middle. Once the guest runs on one node only, deactivate the volume on the other (or run `pvesm path` and stop the stray guest) to close the window",
+                        vid(v),
+                        dp.source,
+                        dp.target
+                    ),
+                ));
+            }
         }
         let mtime = std::fs::metadata(store.root().join("volumes").join(&v.storeid).join(format!("{}.json", v.volname))).and_then(|m| m.modified()).ok();
         match v.state {
@@ -254,9 +273,9 @@ fn list_backings(spec: &BackendSpec, storeids: &BTreeSet<String>, runner: &dyn R
     })
 }
 
-/// Loop devices whose backing file is in `dir`: (device, file, file deleted).
-fn loops_in(dir: &str, runner: &dyn Runner) -> Result<Vec<(String, String, bool)>> {
-    let o = runner.run(&Cmd::new("losetup").args(["-J", "-l"]))?;
+/// Every loop device: (device, backing file, file deleted, inode).
+fn all_loops(runner: &dyn Runner) -> Result<Vec<(String, String, bool, u64)>> {
+    let o = runner.run(&Cmd::new("losetup").args(["-J", "-l", "-O", "NAME,BACK-FILE,BACK-INO"]))?;
     if !o.success() || o.stdout.trim().is_empty() {
         return Ok(vec![]);
     }
@@ -264,19 +283,51 @@ fn loops_in(dir: &str, runner: &dyn Runner) -> Result<Vec<(String, String, bool)
     let mut out = Vec::new();
     for d in v.get("loopdevices").and_then(|l| l.as_array()).into_iter().flatten() {
         let (Some(name), Some(file)) = (d.get("name").and_then(|x| x.as_str()), d.get("back-file").and_then(|x| x.as_str())) else { continue };
+        let ino = d.get("back-ino").and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.trim().parse().ok()))).unwrap_or(0);
         let deleted = file.ends_with(" (deleted)");
-        let file = file.trim_end_matches(" (deleted)").to_string();
-        if Path::new(&file).parent() == Some(Path::new(dir)) {
-            out.push((name.to_string(), file, deleted));
-        }
+        out.push((name.to_string(), file.trim_end_matches(" (deleted)").to_string(), deleted, ino));
     }
     Ok(out)
 }
 
-fn check_local(node: &str, docs: &[VolumeDoc], repl: &dyn crate::drbd::Replication, runner: &dyn Runner, o: &CheckOpts, out: &mut Vec<Finding>) {
+/// Loop devices of the file backend: one per image, none on a deleted image. Images are
+/// recognized by name (`<storeid>.*.img`) and matched by inode, not by path: the kernel
+/// shows a path relative to the mount the file was opened through (in the test lab, a
+/// private bind mount per simulated node), so only the file name is reliable.
+fn check_loops(node: &str, dirs: &[String], storeids: &BTreeSet<String>, runner: &dyn Runner, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::MetadataExt;
+    let loops = match all_loops(runner) {
+        Ok(l) => l,
+        Err(e) => return out.push(f("local-unchecked", node, format!("cannot list loop devices: {e}"))),
+    };
+    let ours = |file: &str| {
+        let base = Path::new(file).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        base.ends_with(".img") && storeids.iter().any(|s| base.starts_with(&format!("{s}.")))
+    };
+    let mut local: BTreeMap<u64, String> = BTreeMap::new();
+    for d in dirs {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                local.insert(m.ino(), e.path().display().to_string());
+            }
+        }
+    }
+    let mut per_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (dev, file, deleted, ino) in loops.into_iter().filter(|l| ours(&l.1)) {
+        if deleted {
+            out.push(f("leaked-loop", dev.clone(), format!("loop device {dev} still holds the deleted image {file}: `losetup -d {dev}`")));
+        } else if let Some(img) = local.get(&ino) {
+            per_file.entry(img.clone()).or_default().push(dev);
+        }
+    }
+    for (file, devs) in per_file.iter().filter(|(_, d)| d.len() > 1) {
+        out.push(f("leaked-loop", format!("{node}:{file}"), format!("image {file} is attached to {} loop devices ({}): detach the ones DRBD does not use", devs.len(), devs.join(", "))));
+    }
+}
+
+fn check_local(node: &str, docs: &[VolumeDoc], storeids: &BTreeSet<String>, repl: &dyn crate::drbd::Replication, runner: &dyn Runner, o: &CheckOpts, out: &mut Vec<Finding>) {
     let mine: BTreeMap<&str, &VolumeDoc> = docs.iter().filter(|v| v.replica(node).is_some()).map(|v| (v.resource.as_str(), v)).collect();
     let all: BTreeSet<&str> = docs.iter().map(|v| v.resource.as_str()).collect();
-    let storeids: BTreeSet<String> = docs.iter().map(|v| v.storeid.clone()).collect();
     let configured: BTreeSet<String> = match repl.configured() {
         Ok(c) => c.into_iter().collect(),
         Err(e) => {
@@ -294,7 +345,7 @@ fn check_local(node: &str, docs: &[VolumeDoc], repl: &dyn crate::drbd::Replicati
     }
     let mut backings: BTreeSet<String> = BTreeSet::new();
     for spec in backends(docs) {
-        match list_backings(&spec, &storeids, runner) {
+        match list_backings(&spec, storeids, runner) {
             Ok(list) => {
                 for (name, path) in list {
                     if !mine.get(name.as_str()).is_some_and(|v| v.backend == spec) {
@@ -309,24 +360,10 @@ fn check_local(node: &str, docs: &[VolumeDoc], repl: &dyn crate::drbd::Replicati
             }
             Err(e) => out.push(f("local-unchecked", format!("{node}:{spec:?}"), format!("cannot list backing devices: {e}"))),
         }
-        if let (BackendKind::File, Some(dir)) = (spec.kind, spec.dir.as_deref()) {
-            match loops_in(dir, runner) {
-                Ok(loops) => {
-                    let mut per_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                    for (dev, file, deleted) in loops {
-                        if deleted {
-                            out.push(f("leaked-loop", format!("{node}:{dev}"), format!("loop device {dev} still holds the deleted image {file}: `losetup -d {dev}`")));
-                        } else {
-                            per_file.entry(file).or_default().push(dev);
-                        }
-                    }
-                    for (file, devs) in per_file.iter().filter(|(_, d)| d.len() > 1) {
-                        out.push(f("leaked-loop", format!("{node}:{file}"), format!("image {file} is attached to {} loop devices ({}): detach the ones DRBD does not use", devs.len(), devs.join(", "))));
-                    }
-                }
-                Err(e) => out.push(f("local-unchecked", format!("{node}:{dir}"), format!("cannot list loop devices: {e}"))),
-            }
-        }
+    }
+    let dirs: Vec<String> = backends(docs).into_iter().filter(|b| b.kind == BackendKind::File).filter_map(|b| b.dir).collect();
+    if !dirs.is_empty() || !storeids.is_empty() {
+        check_loops(node, &dirs, storeids, runner, out);
     }
     let now = crate::protocol::now();
     for (r, v) in &mine {
