@@ -13,11 +13,10 @@ use std::time::Duration;
 use drbdpool::agent::drbd_backing_kib;
 use drbdpool::failpoint::EXIT_CODE;
 use drbdpool::store::docs::VolumeState;
-use lab::{can_run, Out, World, SID};
+use lab::{can_run, Out, World};
 use serde_json::{json, Value};
 
 const VOL: &str = "vm-100-disk-0";
-const RES: &str = "dp.vm-100-disk-0";
 
 fn fp_env(fp: &str) -> [(&str, &str); 1] {
     [("DRBDPOOL_FAILPOINTS", fp)]
@@ -47,7 +46,7 @@ fn alloc(w: &World) -> Value {
 }
 
 fn published(w: &World, node: &str) -> Option<drbdpool::store::docs::VolumeObserved> {
-    w.store.node_state(node).ok().flatten().and_then(|s| s.volumes.get(RES).cloned())
+    w.store.node_state(node).ok().flatten().and_then(|s| s.volumes.get(&w.res(VOL)).cloned())
 }
 
 fn alloc_case(fp: &str) {
@@ -70,7 +69,7 @@ fn alloc_case(fp: &str) {
     // The next alloc gets the same name, minor and port: nothing was leaked.
     let v = alloc(&w);
     assert_eq!(v["result"]["volname"], VOL);
-    let d = w.store.volume(SID, VOL).unwrap().unwrap();
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
     assert_eq!((d.minor, d.port, d.state), (1000, 7000, VolumeState::Ready));
     w.assert_clean(&format!("{fp}: after the next alloc"));
 }
@@ -85,7 +84,7 @@ fn free_case(fp: &str) {
     assert_crashed(&w.pump(ch), fp);
     assert_consistent_after_crash(&w, fp);
     // Marked deleting (or already removed by an agent pass that ran beside the free).
-    let st = w.store.volume(SID, VOL).unwrap().map(|d| d.state);
+    let st = w.store.volume(&w.sid, VOL).unwrap().map(|d| d.state);
     assert!(st.is_none() || st == Some(VolumeState::Deleting), "{fp}: {st:?}");
     // Agents finish the deletion: replicas and then the document go.
     w.rounds_until("the volume deleted", 20, || w.store.all_volumes().unwrap().is_empty());
@@ -107,7 +106,7 @@ fn resize_case(fp: &str) {
     let ch = w.spawn_plugin("a", "resize", json!({"volname": VOL, "size_bytes": 8u64 << 20}), &fp_env(fp));
     assert_crashed(&w.pump(ch), fp);
     assert_consistent_after_crash(&w, fp);
-    let d = w.store.volume(SID, VOL).unwrap().unwrap();
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
     assert_eq!((d.size_kib, d.state), (8192, VolumeState::Ready), "{fp}: the doc records the new size before any device grows");
     // Agents complete the resize: both backings grow, then DRBD.
     w.rounds_until("both replicas at 8 MiB", 20, || {
@@ -117,7 +116,7 @@ fn resize_case(fp: &str) {
     let (o, v) = w.plugin_pumped("a", "resize", json!({"volname": VOL, "size_bytes": 8u64 << 20}), &[]);
     assert_eq!((o.code, &v["result"]["size"]), (0, &json!(8u64 << 20)), "{}", o.stderr);
     for n in ["a", "b"] {
-        let len = std::fs::metadata(w.node_dir(n).join(format!("{RES}.img"))).unwrap().len();
+        let len = std::fs::metadata(w.node_dir(n).join(format!("{}.img", w.res(VOL)))).unwrap().len();
         assert_eq!(len, drbd_backing_kib(8192) * 1024, "{fp}: {n}");
     }
     w.assert_clean(&format!("{fp}: after resize"));
@@ -155,7 +154,7 @@ fn agent_case(fp: &str) {
     let w = World::new(&["a", "b"]);
     let ch = w.spawn_plugin("a", "alloc", json!({"vmid": 100, "size_kib": 4096}), &[]);
     let t = std::time::Instant::now();
-    while w.store.volume(SID, VOL).unwrap().is_none() {
+    while w.store.volume(&w.sid, VOL).unwrap().is_none() {
         assert!(t.elapsed() < Duration::from_secs(20), "alloc wrote no document");
         std::thread::sleep(Duration::from_millis(20));
     }

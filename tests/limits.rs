@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::{can_run, Out, World, SID};
+use lab::{can_run, Out, World};
 use serde_json::{json, Value};
 
 /// Every file and directory under `root` with its content: compared before/after.
@@ -85,7 +85,7 @@ fn read_only_store_fails_fast_and_changes_nothing() {
     assert_eq!(snapshot(w.store.root()), before, "the store changed");
     let images_after: Vec<Vec<String>> = ["a", "b"].iter().map(|n| w.images(n)).collect();
     assert_eq!(images_after, images_before);
-    let d = w.store.volume(SID, "vm-100-disk-0").unwrap().unwrap();
+    let d = w.store.volume(&w.sid, "vm-100-disk-0").unwrap().unwrap();
     assert_eq!((d.size_kib, d.state), (4096, drbdpool::store::docs::VolumeState::Ready));
     w.assert_clean("after the read-only attempts");
 }
@@ -138,7 +138,7 @@ fn full_backend_file_system_is_a_clear_error_and_nothing_half_done() {
     std::fs::remove_file(&filler).unwrap();
     let (o, _) = w.plugin_pumped("a", "alloc", json!({"vmid": 100, "size_kib": 4096}), &[]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert_eq!(w.store.volume(SID, "vm-100-disk-0").unwrap().unwrap().minor, 1000);
+    assert_eq!(w.store.volume(&w.sid, "vm-100-disk-0").unwrap().unwrap().minor, 1000);
     w.assert_clean("after the alloc with room");
 }
 

@@ -15,7 +15,6 @@ use drbdpool::store::Store;
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_drbdpool");
-pub const SID: &str = "dp";
 
 /// Root, loop devices and `unshare` are needed; without them the tests say SKIP.
 pub fn can_run() -> bool {
@@ -53,6 +52,9 @@ pub struct World {
     pub env: Vec<(String, String)>,
     /// Replicas per volume.
     pub replicas: usize,
+    /// Storage id, unique per world: resource, image and loop-device names of
+    /// parallel tests never collide (`check` recognizes images by `<storeid>.`).
+    pub sid: String,
 }
 
 impl World {
@@ -75,12 +77,18 @@ impl World {
             ("DRBDPOOL_CREATE_EXPIRY_SECS".into(), "4".into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
-        World { tmp, nodes: nodes.iter().map(|s| s.to_string()).collect(), store, env, replicas: 2.min(nodes.len()) }
+        let sid = format!("t{:08x}", rand::random::<u32>());
+        World { tmp, nodes: nodes.iter().map(|s| s.to_string()).collect(), store, env, replicas: 2.min(nodes.len()), sid }
     }
 
     pub fn set_env(&mut self, k: &str, v: &str) {
         self.env.retain(|(a, _)| a != k);
         self.env.push((k.into(), v.into()));
+    }
+
+    /// The DRBD resource (and image) name of volume `vol`.
+    pub fn res(&self, vol: &str) -> String {
+        format!("{}.{vol}", self.sid)
     }
 
     pub fn base(&self) -> &Path {
@@ -128,7 +136,7 @@ impl World {
     }
 
     pub fn request(&self, node: &str, args: Value) -> String {
-        json!({"version": 1, "storeid": SID, "node": node, "scfg": self.scfg(), "args": args}).to_string()
+        json!({"version": 1, "storeid": self.sid, "node": node, "scfg": self.scfg(), "args": args}).to_string()
     }
 
     /// Start `drbdpool plugin <method>` as `node` (request written, stdin closed).
