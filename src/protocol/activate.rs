@@ -124,12 +124,36 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 d
             };
             ctx.node.set_dual_primary(&doc, true)?;
+            wait_for_window(ctx, &doc, &source)?;
             crate::failpoint!("activate.before-promote");
             ctx.node.promote(&doc)?;
         }
     }
     crate::failpoint!("activate.after-promote");
     Ok(json!({"path": doc.device_path()}))
+}
+
+/// DRBD refuses a second Primary unless both sides allow two primaries: wait
+/// (bounded) until the source's agent reports the generation that opened the window.
+fn wait_for_window(ctx: &Ctx, doc: &VolumeDoc, source: &str) -> Result<()> {
+    let nodes = [source.to_string()];
+    let pending = super::wait::until_done(ctx.peer_timeout, ctx.poll, &format!("{} to allow two primaries", doc.resource), || {
+        Ok(super::wait::published(ctx.store, &nodes, &doc.resource)?
+            .into_iter()
+            .filter(|(_, o)| !o.as_ref().is_some_and(|o| o.generation >= doc.generation && o.error.is_none()))
+            .map(|(n, _)| n)
+            .collect())
+    })?;
+    if !pending.is_empty() {
+        return Err(crate::error::Error::Timeout(format!(
+            "live migration of {}:{}: the agent on {source} did not allow two primaries within {}s, so this node was not promoted; \
+             check `systemctl status drbdpool-agent` on {source}, then retry the migration",
+            doc.storeid,
+            doc.volname,
+            ctx.peer_timeout.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
