@@ -146,6 +146,49 @@ fn activate_case(fp: &str) {
     w.assert_clean(&format!("{fp}: after free"));
 }
 
+/// The live-migration path: b runs the guest, a opens the two-primaries window and
+/// dies before promoting. PVE's cleanup of a failed migration deactivates the volume
+/// on the target, which closes the window; b stays the only Primary.
+#[test]
+fn activate_migration_window_before_promote() {
+    if !can_run() {
+        return;
+    }
+    let fp = "activate.before-promote";
+    let w = World::new(&["a", "b"]);
+    alloc(&w);
+    let (o, _) = w.plugin("b", "activate", json!({"volname": VOL}), &[]);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    w.round();
+    let (o, _) = w.plugin_pumped("a", "activate", json!({"volname": VOL, "migrated_from": "b"}), &fp_env(fp));
+    assert_crashed(&o, fp);
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    let dp = d.dual_primary.expect("window opened before the crash");
+    assert_eq!((dp.source.as_str(), dp.target.as_str()), ("b", "a"));
+    assert_consistent_after_crash(&w, fp);
+    let (o, _) = w.plugin("a", "deactivate", json!({"volname": VOL}), &[]);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    assert!(w.store.volume(&w.sid, VOL).unwrap().unwrap().dual_primary.is_none(), "window left open");
+    w.rounds_until("b Primary alone", 5, || {
+        published(&w, "b").is_some_and(|o| o.role == "Primary") && published(&w, "a").is_some_and(|o| o.role == "Secondary")
+    });
+    w.assert_clean(&format!("{fp} (migration): after the cleanup"));
+    // The migration can be retried and completes.
+    let (o, _) = w.plugin_pumped("a", "activate", json!({"volname": VOL, "migrated_from": "b"}), &[]);
+    assert_eq!(o.code, 0, "retried migration: {}", o.stdout);
+    w.rounds_until("both Primary during the migration", 5, || {
+        ["a", "b"].iter().all(|n| published(&w, n).is_some_and(|o| o.role == "Primary"))
+    });
+    // The source hands over: the window closes, a stays the only Primary.
+    let (o, _) = w.plugin("b", "deactivate", json!({"volname": VOL}), &[]);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    assert!(w.store.volume(&w.sid, VOL).unwrap().unwrap().dual_primary.is_none());
+    w.rounds_until("a Primary alone", 5, || {
+        published(&w, "a").is_some_and(|o| o.role == "Primary") && published(&w, "b").is_some_and(|o| o.role == "Secondary")
+    });
+    w.assert_clean("after the migration");
+}
+
 /// b's agent dies at `fp` while a's alloc waits for it; the restarted agent completes the alloc.
 fn agent_case(fp: &str) {
     if !can_run() {
