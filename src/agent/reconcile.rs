@@ -212,18 +212,21 @@ impl Agent {
         states: &[NodeState],
     ) -> Result<Option<VolumeObserved>> {
         let res = &vol.resource;
-        // A replica new to this node: announce it (listed, not ready) before making it,
-        // then re-read the document. A `deleting` document is removed only once no node
-        // lists its resource, so either that removal sees the announcement and waits,
-        // or we see the document gone or deleting here and make nothing that would leak.
-        if !status.contains_key(res) && !self.last.as_ref().is_some_and(|s| s.volumes.contains_key(res)) {
-            self.announce(res)?;
-            match self.store.volume(&vol.storeid, &vol.volname)? {
-                Some(cur) if cur.resource == *res && cur.state != VolumeState::Deleting => {}
-                _ => {
-                    tracing::info!(resource = %res, "volume rolled back or removed meanwhile; not creating a replica");
-                    return Ok(None);
-                }
+        // Not up here: (re)create it only if the document still wants it. A new replica is
+        // first announced (listed, not ready): a `deleting` document is removed only once no
+        // node lists its resource, so either that removal sees the announcement and waits,
+        // or the re-read below sees the document gone or deleting. The re-read also stops a
+        // pass whose document list predates a `free` from re-creating what that free removed.
+        if !status.contains_key(res) {
+            if !self.last.as_ref().is_some_and(|s| s.volumes.contains_key(res)) {
+                self.announce(res)?;
+            }
+            let live = matches!(self.store.volume(&vol.storeid, &vol.volname)?, Some(cur) if cur.resource == *res && cur.state != VolumeState::Deleting);
+            if !live {
+                tracing::info!(resource = %res, "volume rolled back or removed meanwhile; not creating a replica");
+                self.local.remove_replica(vol)?; // leftovers of an interrupted attempt; idempotent
+                self.removed.insert(res.clone());
+                return Ok(None);
             }
         }
         self.removed.remove(res);
