@@ -2,6 +2,7 @@
 //! file system (cluster state). See docs/ARCHITECTURE.md for the map.
 
 pub mod error;
+pub mod failpoint;
 pub mod exec;
 pub mod naming;
 pub mod placement;
@@ -9,6 +10,7 @@ pub mod node;
 pub mod ha;
 pub mod doctor;
 pub mod fence;
+pub mod check;
 pub mod store;
 pub mod protocol;
 pub mod backend;

@@ -25,7 +25,8 @@ Exit codes:
   5  conflict (already exists, range exhausted)
   6  timeout (lock, peer agent, tool)
   7  an external tool failed
-  8  the cluster store could not be read or written";
+  8  the cluster store could not be read or written
+  9  `check` found problems (each line says what to do)";
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +78,18 @@ enum Cmd {
     /// Nodes that can hold replicas
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Verify the store and this node's replicas: duplicates, leaks, missing replicas, stuck volumes, stale locks
+    #[command(after_help = "Examples:\n  drbdpool check\n  drbdpool check --cluster --json\n\nExit code 0: no findings; 9: findings (one per line, each saying what to do).")]
+    Check {
+        #[arg(long)]
+        json: bool,
+        /// Check the store only, not this node's DRBD resources and backing devices
+        #[arg(long)]
+        cluster: bool,
+        /// Report volumes in `creating`/`deleting` for longer than this [default: create expiry + 60 s]
+        #[arg(long, value_name = "S")]
+        stuck_after: Option<f64>,
+    },
     /// Reconcile this node's replicas with the store (run by systemd on every node)
     #[command(after_help = "Examples:\n  drbdpool agent                 # run forever (drbdpool-agent.service)\n  drbdpool agent --once -v       # one reconcile round, verbose")]
     Agent {
@@ -178,6 +191,27 @@ fn run(o: &Opts) -> Result<()> {
         Cmd::Node(NodeCmd::Add { name, address }) => cli::node_add(&open_store(o)?, name, address)?,
         Cmd::Node(NodeCmd::List { json }) => cli::node_list(&open_store(o)?, *json)?,
         Cmd::Node(NodeCmd::Remove { name }) => cli::node_remove(&open_store(o)?, name)?,
+        Cmd::Check { json, cluster, stuck_after } => {
+            let store = open_store(o)?;
+            let node = if *cluster { None } else { Some(cli::node_name(o.node.as_deref(), None)?) };
+            let stuck_after = match stuck_after {
+                Some(s) if s.is_finite() && *s >= 0.0 => Duration::from_secs_f64(*s),
+                Some(_) => return Err(drbdpool::invalid!("--stuck-after must be a number of seconds >= 0")),
+                None => drbdpool::check::default_stuck_after(),
+            };
+            let opts = drbdpool::check::CheckOpts { node: node.clone(), stuck_after, lock_lifetime: drbdpool::store::lock::lifetime() };
+            let findings = drbdpool::check::check(&store, &opts)?;
+            let out = if *json {
+                serde_json::to_string_pretty(&serde_json::json!({"ok": findings.is_empty(), "node": node, "findings": findings})).unwrap()
+            } else {
+                drbdpool::check::render(&findings)
+            };
+            println!("{out}");
+            if !findings.is_empty() {
+                std::process::exit(9);
+            }
+            return Ok(());
+        }
         Cmd::Agent { once, interval, metrics_addr } => {
             if !(interval.is_finite() && *interval > 0.0) {
                 return Err(drbdpool::invalid!("--interval must be a positive number of seconds"));

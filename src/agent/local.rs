@@ -229,8 +229,10 @@ impl NodeOps for LocalNode {
         }
         // create() is idempotent and grows an existing device that is too small.
         let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        crate::failpoint!("agent.after-backing");
         let plan = self.plan(vol, &backing, backend.thin(), vol.dual_primary.is_some())?;
         let applied = self.repl.apply(&plan)?;
+        crate::failpoint!("agent.after-apply");
         tracing::info!(resource = %vol.resource, created_md = applied.created_metadata, changed = applied.changed_config, "replica ensured");
         let st = self.status_of(&vol.resource)?.ok_or_else(|| {
             Error::Tool(format!("{}: apply succeeded but the resource is not up on {}", vol.resource, self.node))

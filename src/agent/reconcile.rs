@@ -11,6 +11,18 @@ use crate::node::NodeOps;
 use crate::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
 use crate::store::Store;
 
+/// A `creating` volume older than this has no alloc working on it any more (an
+/// alloc gives up after its peer timeout, 45 s): the agents roll it back.
+/// `DRBDPOOL_CREATE_EXPIRY_SECS`, else 300 s.
+pub fn create_expiry() -> std::time::Duration {
+    std::env::var("DRBDPOOL_CREATE_EXPIRY_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(std::time::Duration::from_secs(300))
+}
+
 /// Rewrite the NodeState at least this often even if nothing changed.
 pub const HEARTBEAT_SECS: u64 = 60;
 /// Re-measure storage space at most this often (an `lvs` per storage).
@@ -97,7 +109,8 @@ impl Agent {
         if self.last.is_none() {
             self.last = self.store.node_state(self.node()).ok().flatten();
         }
-        let (docs, complete) = self.read_docs()?;
+        let (mut docs, complete) = self.read_docs()?;
+        self.expire_creating(&mut docs);
         let states = self.store.node_states().unwrap_or_default();
         let mut status: BTreeMap<String, ResourceStatus> =
             self.local.replication().status()?.into_iter().map(|s| (s.name.clone(), s)).collect();
@@ -111,7 +124,7 @@ impl Agent {
             let r = match vol.state {
                 VolumeState::Creating | VolumeState::Ready => match rollback_elsewhere(vol, &me) {
                     Some(since) => self.reconcile_discard(vol, since).map(Some),
-                    None => self.reconcile_live(vol, &mut status, &states).map(|o| Some(self.reconcile_snapshots(vol, o))),
+                    None => self.reconcile_live(vol, &mut status, &states).map(|o| o.map(|o| self.reconcile_snapshots(vol, o))),
                 },
                 VolumeState::Deleting => self.reconcile_delete(vol, status.get(&res)),
             };
@@ -137,9 +150,21 @@ impl Agent {
 
         // Resources configured here that no document wants (only when every doc was readable).
         if complete {
-            for res in self.local.replication().configured()? {
-                if mine.contains(&res) {
-                    continue;
+            let candidates: Vec<String> = self.local.replication().configured()?.into_iter().filter(|r| !mine.contains(r)).collect();
+            // Re-read the documents after listing: an alloc writes its document before it
+            // configures its replica, so whatever is configured by now has its document
+            // visible now, while the list read at the start of the pass may predate it.
+            let wanted: Option<BTreeSet<String>> = if candidates.is_empty() {
+                None
+            } else {
+                match self.read_docs()? {
+                    (fresh, true) => Some(fresh.into_iter().filter(|v| v.replica(&me).is_some()).map(|v| v.resource).collect()),
+                    _ => None,
+                }
+            };
+            for res in candidates {
+                if wanted.as_ref().is_none_or(|w| w.contains(&res)) {
+                    continue; // wanted after all (picked up next pass), or the store could not be read in full
                 }
                 if let Some(o) = self.take_down_orphan(&res, status.get(&res)) {
                     volumes.insert(res, o);
@@ -148,6 +173,7 @@ impl Agent {
         }
 
         let storages = self.storages(&docs);
+        crate::failpoint!("agent.before-publish");
         self.publish(storages, volumes)?;
 
         // A deleting doc that no node lists anymore is finished: remove it.
@@ -168,13 +194,57 @@ impl Agent {
         Ok(())
     }
 
+    /// Roll back volumes whose alloc died (still `creating` after `create_expiry`):
+    /// mark them `deleting` so every replica node removes what it made. Any agent
+    /// may do it (the allocating node may be the one that died); under the
+    /// volume lock, and the alloc only marks a volume ready that is still `creating`.
+    fn expire_creating(&self, docs: &mut [VolumeDoc]) {
+        let limit = create_expiry().as_secs_f64();
+        for v in docs.iter_mut().filter(|v| v.state == VolumeState::Creating && (now().saturating_sub(v.created) as f64) > limit) {
+            let r = (|| -> Result<Option<VolumeDoc>> {
+                let _g = self.store.lock_timeout(&crate::store::lock::vol_lock_name(&v.resource), std::time::Duration::from_secs(1))?;
+                let Some(mut cur) = self.store.volume(&v.storeid, &v.volname)? else { return Ok(None) };
+                if cur.state != VolumeState::Creating || cur.resource != v.resource {
+                    return Ok(Some(cur));
+                }
+                cur.state = VolumeState::Deleting;
+                cur.generation += 1;
+                self.store.put_volume(&cur)?;
+                tracing::warn!(resource = %cur.resource, "volume still `creating` after {limit}s: its alloc died; rolling it back");
+                Ok(Some(cur))
+            })();
+            match r {
+                Ok(Some(cur)) => *v = cur,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(resource = %v.resource, error = %e, "cannot roll back a stale `creating` volume now; retrying next pass"),
+            }
+        }
+    }
+
     fn reconcile_live(
         &mut self,
         vol: &VolumeDoc,
         status: &mut BTreeMap<String, ResourceStatus>,
         states: &[NodeState],
-    ) -> Result<VolumeObserved> {
+    ) -> Result<Option<VolumeObserved>> {
         let res = &vol.resource;
+        // Not up here: (re)create it only if the document still wants it. A new replica is
+        // first announced (listed, not ready): a `deleting` document is removed only once no
+        // node lists its resource, so either that removal sees the announcement and waits,
+        // or the re-read below sees the document gone or deleting. The re-read also stops a
+        // pass whose document list predates a `free` from re-creating what that free removed.
+        if !status.contains_key(res) {
+            if !self.last.as_ref().is_some_and(|s| s.volumes.contains_key(res)) {
+                self.announce(res)?;
+            }
+            let live = matches!(self.store.volume(&vol.storeid, &vol.volname)?, Some(cur) if cur.resource == *res && cur.state != VolumeState::Deleting);
+            if !live {
+                tracing::info!(resource = %res, "volume rolled back or removed meanwhile; not creating a replica");
+                self.local.remove_replica(vol)?; // leftovers of an interrupted attempt; idempotent
+                self.removed.insert(res.clone());
+                return Ok(None);
+            }
+        }
         self.removed.remove(res);
         let key = (vol.generation, vol.dual_primary.is_some());
         if self.applied.get(res) != Some(&key) || !status.contains_key(res) {
@@ -221,7 +291,7 @@ impl Agent {
             }
         }
         let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
-        Ok(self.local.observed_from(vol, st))
+        Ok(Some(self.local.observed_from(vol, st)))
     }
 
     fn published_snapshots(&self, res: &str) -> Vec<String> {
@@ -396,6 +466,22 @@ impl Agent {
     }
 
     /// Write the NodeState only when its content changed, or for the heartbeat.
+    /// Publish at once that this node is about to create a replica of `res`.
+    fn announce(&mut self, res: &str) -> Result<()> {
+        let mut s = self.last.clone().unwrap_or_else(|| NodeState {
+            format: FORMAT,
+            node: self.node().to_string(),
+            updated: 0,
+            storages: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+        });
+        s.volumes.insert(res.to_string(), VolumeObserved { role: "Unknown".into(), disk: "Unconfigured".into(), ..Default::default() });
+        s.updated = now();
+        self.store.put_node_state(&s)?;
+        self.last = Some(s);
+        Ok(())
+    }
+
     fn publish(&mut self, storages: BTreeMap<String, Space>, volumes: BTreeMap<String, VolumeObserved>) -> Result<()> {
         let t = now();
         if let Some(prev) = &self.last {

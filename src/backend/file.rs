@@ -100,6 +100,18 @@ impl FileBackend {
     }
 }
 
+/// Sparse images on a full file system fail every write through the loop device
+/// with a bare EIO. Allocate the last MiB (where DRBD keeps its metadata) now, so a
+/// full disk is a clear error at creation, not an I/O error in the middle of it.
+fn reserve_tail(f: &fs::File, len: u64) -> std::result::Result<(), nix::errno::Errno> {
+    use std::os::fd::AsRawFd;
+    let tail = len.min(1 << 20);
+    match nix::fcntl::fallocate(f.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), (len - tail) as i64, tail as i64) {
+        Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()), // file systems without fallocate: as before
+        r => r,
+    }
+}
+
 impl Backend for FileBackend {
     fn create(&self, name: &str, size_kib: u64) -> Result<Backing> {
         check_name(name)?;
@@ -109,6 +121,17 @@ impl Backend for FileBackend {
             let tmp = self.dir.join(format!(".{name}.img.tmp"));
             let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| io("create", &tmp, e))?;
             f.set_len(size_kib * 1024).map_err(|e| io("size", &tmp, e))?;
+            if let Err(e) = reserve_tail(&f, size_kib * 1024) {
+                let _ = fs::remove_file(&tmp);
+                return Err(match e {
+                    nix::errno::Errno::ENOSPC => Error::Tool(format!(
+                        "not enough space in {} for {name}: No space left on device for the image's metadata area; free space there (df {})",
+                        self.dir.display(),
+                        self.dir.display()
+                    )),
+                    e => Error::Tool(format!("cannot reserve the metadata area of {}: {e}", tmp.display())),
+                });
+            }
             f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
             fs::rename(&tmp, &img).map_err(|e| io("rename into place", &img, e))?;
         } else if Self::size_kib(&img)? < size_kib {

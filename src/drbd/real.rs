@@ -292,6 +292,7 @@ impl Replication for DrbdAdm {
     fn apply(&self, plan: &ResourcePlan) -> Result<Applied> {
         let res = plan.resource.as_str();
         let (changed, old) = self.write_config(plan)?;
+        crate::failpoint!("agent.after-resource-file");
         let mut applied = Applied { changed_config: changed, ..Default::default() };
         if !self.is_up(res)? {
             if !self.has_metadata(res)? {

@@ -2,7 +2,6 @@
 //! a pure function (Invariant 1: never promote a replica that is not UpToDate;
 //! dual-primary only for a real incoming live migration).
 
-use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::error::Result;
@@ -115,7 +114,10 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let states = ctx.store.node_states()?;
     match decide(&doc, &local, obs.as_ref(), &states, migrated_from, now())? {
         Decision::AlreadyPrimary => {}
-        Decision::Promote => ctx.node.promote(&doc)?,
+        Decision::Promote => {
+            crate::failpoint!("activate.before-promote");
+            ctx.node.promote(&doc)?
+        }
         Decision::PromoteForMigration { source } => {
             tracing::info!("opening the live-migration window for {} from {source} to {local}", doc.resource);
             let doc = {
@@ -127,34 +129,44 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 d
             };
             ctx.node.set_dual_primary(&doc, true)?;
-            // DRBD checks allow-two-primaries on both sides: the source's agent must
-            // have applied the window (it reports the new generation) before we promote.
-            let want = doc.generation;
-            let pending = super::wait::until_done(
-                MIGRATION_WINDOW_TIMEOUT,
-                Duration::from_millis(100),
-                &format!("the live-migration window of {} to open", doc.resource),
-                || {
-                    let p = super::wait::published(ctx.store, std::slice::from_ref(&source), &doc.resource)?;
-                    Ok(p.into_iter().filter(|(_, o)| !o.as_ref().is_some_and(|o| o.generation >= want)).map(|(n, _)| n).collect())
-                },
-            )?;
-            if !pending.is_empty() {
+            // DRBD checks allow-two-primaries on both sides: the source's agent must have
+            // applied the window before we promote. On any failure the window closes again.
+            if let Err(e) = wait_for_window(ctx, &doc, &source) {
                 close_window(ctx, sid, volname, &local)?;
-                return Err(crate::error::Error::Timeout(format!(
-                    "live migration of {}: the agent on {source} did not allow two primaries within {}s; \
-                     check `systemctl status drbdpool-agent` there",
-                    doc.resource,
-                    MIGRATION_WINDOW_TIMEOUT.as_secs()
-                )));
+                return Err(e);
             }
+            crate::failpoint!("activate.before-promote");
             if let Err(e) = ctx.node.promote(&doc) {
                 close_window(ctx, sid, volname, &local)?;
                 return Err(e);
             }
         }
     }
+    crate::failpoint!("activate.after-promote");
     Ok(json!({"path": doc.device_path()}))
+}
+
+/// DRBD refuses a second Primary unless both sides allow two primaries: wait
+/// (bounded) until the source's agent reports the generation that opened the window.
+fn wait_for_window(ctx: &Ctx, doc: &VolumeDoc, source: &str) -> Result<()> {
+    let nodes = [source.to_string()];
+    let pending = super::wait::until_done(ctx.peer_timeout, ctx.poll, &format!("{} to allow two primaries", doc.resource), || {
+        Ok(super::wait::published(ctx.store, &nodes, &doc.resource)?
+            .into_iter()
+            .filter(|(_, o)| !o.as_ref().is_some_and(|o| o.generation >= doc.generation && o.error.is_none()))
+            .map(|(n, _)| n)
+            .collect())
+    })?;
+    if !pending.is_empty() {
+        return Err(crate::error::Error::Timeout(format!(
+            "live migration of {}:{}: the agent on {source} did not allow two primaries within {}s, so this node was not promoted; \
+             check `systemctl status drbdpool-agent` on {source}, then retry the migration",
+            doc.storeid,
+            doc.volname,
+            ctx.peer_timeout.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
@@ -174,9 +186,6 @@ pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     }
     Ok(json!({}))
 }
-
-/// Wait this long for the source's agent to allow two primaries (it polls every second).
-const MIGRATION_WINDOW_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// End the live-migration window: no more dual-primary, in the store (agents apply it) and here.
 fn close_window(ctx: &Ctx, sid: &str, volname: &str, local: &str) -> Result<()> {

@@ -45,6 +45,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
 
     let doc = {
         let _g = ctx.store.lock(ALLOC_LOCK)?;
+        crate::failpoint!("alloc.after-lock");
         let names = ctx.store.volume_names(sid)?;
         let volname = match &explicit {
             Some(n) if names.contains(&n.name) => {
@@ -90,6 +91,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
         };
         // This document is the reservation of minor, port and name.
         ctx.store.put_volume(&doc)?;
+        crate::failpoint!("alloc.after-doc");
         doc
     };
     tracing::info!(
@@ -114,6 +116,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let name = format!("{}:{}", doc.storeid, doc.volname);
     if doc.replica(&local).is_some() {
         ctx.node.ensure_replica(doc)?;
+        crate::failpoint!("alloc.after-local-replica");
     }
     let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
     let pending = until_done(left(deadline), ctx.poll, &format!("the replica of {name} to be ready"), || {
@@ -131,9 +134,11 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
             agent_hint(&pending)
         )));
     }
+    crate::failpoint!("alloc.after-peers-ready");
     // Thick backing: replicas[0]'s agent starts the full initial sync instead.
     if doc.replicas[0].node == local && doc.backend.kind != BackendKind::Lvm {
         ctx.node.skip_initial_sync(doc)?;
+        crate::failpoint!("alloc.after-skip-sync");
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
     // right after the sync skip. Thick LVM syncs in the background instead.
@@ -165,6 +170,11 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     }
     let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
     let mut d = load(ctx, &doc.storeid, &doc.volname)?;
+    crate::failpoint!("alloc.before-ready");
+    if d.state != VolumeState::Creating {
+        // Rolled back meanwhile (an agent expired it, or a free ran): never resurrect it.
+        return Err(Error::Conflict(format!("volume {name} was rolled back (state {:?}) while it was being created; allocate it again", d.state)));
+    }
     d.state = VolumeState::Ready;
     ctx.store.put_volume(&d)
 }
@@ -240,9 +250,11 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         }
         d
     };
+    crate::failpoint!("free.after-deleting");
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
         ctx.node.remove_replica(&doc)?;
+        crate::failpoint!("free.after-local-remove");
     }
     let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
     let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to be removed"), || {
@@ -250,6 +262,7 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     })?;
     if pending.is_empty() {
         let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+        crate::failpoint!("free.before-doc-remove");
         ctx.store.remove_volume(sid, volname)?;
     } else {
         tracing::warn!(
@@ -290,7 +303,9 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         }
         d
     };
+    crate::failpoint!("resize.after-doc");
     ctx.node.grow_backing(&doc)?;
+    crate::failpoint!("resize.after-local-grow");
     let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
     let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to grow"), || {
         Ok(published(ctx.store, &peers, &doc.resource)?
@@ -307,6 +322,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             agent_hint(&pending)
         )));
     }
+    crate::failpoint!("resize.before-drbd-grow");
     ctx.node.grow_drbd(&doc)?;
     Ok(json!({"size": doc.size_kib * 1024}))
 }

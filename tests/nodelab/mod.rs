@@ -93,7 +93,7 @@ impl Lab {
             snapshots: vec![],
             outdated: vec![],
             dual_primary: None,
-            created: 1,
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), // a `creating` doc older than the create expiry is rolled back
             generation: 1,
         }
     }

@@ -1,0 +1,395 @@
+//! `drbdpool check`: verify the cluster store against itself and against this
+//! node, for admins (after a crash, before an upgrade) and for the fault tests.
+//! Read-only: it never changes anything, it says what to do.
+//!
+//! Store: every document readable; minors unique cluster-wide, ports unique per
+//! node, resource names unique, node ids unique within a resource; replicas on
+//! registered nodes; no volume left in `creating`/`deleting` longer than a bound;
+//! no lock older than the lock lifetime; no temp file of a crashed writer.
+//! This node: every configured DRBD resource, backing device (file image or LV)
+//! and loop device belongs to a volume that lists this node ("leaked"); every
+//! volume that lists this node has its backing device and resource here ("missing").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::exec::{Cmd, RealRunner, Runner};
+use crate::store::docs::{BackendKind, BackendSpec, VolumeDoc, VolumeState};
+use crate::store::Store;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable word: unreadable, duplicate-minor, duplicate-port, duplicate-resource,
+    /// duplicate-node-id, unregistered-node, stuck-creating, stuck-deleting, stale-lock,
+    /// temp-file, leaked-resource, leaked-backing, leaked-loop, missing-backing, missing-resource,
+    /// migration-window, local-unchecked.
+    pub kind: String,
+    /// What it is about (volume id, node, path).
+    pub subject: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn f(kind: &str, subject: impl Into<String>, message: impl Into<String>) -> Finding {
+    Finding { kind: kind.into(), subject: subject.into(), message: message.into() }
+}
+
+pub struct CheckOpts {
+    /// Inspect this node's resources and backing devices too (None: store only).
+    pub node: Option<String>,
+    /// A volume in `creating`/`deleting` longer than this is reported.
+    pub stuck_after: Duration,
+    /// A lock directory older than this is stale.
+    pub lock_lifetime: Duration,
+}
+
+/// Default bound for `creating`/`deleting`: an alloc gives up after its peer
+/// timeout (45 s) and the agents roll back a `creating` volume after
+/// `create_expiry` (300 s); anything older than that has nobody working on it.
+pub fn default_stuck_after() -> Duration {
+    crate::agent::reconcile::create_expiry() + Duration::from_secs(60)
+}
+
+fn age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+fn vid(v: &VolumeDoc) -> String {
+    format!("{}:{}", v.storeid, v.volname)
+}
+
+/// Every finding, sorted (kind, subject).
+pub fn check(store: &Store, o: &CheckOpts) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let docs = read_all(store, &mut out)?;
+    check_store(store, &docs, o, &mut out)?;
+    if let Some(node) = &o.node {
+        let runner: Arc<dyn Runner> = Arc::new(RealRunner);
+        match crate::agent::replication_from_env(node, runner.clone()) {
+            Ok(repl) => {
+                let mut storeids: BTreeSet<String> = store.storeids()?.into_iter().collect();
+                storeids.extend(docs.iter().map(|v| v.storeid.clone()));
+                check_local(node, &docs, &storeids, &*repl, &*runner, o, &mut out)
+            }
+            Err(e) => out.push(f(
+                "local-unchecked",
+                node.as_str(),
+                format!("cannot inspect node {node}'s DRBD side: {e}; run `drbdpool check` on a node with drbd-utils, or `--cluster` for the store only"),
+            )),
+        }
+    }
+    out.sort_by(|a, b| (&a.kind, &a.subject).cmp(&(&b.kind, &b.subject)));
+    out.dedup();
+    Ok(out)
+}
+
+/// Read every volume document one by one, so one bad file does not hide the others.
+fn read_all(store: &Store, out: &mut Vec<Finding>) -> Result<Vec<VolumeDoc>> {
+    let mut docs = Vec::new();
+    for sid in store.storeids()? {
+        for name in store.volume_names(&sid)? {
+            match store.volume(&sid, &name) {
+                Ok(Some(v)) => docs.push(v),
+                Ok(None) => {}
+                Err(e) => out.push(f("unreadable", format!("{sid}:{name}"), format!("{e}; restore it from a backup of /etc/pve or remove it by hand"))),
+            }
+        }
+    }
+    Ok(docs)
+}
+
+fn check_store(store: &Store, docs: &[VolumeDoc], o: &CheckOpts, out: &mut Vec<Finding>) -> Result<()> {
+    let mut minors: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut ports: BTreeMap<(String, u16), Vec<String>> = BTreeMap::new();
+    let mut resources: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for v in docs {
+        minors.entry(v.minor).or_default().push(vid(v));
+        resources.entry(&v.resource).or_default().push(vid(v));
+        let mut ids = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for r in &v.replicas {
+            ports.entry((r.node.clone(), v.port)).or_default().push(vid(v));
+            if !ids.insert(r.node_id) || !names.insert(&r.node) {
+                out.push(f(
+                    "duplicate-node-id",
+                    vid(v),
+                    format!("node {} or node id {} appears twice in the replicas of {}: free the volume and allocate it again", r.node, r.node_id, vid(v)),
+                ));
+            }
+        }
+    }
+    let dup_hint = "two volumes would fight over one DRBD device; free the newer one (`pvesm free`) and allocate it again";
+    for (m, vs) in minors.iter().filter(|(_, vs)| vs.len() > 1) {
+        out.push(f("duplicate-minor", format!("minor {m}"), format!("minor {m} is used by {}: {dup_hint}", vs.join(", "))));
+    }
+    for ((n, p), vs) in ports.iter().filter(|(_, vs)| vs.len() > 1) {
+        out.push(f("duplicate-port", format!("{n}:{p}"), format!("port {p} on node {n} is used by {}: {dup_hint}", vs.join(", "))));
+    }
+    for (r, vs) in resources.iter().filter(|(_, vs)| vs.len() > 1) {
+        out.push(f("duplicate-resource", r.to_string(), format!("resource name {r} is used by {}: {dup_hint}", vs.join(", "))));
+    }
+
+    let registered: BTreeSet<String> = store.nodes()?.into_iter().map(|n| n.name).collect();
+    let states: BTreeMap<String, crate::store::docs::NodeState> = store.node_states()?.into_iter().map(|s| (s.node.clone(), s)).collect();
+    let now = crate::protocol::now();
+    for v in docs {
+        for r in v.replicas.iter().filter(|r| !registered.contains(&r.node)) {
+            out.push(f(
+                "unregistered-node",
+                vid(v),
+                format!("{} has a replica on node {}, which is not registered: `drbdpool node add {} --address <ip>` or free the volume", vid(v), r.node, r.node),
+            ));
+        }
+        if let Some(dp) = &v.dual_primary {
+            let a = now.saturating_sub(dp.since);
+            if a > o.stuck_after.as_secs() {
+                out.push(f(
+                    "migration-window",
+                    vid(v),
+                    format!(
+                        "{} has allowed two primaries ({} -> {}) for {a}s: a live migration died in the middle. Once the guest runs on one node only, deactivate the volume on the other (or run `pvesm path` and stop the stray guest) to close the window",
+                        vid(v),
+                        dp.source,
+                        dp.target
+                    ),
+                ));
+            }
+        }
+        let mtime = std::fs::metadata(store.root().join("volumes").join(&v.storeid).join(format!("{}.json", v.volname))).and_then(|m| m.modified()).ok();
+        match v.state {
+            VolumeState::Creating => {
+                let a = Duration::from_secs(now.saturating_sub(v.created));
+                if a > o.stuck_after {
+                    out.push(f(
+                        "stuck-creating",
+                        vid(v),
+                        format!(
+                            "{} has been `creating` for {}s: its alloc died. The agents roll it back; if none runs, start `drbdpool agent --once` on {} (or `pvesm free {}`)",
+                            vid(v),
+                            a.as_secs(),
+                            nodes_of(v).join(", "),
+                            vid(v)
+                        ),
+                    ));
+                }
+            }
+            VolumeState::Deleting => {
+                let a = mtime.map(age).unwrap_or_default();
+                if a > o.stuck_after {
+                    let holding: Vec<String> = nodes_of(v).into_iter().filter(|n| states.get(n).is_some_and(|s| s.volumes.contains_key(&v.resource))).collect();
+                    out.push(f(
+                        "stuck-deleting",
+                        vid(v),
+                        format!(
+                            "{} has been `deleting` for {}s; node(s) {} still hold a replica: check `drbdpool status` and the agent there (`journalctl -u drbdpool-agent`)",
+                            vid(v),
+                            a.as_secs(),
+                            if holding.is_empty() { "none (no agent removed the document)".to_string() } else { holding.join(", ") }
+                        ),
+                    ));
+                }
+            }
+            VolumeState::Ready => {}
+        }
+    }
+
+    // Locks of dead holders and temp files of crashed writers.
+    if let Ok(rd) = std::fs::read_dir(store.lock_dir()) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.starts_with("drbdpool-") && !n.starts_with(".broken-drbdpool-") {
+                continue;
+            }
+            let a = e.metadata().and_then(|m| m.modified()).map(age).unwrap_or_default();
+            if a > o.lock_lifetime {
+                out.push(f(
+                    "stale-lock",
+                    e.path().display().to_string(),
+                    format!("lock {n} is {}s old (lifetime {}s): its holder died. It is broken by the next operation; or remove it: rmdir {}", a.as_secs(), o.lock_lifetime.as_secs(), e.path().display()),
+                ));
+            }
+        }
+    }
+    let mut dirs = vec![store.root().join("nodes"), store.root().join("state")];
+    dirs.extend(store.storeids()?.into_iter().map(|s| store.root().join("volumes").join(s)));
+    for d in dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let a = e.metadata().and_then(|m| m.modified()).map(age).unwrap_or_default();
+                if a > Duration::from_secs(60) {
+                    out.push(f("temp-file", e.path().display().to_string(), format!("temp file of a writer that died {}s ago: remove it (rm {})", a.as_secs(), e.path().display())));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nodes_of(v: &VolumeDoc) -> Vec<String> {
+    v.replicas.iter().map(|r| r.node.clone()).collect()
+}
+
+/// Storage locations named by the documents (the only places drbdpool puts backing devices).
+fn backends(docs: &[VolumeDoc]) -> Vec<BackendSpec> {
+    let mut v: Vec<BackendSpec> = Vec::new();
+    for d in docs {
+        if !v.contains(&d.backend) {
+            v.push(d.backend.clone());
+        }
+    }
+    v
+}
+
+/// Backing device names present in one backend location, with a path for the message.
+fn list_backings(spec: &BackendSpec, storeids: &BTreeSet<String>, runner: &dyn Runner) -> Result<Vec<(String, String)>> {
+    let ours = |n: &str| storeids.iter().any(|s| n.starts_with(&format!("{s}.")));
+    Ok(match spec.kind {
+        BackendKind::File => {
+            let Some(dir) = spec.dir.as_deref() else { return Ok(vec![]) };
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(r) = n.strip_suffix(".img").filter(|r| !r.starts_with('.')) {
+                    v.push((r.to_string(), e.path().display().to_string()));
+                }
+            }
+            v
+        }
+        BackendKind::Lvm | BackendKind::Lvmthin => {
+            let Some(vg) = spec.vg.as_deref() else { return Ok(vec![]) };
+            crate::backend::lvmreport::lvs(runner, vg)?
+                .into_iter()
+                .filter(|r| spec.kind == BackendKind::Lvm || r.get("pool_lv").map(String::as_str) == spec.thinpool.as_deref())
+                .filter_map(|r| r.get("lv_name").cloned())
+                .filter(|n| ours(n))
+                .map(|n| (n.clone(), format!("{vg}/{n}")))
+                .collect()
+        }
+    })
+}
+
+/// Every loop device: (device, backing file, file deleted, inode).
+fn all_loops(runner: &dyn Runner) -> Result<Vec<(String, String, bool, u64)>> {
+    let o = runner.run(&Cmd::new("losetup").args(["-J", "-l", "-O", "NAME,BACK-FILE,BACK-INO"]))?;
+    if !o.success() || o.stdout.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap_or_default();
+    let mut out = Vec::new();
+    for d in v.get("loopdevices").and_then(|l| l.as_array()).into_iter().flatten() {
+        let (Some(name), Some(file)) = (d.get("name").and_then(|x| x.as_str()), d.get("back-file").and_then(|x| x.as_str())) else { continue };
+        let ino = d.get("back-ino").and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.trim().parse().ok()))).unwrap_or(0);
+        let deleted = file.ends_with(" (deleted)");
+        out.push((name.to_string(), file.trim_end_matches(" (deleted)").to_string(), deleted, ino));
+    }
+    Ok(out)
+}
+
+/// Loop devices of the file backend: one per image, none on a deleted image. Images are
+/// recognized by name (`<storeid>.*.img`) and matched by inode, not by path: the kernel
+/// shows a path relative to the mount the file was opened through (in the test lab, a
+/// private bind mount per simulated node), so only the file name is reliable.
+fn check_loops(node: &str, dirs: &[String], storeids: &BTreeSet<String>, runner: &dyn Runner, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::MetadataExt;
+    let loops = match all_loops(runner) {
+        Ok(l) => l,
+        Err(e) => return out.push(f("local-unchecked", node, format!("cannot list loop devices: {e}"))),
+    };
+    let ours = |file: &str| {
+        let base = Path::new(file).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        base.ends_with(".img") && storeids.iter().any(|s| base.starts_with(&format!("{s}.")))
+    };
+    let mut local: BTreeMap<u64, String> = BTreeMap::new();
+    for d in dirs {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                local.insert(m.ino(), e.path().display().to_string());
+            }
+        }
+    }
+    let mut per_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (dev, file, deleted, ino) in loops.into_iter().filter(|l| ours(&l.1)) {
+        if deleted {
+            out.push(f("leaked-loop", dev.clone(), format!("loop device {dev} still holds the deleted image {file}: `losetup -d {dev}`")));
+        } else if let Some(img) = local.get(&ino) {
+            per_file.entry(img.clone()).or_default().push(dev);
+        }
+    }
+    for (file, devs) in per_file.iter().filter(|(_, d)| d.len() > 1) {
+        out.push(f("leaked-loop", format!("{node}:{file}"), format!("image {file} is attached to {} loop devices ({}): detach the ones DRBD does not use", devs.len(), devs.join(", "))));
+    }
+}
+
+fn check_local(node: &str, docs: &[VolumeDoc], storeids: &BTreeSet<String>, repl: &dyn crate::drbd::Replication, runner: &dyn Runner, o: &CheckOpts, out: &mut Vec<Finding>) {
+    let mine: BTreeMap<&str, &VolumeDoc> = docs.iter().filter(|v| v.replica(node).is_some()).map(|v| (v.resource.as_str(), v)).collect();
+    let all: BTreeSet<&str> = docs.iter().map(|v| v.resource.as_str()).collect();
+    let configured: BTreeSet<String> = match repl.configured() {
+        Ok(c) => c.into_iter().collect(),
+        Err(e) => {
+            out.push(f("local-unchecked", node, format!("cannot list the DRBD resources configured on {node}: {e}")));
+            return;
+        }
+    };
+    for r in configured.iter().filter(|r| !mine.contains_key(r.as_str())) {
+        let why = if all.contains(r.as_str()) { "a volume that does not list this node" } else { "no volume" };
+        out.push(f(
+            "leaked-resource",
+            format!("{node}:{r}"),
+            format!("DRBD resource {r} is configured on {node} but belongs to {why}: the agent takes it down; if it stays, `drbdadm down {r}` and remove /etc/drbd.d/drbdpool/{r}.res after checking nobody uses it"),
+        ));
+    }
+    let mut backings: BTreeSet<String> = BTreeSet::new();
+    for spec in backends(docs) {
+        match list_backings(&spec, storeids, runner) {
+            Ok(list) => {
+                for (name, path) in list {
+                    if !mine.get(name.as_str()).is_some_and(|v| v.backend == spec) {
+                        out.push(f(
+                            "leaked-backing",
+                            format!("{node}:{path}"),
+                            format!("backing device {path} on {node} belongs to no volume that lists this node: check it holds nothing you need, then remove it (lvremove / rm)"),
+                        ));
+                    }
+                    backings.insert(name);
+                }
+            }
+            Err(e) => out.push(f("local-unchecked", format!("{node}:{spec:?}"), format!("cannot list backing devices: {e}"))),
+        }
+    }
+    let dirs: Vec<String> = backends(docs).into_iter().filter(|b| b.kind == BackendKind::File).filter_map(|b| b.dir).collect();
+    if !dirs.is_empty() || !storeids.is_empty() {
+        check_loops(node, &dirs, storeids, runner, out);
+    }
+    let now = crate::protocol::now();
+    for (r, v) in &mine {
+        // Replicas of `creating` volumes are made right now; `deleting` ones are going.
+        let settled = v.state == VolumeState::Ready || (v.state == VolumeState::Creating && now.saturating_sub(v.created) > o.stuck_after.as_secs());
+        if !settled {
+            continue;
+        }
+        if !backings.contains(*r) {
+            out.push(f("missing-backing", format!("{node}:{r}"), format!("{} lists {node} as a replica but its backing device is missing there: the agent recreates it (empty: it resyncs from a peer); check `journalctl -u drbdpool-agent`", vid(v))));
+        }
+        if !configured.contains(*r) {
+            out.push(f("missing-resource", format!("{node}:{r}"), format!("{} lists {node} as a replica but DRBD resource {r} is not configured there: check that the agent runs (`systemctl status drbdpool-agent`)", vid(v))));
+        }
+    }
+}
+
+/// The report as text: one finding per line, or a one-line "ok".
+pub fn render(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "ok: no findings".into();
+    }
+    let mut s = String::new();
+    for x in findings {
+        s += &format!("{}: {}: {}\n", x.kind, x.subject, x.message);
+    }
+    s += &format!("{} finding(s)", findings.len());
+    s
+}
