@@ -24,7 +24,7 @@ cargo build --release --locked 2>&1 | tail -3
 export DRBDPOOL_BIN=$root/target/release/drbdpool
 
 stage "cargo test (tiers 1-4)"
-cargo test --release --locked 2>&1 | tee "$logdir/cargo.log" | grep -E '^(test result|running|test .*FAILED|failures:|---- )' 
+cargo test --locked 2>&1 | tee "$logdir/cargo.log" | grep -E '^(test result|running|test .*FAILED|failures:|---- )' 
 p=$(grep -Eo '[0-9]+ passed' "$logdir/cargo.log" | awk '{s+=$1} END {print s+0}')
 f=$(grep -Eo '[0-9]+ failed' "$logdir/cargo.log" | awk '{s+=$1} END {print s+0}')
 passed=$((passed + p)); failed=$((failed + f))
