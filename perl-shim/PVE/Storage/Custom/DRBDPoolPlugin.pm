@@ -32,6 +32,20 @@ use base qw(PVE::Storage::Plugin);
 my $TESTED_APIVER = 15;
 
 my $PROTOCOL_VERSION = 1;
+
+# Replies are decoded with an XS decoder when one is installed (PVE nodes have
+# them): JSON::PP takes ~0.25 s for a `list` of 1,000 volumes (docs/BENCHMARKS.md).
+my $JSON_DECODER = do {
+    my $d;
+    for my $mod (qw(Cpanel::JSON::XS JSON::XS)) {
+        (my $file = "$mod.pm") =~ s{::}{/}g;
+        if (eval { require $file; 1 }) {
+            $d = $mod->new;
+            last;
+        }
+    }
+    $d // JSON::PP->new;
+};
 my $DEFAULT_BIN = '/usr/bin/drbdpool';
 
 # PVE reads this list when it parses storage.cfg and then sets shared=1 for
@@ -396,6 +410,7 @@ sub _call {
 
     # The pipes are closed; the helper should be gone within moments.
     my $exit;
+    my $nap = 0.0001;
     while (1) {
         my $w = waitpid($pid, WNOHANG);
         if ($w == $pid) {
@@ -409,11 +424,14 @@ sub _call {
             $exit = -1;
             last;
         }
-        sleep(0.01);
+        # Its pipes are closed, so it is exiting: poll from 0.1 ms up to 10 ms
+        # (a flat 10 ms sleep cost most calls 10 ms; docs/BENCHMARKS.md).
+        sleep($nap);
+        $nap *= 2 if $nap < 0.01;
     }
     my $exit_text = $exit // 'unknown (reaped elsewhere)';
 
-    my $reply = eval { JSON::PP->new->decode($stdout) };
+    my $reply = eval { $JSON_DECODER->decode($stdout) };
     if (!$reply || ref($reply) ne 'HASH' || !exists($reply->{ok})) {
         if ($stdout =~ m/^\s*$/) {
             die "$what exited with code $exit_text without a reply on node '$node';"
