@@ -110,8 +110,7 @@ for my $what (split(/,/, $o{methods})) {
         measure('floor-perl', sub {
             my $pid = fork() // die "fork: $!\n";
             if (!$pid) {
-                exec { $floor } $floor;
-                POSIX::_exit(127);
+                exec { $floor } $floor or POSIX::_exit(127);
             }
             waitpid($pid, 0);
             die "floor: exit $?\n" if $?;
