@@ -59,6 +59,7 @@ for n in $sizes; do
     for m in status path list activate; do
         "$bench" time --count "$count" --warmup "$warmup" --check --label "bare-$m" --stdin "$d/req-$m.json" -- "$helper" plugin "$m" | tag "$n"
     done
+    "$bench" read-docs --dir "$d" --count 20 | tag "$n"
     DRBDPOOL_BIN=$helper perl -I "$root/perl-shim" -I "$root/perl-shim/t/lib" "$root/scripts/bench/driver.pl" \
         --manifest "$d/manifest.json" --floor "$work/true-static" --count "$count" --warmup "$warmup" | tag "$n"
     if [ "$n" = 1000 ]; then

@@ -45,7 +45,9 @@ for my $n (sort { $a <=> $b } grep { $_ > 0 } keys %r) {
             defined($t) ? "< $t ms" : '-', $pass;
     }
 }
-print "\nfloor (Perl fork+exec+waitpid of static true, same process): ";
+print "\nfloor of `list` for one file per volume (read every document, no parsing, in one process): ";
+print join(', ', map { "$_ vols: " . $f->($r{$_}{'floor-read-docs'}{median_ms}) . " ms" } grep { $r{$_}{'floor-read-docs'} } sort { $a <=> $b } keys %r), "\n";
+print "floor (Perl fork+exec+waitpid of static true, same process): ";
 print join(', ', map { "$_ vols: " . $f->($r{$_}{'floor-perl'}{median_ms}) . " ms" } grep { $r{$_}{'floor-perl'} } sort { $a <=> $b } keys %r), "\n";
 
 print "\n| memory (1,000 volumes) | peak RSS | target | pass |\n|--|--:|--|--|\n";

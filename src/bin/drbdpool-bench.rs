@@ -71,6 +71,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         cmd: Vec<String>,
     },
+    /// The floor of `list` for this store layout: read every volume document of a storage
+    /// (readdir + one read per file, no parsing) in this process; prints one JSON line
+    ReadDocs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "dp")]
+        storeid: String,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
     /// Agent passes over a populated store (sim DRBD, loop-free file backing) in this process; prints VmHWM
     AgentRss {
         #[arg(long)]
@@ -85,6 +95,7 @@ fn main() -> Result<()> {
         Cmd::Populate { dir, volumes, nodes, storeid, sim } => populate(&dir, volumes, nodes, &storeid, sim),
         Cmd::Time { count, warmup, stdin, label, check, cmd } => time(count, warmup, stdin.as_deref(), &label, check, &cmd),
         Cmd::AgentRss { dir, passes } => agent_rss(&dir, passes),
+        Cmd::ReadDocs { dir, storeid, count } => read_docs(&dir, &storeid, count),
     }
 }
 
@@ -341,6 +352,26 @@ fn time(count: usize, warmup: usize, stdin: Option<&Path>, label: &str, check: b
         json!({"label": label, "n": count, "median_ms": pct(&ms, 50.0), "p99_ms": pct(&ms, 99.0),
                "min_ms": ms[0], "max_ms": ms[ms.len() - 1], "maxrss_kib": rss})
     );
+    Ok(())
+}
+
+fn read_docs(dir: &Path, storeid: &str, count: usize) -> Result<()> {
+    let vdir = dir.join("store").join("volumes").join(storeid);
+    let mut ms = Vec::new();
+    let mut files = 0;
+    for _ in 0..count.max(1) {
+        let t = Instant::now();
+        files = 0;
+        let mut bytes = 0;
+        for e in std::fs::read_dir(&vdir)? {
+            bytes += std::fs::read(e?.path())?.len();
+            files += 1;
+        }
+        std::hint::black_box(bytes);
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("{}", json!({"label": "floor-read-docs", "n": ms.len(), "files": files, "median_ms": pct(&ms, 50.0), "p99_ms": pct(&ms, 99.0)}));
     Ok(())
 }
 
