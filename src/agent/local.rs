@@ -118,9 +118,9 @@ impl LocalNode {
         })
     }
 
-    /// This node's DRBD status of `res` (one `status` call).
+    /// This node's DRBD status of `res` alone.
     pub fn status_of(&self, res: &str) -> Result<Option<ResourceStatus>> {
-        Ok(self.repl.status()?.into_iter().find(|s| s.name == res))
+        self.repl.resource_status(res)
     }
 
     /// Translate DRBD's view into the published per-volume state.

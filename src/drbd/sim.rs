@@ -523,6 +523,13 @@ impl Replication for SimDrbd {
         Ok(out)
     }
 
+    fn resource_status(&self, resource: &str) -> Result<Option<ResourceStatus>> {
+        let _g = self.lock()?;
+        let mut w = self.world(resource)?;
+        self.settle(&mut w)?;
+        Ok(w.get(&self.node).filter(|r| r.up).map(|me| self.status_of(&w, me)))
+    }
+
     fn promote(&self, resource: &str) -> Result<()> {
         self.with_world(resource, |w| {
             let me = self.mine(w, resource)?.clone();

@@ -1,13 +1,12 @@
 //! Read-only methods (status, list, path, size, features, formats) and the
 //! snapshot methods drbdpool does not implement yet (refused, never faked).
 
-use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::store::docs::{BackendKind, Space, VolumeDoc};
+use crate::store::docs::{BackendKind, VolumeDoc};
 
 use super::{load, now, Args, Ctx};
 
@@ -33,18 +32,11 @@ fn names_or_none(v: Vec<String>) -> String {
     }
 }
 
-/// Only what `status` needs of a NodeState: serde skips the (large) volumes map.
-#[derive(Deserialize)]
-struct StorageOnly {
-    updated: u64,
-    #[serde(default)]
-    storages: BTreeMap<String, Space>,
-}
-
 /// From this node's published state only: no tool calls, no other node, milliseconds.
+/// Only the head of the state is read (store::head), never its volumes.
 pub fn status(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> {
     let path = ctx.store.root().join("state").join(format!("{}.json", ctx.node.name()));
-    let st: Option<StorageOnly> = crate::store::read_doc(&path)?;
+    let st = crate::store::head::read_state_head(&path)?;
     let inactive = json!({"total": 0, "avail": 0, "used": 0, "active": false});
     let Some(st) = st else {
         tracing::warn!("no published state for {} yet: is drbdpool-agent running here?", ctx.node.name());
@@ -69,7 +61,30 @@ pub fn status(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> 
     }
 }
 
-fn entry(doc: &VolumeDoc, states: &[crate::store::docs::NodeState]) -> Value {
+/// What `list` needs of a node's published state: role and disk per resource
+/// (not peers and sizes, which are most of the document).
+#[derive(Deserialize)]
+struct RolesOnly {
+    #[serde(default = "one")]
+    format: u32,
+    node: String,
+    #[serde(default)]
+    volumes: std::collections::HashMap<String, RoleDisk>,
+}
+
+#[derive(Deserialize)]
+struct RoleDisk {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    disk: String,
+}
+
+fn one() -> u32 {
+    crate::store::docs::FORMAT
+}
+
+fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
     let mut nodes = Map::new();
     for r in &doc.replicas {
         let o = states.iter().find(|s| s.node == r.node).and_then(|s| s.volumes.get(&doc.resource));
@@ -102,7 +117,7 @@ pub fn list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             _ => None,
         }).collect()
     });
-    let states = ctx.store.node_states()?;
+    let states = ctx.store.node_states_as(|s: &RolesOnly| s.format)?;
     let mut out = Vec::new();
     for name in ctx.store.volume_names(sid)? {
         // Filter on the name alone before reading documents.

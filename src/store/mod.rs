@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod docs;
+pub mod head;
 pub mod lock;
 
 use std::fs;
@@ -71,7 +72,7 @@ impl Store {
     // ---- volumes ----
 
     pub fn volume(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
-        let mut d: Option<VolumeDoc> = read_doc(&self.volume_path(storeid, volname))?;
+        let mut d: Option<VolumeDoc> = read_versioned(&self.volume_path(storeid, volname), |d: &VolumeDoc| d.format)?;
         if let Some(d) = d.as_mut() {
             // The file name is authoritative: a crash inside `rename_volume` + `put_volume`
             // can leave the renamed file with the old name inside.
@@ -144,7 +145,7 @@ impl Store {
     // ---- nodes ----
 
     pub fn node(&self, name: &str) -> Result<Option<NodeDoc>> {
-        read_doc(&self.root.join("nodes").join(format!("{name}.json")))
+        read_versioned(&self.root.join("nodes").join(format!("{name}.json")), |d: &NodeDoc| d.format)
     }
 
     pub fn put_node(&self, n: &NodeDoc) -> Result<()> {
@@ -168,11 +169,23 @@ impl Store {
     // ---- observed state ----
 
     pub fn node_state(&self, node: &str) -> Result<Option<NodeState>> {
-        read_doc(&self.root.join("state").join(format!("{node}.json")))
+        read_versioned(&self.root.join("state").join(format!("{node}.json")), |d: &NodeState| d.format)
     }
 
     pub fn put_node_state(&self, s: &NodeState) -> Result<()> {
         write_doc(&self.root.join("state").join(format!("{}.json", s.node)), s)
+    }
+
+    /// Every node's state read into a lighter type `T` (only the fields the caller
+    /// needs: `list` wants role and disk, not peers); `format_of` gives its format.
+    pub fn node_states_as<T: DeserializeOwned>(&self, format_of: fn(&T) -> u32) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for name in list_names(&self.root.join("state"))? {
+            if let Some(n) = read_versioned(&self.root.join("state").join(format!("{name}.json")), format_of)? {
+                out.push(n);
+            }
+        }
+        Ok(out)
     }
 
     pub fn node_states(&self) -> Result<Vec<NodeState>> {
@@ -233,6 +246,31 @@ pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     serde_json::from_slice(&data)
         .map(Some)
         .map_err(|e| Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display())))
+}
+
+/// `read_doc` in one parse, for types that carry their `format`: the document is
+/// parsed as `T` and its format checked afterwards; only a document that does not
+/// parse is looked at again, to tell a newer format from a broken file.
+pub fn read_versioned<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -> u32) -> Result<Option<T>> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
+    };
+    let newer = |f: u32| {
+        Error::Store(format!(
+            "{} has format {f} but this drbdpool understands up to {FORMAT}: it was written by a newer drbdpool; upgrade this node",
+            path.display()
+        ))
+    };
+    match serde_json::from_slice::<T>(&data) {
+        Ok(d) if format_of(&d) > FORMAT => Err(newer(format_of(&d))),
+        Ok(d) => Ok(Some(d)),
+        Err(e) => match serde_json::from_slice::<FormatOnly>(&data) {
+            Ok(f) if f.format > FORMAT => Err(newer(f.format)),
+            _ => Err(Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display()))),
+        },
+    }
 }
 
 /// Write a document atomically: temp file in the same directory, fsync, rename, fsync the directory.

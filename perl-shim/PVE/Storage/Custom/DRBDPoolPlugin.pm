@@ -32,6 +32,20 @@ use base qw(PVE::Storage::Plugin);
 my $TESTED_APIVER = 15;
 
 my $PROTOCOL_VERSION = 1;
+
+# Replies are decoded with an XS decoder when one is installed (PVE nodes have
+# them): JSON::PP takes ~0.25 s for a `list` of 1,000 volumes (docs/BENCHMARKS.md).
+my $JSON_DECODER = do {
+    my $d;
+    for my $mod (qw(Cpanel::JSON::XS JSON::XS)) {
+        (my $file = "$mod.pm") =~ s{::}{/}g;
+        if (eval { require $file; 1 }) {
+            $d = $mod->new;
+            last;
+        }
+    }
+    $d // JSON::PP->new;
+};
 my $DEFAULT_BIN = '/usr/bin/drbdpool';
 
 # PVE reads this list when it parses storage.cfg and then sets shared=1 for
@@ -214,24 +228,43 @@ sub _bool { return $_[0] ? JSON::PP::true : JSON::PP::false }
 
 # Untaint a whole decoded reply. Strings keep only printable characters; the
 # fields that reach paths or numbers are checked again by the callers.
+# Scalars are handled in the loops, not by a call each: a `list` of 10,000
+# volumes has ~150,000 of them (docs/BENCHMARKS.md).
+
 sub _untaint_tree {
     my ($v) = @_;
-    if (ref($v) eq 'HASH') {
+    my $type = ref($v);
+    if ($type eq 'HASH') {
         my %out;
         for my $k (keys %$v) {
             my ($key) = $k =~ m/^([\x20-\x7e]{1,256})$/ or next;
-            $out{$key} = _untaint_tree($v->{$k});
+            my $x = $v->{$k};
+            $out{$key} = ref($x) ? _untaint_tree($x)
+                : defined($x) ? (($x =~ m/^([^\x00-\x08\x0b-\x1f\x7f]*)$/s)[0] // '')
+                : undef;
         }
         return \%out;
-    } elsif (ref($v) eq 'ARRAY') {
-        return [map { _untaint_tree($_) } @$v];
-    } elsif (ref($v)) {
-        return $v; # JSON::PP::Boolean
+    } elsif ($type eq 'ARRAY') {
+        return [map { ref($_) ? _untaint_tree($_) : defined($_) ? _untaint_scalar($_) : undef } @$v];
+    } elsif ($type) {
+        return $v; # JSON booleans
     } elsif (defined($v)) {
         my ($clean) = $v =~ m/^([^\x00-\x08\x0b-\x1f\x7f]*)$/s;
         return $clean // '';
     }
     return undef; ## no critic (ProhibitExplicitReturnUndef): used in hash constructors and PVE expects undef
+}
+
+# A reply of printable ASCII, without escapes that could decode to control
+# characters (\u, \b, \f, \r), decodes to what _untaint_tree would return
+# (except keys over 256 characters, which the helper never writes): untaint the
+# text once and skip the walk (~0.1 s for a `list` of 10,000 volumes; checking
+# the key length here would cost half of that). Else undef: the reply is walked.
+sub _plain_reply {
+    my ($s) = @_;
+    return undef if $s =~ m/[^\n\x20-\x7e]/ || $s =~ m/\\[ubfr]/; ## no critic (ProhibitExplicitReturnUndef)
+    my ($clean) = $s =~ m/^(.*)\z/s;
+    return $clean;
 }
 
 # storage.cfg as the helper wants it: PVE's parser turned content/nodes into
@@ -396,6 +429,7 @@ sub _call {
 
     # The pipes are closed; the helper should be gone within moments.
     my $exit;
+    my $nap = 0.0001;
     while (1) {
         my $w = waitpid($pid, WNOHANG);
         if ($w == $pid) {
@@ -409,11 +443,15 @@ sub _call {
             $exit = -1;
             last;
         }
-        sleep(0.01);
+        # Its pipes are closed, so it is exiting: poll from 0.1 ms up to 10 ms
+        # (a flat 10 ms sleep cost most calls 10 ms; docs/BENCHMARKS.md).
+        sleep($nap);
+        $nap *= 2 if $nap < 0.01;
     }
     my $exit_text = $exit // 'unknown (reaped elsewhere)';
 
-    my $reply = eval { JSON::PP->new->decode($stdout) };
+    my $plain = _plain_reply($stdout);
+    my $reply = eval { $JSON_DECODER->decode($plain // $stdout) };
     if (!$reply || ref($reply) ne 'HASH' || !exists($reply->{ok})) {
         if ($stdout =~ m/^\s*$/) {
             die "$what exited with code $exit_text without a reply on node '$node';"
@@ -426,7 +464,7 @@ sub _call {
             . " check that the installed drbdpool matches this plugin (protocol $PROTOCOL_VERSION)"
             . _stderr_tail($stderr) . "\n";
     }
-    $reply = _untaint_tree($reply);
+    $reply = _untaint_tree($reply) if !defined($plain);
 
     if (!$reply->{ok}) {
         my $err = ref($reply->{error}) eq 'HASH' ? $reply->{error} : {};

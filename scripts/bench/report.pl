@@ -1,0 +1,65 @@
+#!/usr/bin/perl
+# Table of scripts/bench.sh results (JSON lines) with targets and pass/fail.
+use strict;
+use warnings;
+use JSON::PP;
+
+my %r;    # volumes -> label -> result
+open(my $fh, '<', $ARGV[0]) or die "open $ARGV[0]: $!\n";
+while (<$fh>) {
+    my $j = decode_json($_);
+    $r{ $j->{volumes} }{ $j->{label} } = $j;
+}
+
+# Median targets from the issue (ms), per volume count.
+my %target = (
+    status => { 1000 => 5, 10000 => 20 },
+    path => { 1000 => 5, 10000 => 20 },
+    list => { 10000 => 50 },
+);
+my $fail = 0;
+my $f = sub { defined($_[0]) ? sprintf('%.2f', $_[0]) : '-' };
+
+my $bare_floor = $r{0}{'floor-bare'};
+printf "floor: static true via fork+exec from Rust: median %s ms, p99 %s ms\n\n", $f->($bare_floor->{median_ms}), $f->($bare_floor->{p99_ms})
+    if $bare_floor;
+print "| volumes | call | shim median | shim p99 | floor (shim exec path) | ratio | bare helper median | bare p99 | bare/floor | target (median) | pass |\n";
+print "|--:|--|--:|--:|--:|--:|--:|--:|--:|--|--|\n";
+for my $n (sort { $a <=> $b } grep { $_ > 0 } keys %r) {
+    my $fl = $r{$n}{'floor-shim'};
+    for my $m (qw(status path list activate)) {
+        my $s = $r{$n}{"shim-$m"} or next;
+        my $b = $r{$n}{"bare-$m"};
+        my $t = $target{$m}{$n};
+        my $pass = '';
+        if (defined($t)) {
+            my $ok = $s->{median_ms} < $t;
+            $fail++ if !$ok;
+            $pass = $ok ? 'PASS' : 'FAIL';
+        }
+        printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $n, $m eq 'activate' ? 'activate (sim DRBD, already Primary)' : $m,
+            $f->($s->{median_ms}), $f->($s->{p99_ms}), $f->($fl && $fl->{median_ms}),
+            $fl ? sprintf('%.1fx', $s->{median_ms} / $fl->{median_ms}) : '-',
+            $f->($b && $b->{median_ms}), $f->($b && $b->{p99_ms}),
+            ($b && $bare_floor) ? sprintf('%.1fx', $b->{median_ms} / $bare_floor->{median_ms}) : '-',
+            defined($t) ? "< $t ms" : '-', $pass;
+    }
+}
+print "\nfloor of `list` for one file per volume (read every document, no parsing, in one process): ";
+print join(', ', map { "$_ vols: " . $f->($r{$_}{'floor-read-docs'}{median_ms}) . " ms" } grep { $r{$_}{'floor-read-docs'} } sort { $a <=> $b } keys %r), "\n";
+print "floor (Perl fork+exec+waitpid of static true, same process): ";
+print join(', ', map { "$_ vols: " . $f->($r{$_}{'floor-perl'}{median_ms}) . " ms" } grep { $r{$_}{'floor-perl'} } sort { $a <=> $b } keys %r), "\n";
+
+print "\n| memory (1,000 volumes) | peak RSS | target | pass |\n|--|--:|--|--|\n";
+for my $m (qw(status path list activate)) {
+    my $b = $r{1000}{"bare-$m"} or next;
+    printf "| plugin %s (max ru_maxrss over the calls) | %.1f MiB | - | |\n", $m, $b->{maxrss_kib} / 1024;
+}
+if (my $a = $r{1000}{agent}) {
+    my $mib = $a->{vm_hwm_kib} / 1024;
+    my $ok = $mib < 30;
+    $fail++ if !$ok;
+    printf "| agent, %d passes, %d replicas published (VmHWM) | %.1f MiB | < 30 MiB | %s |\n", $a->{passes}, $a->{volumes_published}, $mib, $ok ? 'PASS' : 'FAIL';
+    printf "\nagent pass times (ms): %s\n", join(', ', map { sprintf('%.0f', $_) } @{ $a->{pass_ms} });
+}
+print "\n", ($fail ? "$fail target(s) missed\n" : "all targets met\n");
