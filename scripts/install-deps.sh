@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(
   drbd-utils lvm2 thin-provisioning-tools   # the real tools: parser checks, LVM command shapes
   e2fsprogs util-linux iproute2             # mkfs.ext4 -O mmp, losetup, network namespaces for agents
-  perl libjson-pp-perl                      # the Perl shim and its prove tests
+  perl libjson-pp-perl libjson-xs-perl     # the Perl shim and its prove tests (XS decoder as on PVE nodes)
   qemu-system-x86 cpio busybox-static       # the real-kernel lab (tests/vm)
   dpkg-dev debhelper fakeroot lintian help2man       # building and checking the .deb
 )
