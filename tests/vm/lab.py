@@ -361,6 +361,38 @@ class Lab:
             raise LabError(f"node{i}: `{cmd}` exited {rc}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}")
         return out
 
+    def par(self, fn, nodes=None):
+        """Call fn(i) for several guests at once (threads); returns {i: result}, re-raises the first error."""
+        nodes = list(nodes or self.guests)
+        res, errs = {}, []
+
+        def one(i):
+            try:
+                res[i] = fn(i)
+            except Exception as e:  # noqa: BLE001 - re-raised below
+                errs.append(e)
+        ts = [threading.Thread(target=one, args=(i,)) for i in nodes]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errs:
+            raise errs[0]
+        return res
+
+    def wait_until(self, i, cmd, pred, timeout=60, every=0.5, what=None):
+        """Run cmd in guest i until pred(stdout) is true; returns that stdout, raises LabError on timeout."""
+        deadline = time.time() + timeout
+        out = ""
+        while True:
+            rc, out = self.run(i, cmd, max(5, min(30, timeout)))
+            if rc == 0 and pred(out):
+                return out
+            if time.time() > deadline:
+                raise LabError(f"node{i}: timeout after {timeout}s waiting for {what or cmd}; last output:\n"
+                               f"{out[-1500:]}")
+            time.sleep(every)
+
     def write_file(self, i, path, data, mode=0o644):
         """Write a file in guest i (through the control channel)."""
         if isinstance(data, str):
