@@ -404,6 +404,9 @@ def build(force=False):
         kx = os.path.join(work, "kernel")
         subprocess.run(["dpkg-deb", "-x", kdeb, kx], check=True)
         kver, modules, vmlinuz = add_modules(kx, root)
+        # /bin/sh for scripts and perl's system(): busybox's shell (Debian's dash is not needed)
+        if not os.path.lexists(os.path.join(root, "usr/bin/sh")):
+            os.symlink("busybox", os.path.join(root, "usr/bin/sh"))
         shutil.copy(os.path.join(HERE, "init.sh"), os.path.join(root, "init"))
         os.chmod(os.path.join(root, "init"), 0o755)
         with open(os.path.join(root, "etc/lvm/lvm.conf"), "w") as fh:

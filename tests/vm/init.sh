@@ -46,12 +46,16 @@ for n in /sys/class/net/eth*; do
     echo "lab-init: $dev -> node$peer (10.99.0.$peer)"
 done
 
-# The cluster store, if the harness shares one (9p tag "store").
-# (mount_tag ends with a NUL byte)
-if cat /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag 2>/dev/null | tr '\0' '\n' | grep -qx store; then
-    mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none store /store \
-        && echo "lab-init: /store mounted"
-fi
+# Host directories shared over 9p: the cluster store (tag "store") and a scratch/log directory (tag
+# "share") that outlives a killed guest. (mount_tag ends with a NUL byte.)
+tags=$(cat /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag 2>/dev/null | tr '\0' '\n')
+for tag in store share; do
+    if echo "$tags" | grep -qx "$tag"; then
+        mkdir -p "/$tag"
+        mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none "$tag" "/$tag" \
+            && echo "lab-init: /$tag mounted"
+    fi
+done
 
 # Extra files appended by the harness as a second cpio (drbdpool binary, Perl shim): a hook to run.
 [ -x /lab/boot.sh ] && /lab/boot.sh

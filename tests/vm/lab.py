@@ -17,6 +17,8 @@ Each guest (512 MiB, 1 vCPU, software emulation) has:
   - the cluster store: one host directory shared with every guest over 9p (virtio, cache=none) at /store.
     All guests see one consistent directory and mkdir/rename are atomic on the host file system, which is
     what drbdpool's store needs from pmxcfs (/etc/pve) in production;
+  - a second 9p directory at /share (work/<run>/share) for logs and records that must outlive a killed
+    guest (the cluster store stays clean);
   - a control channel on its second serial port (a unix socket on the host): run() sends a base64 command
     line and reads back base64 stdout/stderr and the exit code between markers (protocol in init.sh).
 
@@ -120,6 +122,7 @@ class Guest:
                   "-device", f"virtio-net-pci,netdev=p{j},mac=52:54:00:99:{self.i:02x}:{j:02x}"]
         if lab.store:
             a += ["-virtfs", f"local,path={lab.store},mount_tag=store,security_model=none,id=store"]
+        a += ["-virtfs", f"local,path={lab.share},mount_tag=share,security_model=none,id=share"]
         return a
 
     def spawn(self):
@@ -291,6 +294,9 @@ class Lab:
                 shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
             else:
                 shutil.copy2(src, dst)
+                # a debug build carries ~50 MB of debug info the guest's RAM does not need
+                if builder.elf_needed(dst) is not None and shutil.which("strip"):
+                    subprocess.run(["strip", "--strip-debug", dst], check=False)
         self._check_libs(tree, gdir)
         out = os.path.join(self.dir, "initrd.img")
         with open(out, "wb") as fh:
@@ -321,6 +327,9 @@ class Lab:
         gdir = builder.build()
         self.kernel = os.path.join(gdir, "vmlinuz")
         self.initrd = self._initrd(gdir)
+        # /share in every guest: logs and acknowledgements that must outlive a killed guest
+        self.share = os.path.join(self.dir, "share")
+        os.makedirs(self.share, exist_ok=True)
         if self._want_store:
             self.store = os.path.join(self.dir, "store")
             os.makedirs(self.store, exist_ok=True)
@@ -443,7 +452,22 @@ def drbdpool_files():
     shim = os.environ.get("DRBDPOOL_SHIM", os.path.join(REPO, "perl-shim"))
     if not os.path.isdir(shim):
         raise LabError(f"Perl shim directory not found at {shim}: set DRBDPOOL_SHIM")
-    return {"/usr/local/bin/drbdpool": binp, "/opt/perl-shim": shim}
+    # /usr/bin/drbdpool: the shim's default helper path. boot.sh makes the 9p store the guest's /etc/pve
+    # (the pmxcfs stand-in), so the store is at its production default /etc/pve/priv/drbdpool and the locks
+    # at /etc/pve/priv/lock, shared by all guests: DRBD's handlers (fence-peer), which run with the
+    # kernel's bare environment, find the same store as the agent and the plugin. It also writes
+    # /etc/drbdpool.env (node name, shim path) for scenario commands to source.
+    boot = """#!/bin/sh
+mkdir -p /etc/pve && mount --bind /store /etc/pve && mkdir -p /etc/pve/priv/drbdpool /etc/pve/priv/lock
+cat >/etc/drbdpool.env <<EOT
+export DRBDPOOL_STORE=/etc/pve/priv/drbdpool
+export DRBDPOOL_NODE=$(hostname)
+export DRBDPOOL_BIN=/usr/bin/drbdpool
+export DRBDPOOL_DRBD=real
+export PERL5LIB=/opt/perl-shim:/opt/perl-shim/t/lib
+EOT
+"""
+    return {"/usr/bin/drbdpool": binp, "/opt/perl-shim": shim, "/lab/boot.sh": boot.encode()}
 
 
 if __name__ == "__main__":
