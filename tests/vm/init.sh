@@ -29,6 +29,10 @@ while read -r m; do
 done </etc/lab-modules
 echo "lab-init: modules loaded at ${t0}s..$(cut -d' ' -f1 /proc/uptime)s"
 
+# What a Debian boot does through udev (pvscan autoactivation): activate the VGs on the disk, so a guest
+# that boots again (after a kill) finds its LVs like a real node does. No-op on the first boot.
+vgchange -aay --sysinit >/tmp/vgchange.log 2>&1 || echo "lab-init: vgchange -aay failed: $(cat /tmp/vgchange.log)"
+
 ip link set lo up
 ip addr add 127.0.0.1/8 dev lo 2>/dev/null
 for n in /sys/class/net/eth*; do

@@ -322,6 +322,7 @@ class Lab:
                                        f"have (built against another glibc/distribution than Debian 12?)")
 
     def start(self, boot_timeout=180):
+        prune_work(keep=int(os.environ.get("LAB_KEEP_RUNS", "20")))
         os.makedirs(self.dir, exist_ok=True)
         self.timeline.mark(f"lab {self.name}: building/reusing the guest")
         gdir = builder.build()
@@ -434,6 +435,15 @@ class Lab:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def prune_work(keep):
+    """Old runs' directories (logs; disks are deleted at stop) beyond the newest `keep`."""
+    if not os.path.isdir(WORK):
+        return
+    runs = sorted((e for e in os.scandir(WORK) if e.is_dir()), key=lambda e: e.stat().st_mtime, reverse=True)
+    for e in runs[keep:]:
+        shutil.rmtree(e.path, ignore_errors=True)
 
 
 def parse_size(s):

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import (ENV, Lab, LabError, elapsed, minor_of, print_figures, proc_drbd, pve, pve_try,  # noqa: E402
+from dp import (LabError, elapsed, make_lab, minor_of, print_figures, proc_drbd, pve, pve_try,  # noqa: E402
                 setup_nodes, start_agent, wait_agents)
 
 VMIDS = (101, 102, 103)
@@ -45,7 +45,7 @@ def record(n):
 def main():
     figures = {}
     t_all = time.time()
-    lab = Lab(2, name=os.environ.get("LAB_RUN_NAME"), drbdpool=True)
+    lab = make_lab(2)
     tl = lab.timeline
     lab.start()
     figures["boot both guests (parallel), s"] = lab.boot_seconds

@@ -63,12 +63,16 @@ print JSON::PP->new->canonical->encode($r), "\n";
 """
 
 
+def make_lab(n=2):
+    """A lab with the drbdpool binary, the shim and the PVE driver script (/root/pve.pl) in every guest,
+    also after a restart (they travel in the second cpio)."""
+    return Lab(n, name=os.environ.get("LAB_RUN_NAME"), drbdpool=True, extra_files={"/root/pve.pl": PVE_PL.encode()})
+
+
 def setup_nodes(lab, pool="3G"):
-    """VG `ssd` with thin pool `data` on each guest's virtio disk, the PVE driver script, node registry."""
+    """VG `ssd` with thin pool `data` on each guest's virtio disk; every node registered in the store."""
     lab.par(lambda i: lab.check(i, f"pvcreate -q /dev/vda && vgcreate -q ssd /dev/vda && "
                                    f"lvcreate -q -L {pool} -T ssd/data", 120))
-    for i in lab.guests:
-        lab.write_file(i, "/root/pve.pl", PVE_PL, 0o755)
     for i in lab.guests:
         lab.check(1, ENV + f"drbdpool node add node{i} --address 10.99.0.{i}", 60)
 
