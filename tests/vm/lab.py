@@ -238,7 +238,8 @@ class Guest:
 class Lab:
     def __init__(self, n=2, name=None, disk_size="4G", store=True, extra_files=None, drbdpool=False,
                  mem=None, smp=None):
-        """n guests. extra_files: {guest path: host path or bytes} added as a second cpio at boot.
+        """n guests. extra_files: {guest path: host path (file or directory) or bytes (content, mode 755)},
+        added as a second cpio at every boot.
         drbdpool=True adds the drbdpool binary (env DRBDPOOL_BIN or target/release/drbdpool) as
         /usr/local/bin/drbdpool and the Perl shim (perl-shim/) as /opt/perl-shim."""
         if n < 1 or n > 8:
@@ -286,10 +287,12 @@ class Lab:
         for gpath, src in self.extra.items():
             dst = os.path.join(tree, gpath.lstrip("/"))
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if isinstance(src, (bytes, str)) and not (isinstance(src, str) and os.path.exists(src)):
+            if isinstance(src, bytes):          # file content
                 with open(dst, "wb") as fh:
-                    fh.write(src if isinstance(src, bytes) else src.encode())
+                    fh.write(src)
                 os.chmod(dst, 0o755)
+            elif not os.path.exists(src):
+                raise LabError(f"extra file for {gpath}: {src} does not exist")
             elif os.path.isdir(src):
                 shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
             else:
