@@ -118,9 +118,24 @@ def depends_of(pkgs):
     return deps
 
 
+def kernel_package():
+    try:
+        kdeps = depends_of([KERNEL_META]).get(KERNEL_META, [])
+    except subprocess.CalledProcessError:
+        kdeps = []
+    return next((d for d in kdeps if d.startswith("linux-image-")), None)
+
+
 def resolve_closure():
-    kdeps = depends_of([KERNEL_META])[KERNEL_META]
-    kernel_pkg = next(d for d in kdeps if d.startswith("linux-image-"))
+    kernel_pkg = kernel_package()
+    if kernel_pkg is None:
+        # a fresh machine may have no package lists yet
+        log("apt knows no linux-image-amd64: running apt-get update once")
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"], check=False)
+        kernel_pkg = kernel_package()
+    if kernel_pkg is None:
+        raise SystemExit("apt cannot resolve linux-image-amd64: this must run on Debian 12 with its main "
+                         "archive in the apt sources")
     full = set(WANTED)
     seen, todo = set(), set(WANTED)
     while todo:
