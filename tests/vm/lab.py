@@ -432,6 +432,10 @@ class Lab:
             for f in [g.sock] + ([] if os.environ.get("LAB_KEEP_DISKS") == "1" else [g.disk]):
                 if os.path.exists(f):
                     os.unlink(f)
+        # the run's initrd and overlay tree are rebuilt at every start: not worth keeping
+        if os.path.exists(os.path.join(self.dir, "initrd.img")):
+            os.unlink(os.path.join(self.dir, "initrd.img"))
+        shutil.rmtree(os.path.join(self.dir, "overlay"), ignore_errors=True)
 
     def __enter__(self):
         return self.start()
