@@ -1,0 +1,31 @@
+#!/bin/sh
+# Run lab scenarios: tests/vm/run.sh [scenario...]   (default: raw_drbd demo resize_rejoin)
+# Installs the host packages if missing and builds the guest if its cache does not match (seconds when it
+# does). Builds nothing of the project: the drbdpool scenarios use DRBDPOOL_BIN (default
+# target/release/drbdpool) and DRBDPOOL_SHIM (default perl-shim/), which must exist already.
+# Each scenario's output goes to the terminal and to tests/vm/work/<run>-<scenario>.out; the exit code is
+# non-zero if any scenario failed.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+./install-deps.sh >/dev/null || { echo "run.sh: installing the host packages failed" >&2; exit 2; }
+python3 build-guest.py >/dev/null || { echo "run.sh: building the guest failed" >&2; exit 2; }
+[ $# -gt 0 ] || set -- raw_drbd demo resize_rejoin
+run=$(date +%Y%m%d-%H%M%S)
+mkdir -p work
+failed=""
+summary=""
+for s in "$@"; do
+    s=${s%.py}
+    if [ ! -f "scenarios/$s.py" ]; then
+        echo "run.sh: no scenario '$s' (have: $(cd scenarios && ls *.py | grep -v '^dp.py' | sed 's/\.py$//' | tr '\n' ' '))" >&2
+        exit 2
+    fi
+    t0=$(date +%s)
+    LAB_RUN_NAME="$run-$s" python3 "scenarios/$s.py" 2>&1 | tee "work/$run-$s.out"
+    rc=$(tail -1 "work/$run-$s.out" | grep -q ": PASS$" && echo 0 || echo 1)
+    t=$(( $(date +%s) - t0 ))
+    if [ "$rc" = 0 ]; then summary="$summary\n  PASS  $s (${t}s)"; else summary="$summary\n  FAIL  $s (${t}s)"; failed="$failed $s"; fi
+done
+printf "\nlab summary (logs under tests/vm/work/$run-*):$summary\n"
+[ -z "$failed" ]
