@@ -42,8 +42,8 @@ fi
 
 if [ -x tests/vm/run.sh ] && [ "${DRBDPOOL_SKIP_LAB:-0}" != 1 ]; then
   stage "real-kernel lab (tier 5)"
-  if tests/vm/run.sh --ci 2>&1 | tee "$logdir/lab.log"; then :; else note_fail "lab"; fi
-  p=$(grep -Ec '^SCENARIO PASS' "$logdir/lab.log"); f=$(grep -Ec '^SCENARIO FAIL' "$logdir/lab.log")
+  if tests/vm/run.sh 2>&1 | tee "$logdir/lab.log"; then :; else note_fail "lab"; fi
+  p=$(grep -Ec '^  PASS  ' "$logdir/lab.log"); f=$(grep -Ec '^  FAIL  ' "$logdir/lab.log")
   passed=$((passed + p)); failed=$((failed + f))
   if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); note_fail "lab (no scenario ran)"; fi
 fi
