@@ -204,3 +204,23 @@ fn bad_names_are_refused_before_any_command() {
     assert_eq!(b.snapshot("vm-1-disk-0", "a b").unwrap_err().kind(), "invalid-input");
     assert!(r.calls().is_empty());
 }
+
+/// A node that rebooted without VG autoactivation: the LV exists but is inactive, so
+/// its device node is missing. Creating (ensuring) it activates it instead of failing later.
+#[test]
+fn existing_inactive_lv_is_activated() {
+    let inactive = LVS.replace(r#""lv_name":"vm-100-disk-0", "vg_name":"vg0", "lv_attr":"Vwi-a-tz--""#, r#""lv_name":"vm-100-disk-0", "vg_name":"vg0", "lv_attr":"Vwi---tz--""#);
+    assert_ne!(inactive, LVS, "fixture shape changed");
+    for (b, r) in [("thin", RecordingRunner::new()), ("thick", RecordingRunner::new())] {
+        r.on(&["lvs"], Output::ok(inactive.clone()));
+        let backend = if b == "thin" { thin(&r) } else { thick(&r) };
+        backend.create("vm-100-disk-0", 1024).unwrap();
+        assert!(r.calls().contains(&format!("lvchange {F} -ay -K vg0/vm-100-disk-0")), "{b}: {:?}", r.calls());
+        // An active LV is left alone.
+        let r2 = RecordingRunner::new();
+        r2.on(&["lvs"], Output::ok(LVS));
+        let backend = if b == "thin" { thin(&r2) } else { thick(&r2) };
+        backend.create("vm-100-disk-0", 1024).unwrap();
+        assert!(!r2.calls().iter().any(|c| c.starts_with("lvchange")), "{b}: {:?}", r2.calls());
+    }
+}

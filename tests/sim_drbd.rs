@@ -151,9 +151,9 @@ fn resize_follows_the_smallest_backing_and_needs_peers() {
     a.apply(&w.plan("a", &["a", "b"], 1500)).unwrap();
     big.size_kib = 1500;
     b.apply(&big).unwrap();
-    a.resize("r0").unwrap();
+    a.resize("r0", true).unwrap();
     assert_eq!(st(&b).devices[0].size_kib, Some(1500));
     assert_eq!(st(&a).devices[0].size_kib, Some(1500));
     b.down("r0").unwrap();
-    assert_eq!(a.resize("r0").unwrap_err().kind(), "refused");
+    assert_eq!(a.resize("r0", true).unwrap_err().kind(), "refused");
 }

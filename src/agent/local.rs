@@ -320,7 +320,8 @@ impl NodeOps for LocalNode {
     fn grow_drbd(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
-        self.repl.resize(&vol.resource)
+        let thin = self.is_thin(&vol.backend)?;
+        self.repl.resize(&vol.resource, thin)
     }
 
     fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {

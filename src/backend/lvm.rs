@@ -25,7 +25,12 @@ impl Lvm {
 impl Backend for Lvm {
     fn create(&self, name: &str, size_kib: u64) -> Result<Backing> {
         r::check_name(name)?;
-        if let Some(b) = self.lookup(name)? {
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        if let Some(row) = r::find(&rows, name) {
+            let b = r::backing_of(row, &self.vg, name)?;
+            if !r::is_active(row) {
+                r::activate(&*self.runner, &self.vg, name)?;
+            }
             return if b.size_kib < size_kib { self.resize(name, size_kib) } else { Ok(b) };
         }
         // -Wy --yes: reused extents may carry old signatures; wipe them without a prompt.

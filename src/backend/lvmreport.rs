@@ -95,6 +95,18 @@ pub fn find<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
     rows.iter().find(|r| r.get("lv_name").map(String::as_str) == Some(name))
 }
 
+/// lv_attr's fifth character is the state: `a` active. A node that rebooted
+/// without VG autoactivation (or after `vgchange -an`) has its LVs inactive.
+pub fn is_active(row: &Row) -> bool {
+    row.get("lv_attr").and_then(|a| a.chars().nth(4)).is_some_and(|c| c == 'a')
+}
+
+/// Activate an existing LV so its device node exists (`-K`: also when it carries
+/// the activation-skip flag, as thin snapshots do).
+pub fn activate(runner: &dyn crate::exec::Runner, vg: &str, lv: &str) -> Result<()> {
+    runner.check(&lvm("lvchange").args(["-ay".to_string(), "-K".into(), format!("{vg}/{lv}")])).map(|_| ())
+}
+
 pub fn backing_of(row: &Row, vg: &str, name: &str) -> Result<super::Backing> {
     let path = match row.get("lv_path").map(String::as_str) {
         Some(p) if !p.is_empty() => p.to_string(),

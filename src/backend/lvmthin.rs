@@ -62,6 +62,9 @@ impl Backend for LvmThin {
         let rows = r::lvs(&*self.runner, &self.vg)?;
         self.pool_row(&rows)?;
         if let Some(b) = self.lookup_in(&rows, name)? {
+            if r::find(&rows, name).is_some_and(|row| !r::is_active(row)) {
+                r::activate(&*self.runner, &self.vg, name)?;
+            }
             return if b.size_kib < size_kib { self.resize(name, size_kib) } else { Ok(b) };
         }
         self.runner.check(&lvm("lvcreate").args([

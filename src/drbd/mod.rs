@@ -106,7 +106,9 @@ pub trait Replication: Send + Sync {
     /// Declare freshly created, connected, Inconsistent/Inconsistent data UpToDate without a full sync.
     fn skip_initial_sync(&self, resource: &str) -> Result<()>;
     /// `drbdadm resize` after every backing device has grown.
-    fn resize(&self, resource: &str) -> Result<()>;
+    /// `assume_clean`: thin backing reads zeroes in the grown area on every replica, so
+    /// it needs no resync (`--assume-clean`); thick backing must resync it.
+    fn resize(&self, resource: &str, assume_clean: bool) -> Result<()>;
     /// Mark the local replica Outdated (fence-peer on the peer's request).
     fn outdate(&self, resource: &str) -> Result<()>;
     /// Allow or forbid two primaries at runtime (live-migration window; docs/ARCHITECTURE.md).

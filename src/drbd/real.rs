@@ -473,8 +473,8 @@ impl Replication for DrbdAdm {
         .map(|_| ())
     }
 
-    fn resize(&self, resource: &str) -> Result<()> {
-        self.resize_opts(resource, false)
+    fn resize(&self, resource: &str, assume_clean: bool) -> Result<()> {
+        self.resize_opts(resource, assume_clean)
     }
 
     /// Our resource files (`drbdpool-<res>.res`), whether the resource is up or not.

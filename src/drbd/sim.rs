@@ -590,7 +590,9 @@ impl Replication for SimDrbd {
         })
     }
 
-    fn resize(&self, resource: &str) -> Result<()> {
+    // The sim keeps no bitmap of the grown area: with or without assume_clean the
+    // replicas stay in sync (the lab measures the real resync).
+    fn resize(&self, resource: &str, _assume_clean: bool) -> Result<()> {
         self.with_world(resource, |w| {
             let me = self.mine(w, resource)?.clone();
             let mut size = me.want_size_kib.min(usable(&me.backing)?);

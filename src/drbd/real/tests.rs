@@ -391,8 +391,8 @@ fn small_commands_exact_argv() {
     let t = setup(Flavor::V9);
     t.adm.set_dual_primary(RES, true).unwrap();
     t.adm.set_dual_primary(RES, false).unwrap();
-    t.adm.resize(RES).unwrap();
-    t.adm.resize_opts(RES, true).unwrap();
+    t.adm.resize(RES, false).unwrap();
+    t.adm.resize(RES, true).unwrap();
     t.adm.outdate(RES).unwrap();
     assert_eq!(
         t.r.calls(),
