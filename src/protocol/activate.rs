@@ -80,10 +80,14 @@ pub fn decide(
     let connected: Vec<&str> = local_obs
         .map(|o| o.peers.iter().filter(|p| p.connection == "Connected").map(|p| p.node.as_str()).collect())
         .unwrap_or_default();
+    // Claims of peers DRBD cannot see here: (node, age of its last report).
+    let mut unseen_claims: Vec<(String, u64)> = Vec::new();
     for n in replica_nodes.iter().filter(|n| **n != local && !connected.contains(n)) {
         if let Some((s, v)) = published(n) {
-            if v.role == "Primary" && now.saturating_sub(s.updated) <= STALE_AFTER_SECS && !others.iter().any(|o| o == n) {
+            let age = now.saturating_sub(s.updated);
+            if v.role == "Primary" && age <= STALE_AFTER_SECS && !others.iter().any(|o| o == n) {
                 others.push(n.to_string());
+                unseen_claims.push((n.to_string(), age));
             }
         }
     }
@@ -92,6 +96,15 @@ pub fn decide(
         [] if already => Ok(Decision::AlreadyPrimary),
         [] => Ok(Decision::Promote),
         [one] if migrated_from == Some(one.as_str()) => Ok(Decision::PromoteForMigration { source: one.clone() }),
+        _ if !unseen_claims.is_empty() && unseen_claims.len() == others.len() => {
+            // Only reports, no live DRBD connection: the node may be dead or cut off.
+            let (n, age) = &unseen_claims[0];
+            Err(refused!(
+                "volume {name} was Primary on {n} at its last report {age}s ago and DRBD here cannot reach {n}: \
+                 if {n} is down, retry after its report is {STALE_AFTER_SECS}s old (HA recovery waits longer anyway); \
+                 if it is running, stop the guest there first"
+            ))
+        }
         _ => Err(refused!(
             "volume {name} is Primary on {}: it is in use there (stop the guest there first; two primaries are only allowed during a live migration from that node)",
             others.join(", ")
