@@ -218,6 +218,213 @@ fn agent_case(fp: &str) {
     w.assert_clean(&format!("{fp}: after free"));
 }
 
+const SNAP: &str = "s1";
+
+fn write_at0(path: &std::path::Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_at0(path: &std::path::Path, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut b = vec![0; n];
+    std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+    b
+}
+
+fn image(w: &World, n: &str) -> std::path::PathBuf {
+    w.node_dir(n).join(format!("{}.img", w.res(VOL)))
+}
+
+/// Snapshot copies (`<res>.<snap>.snap`, and temp copies) in node `n`'s image directory.
+fn snaps(w: &World, n: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(w.node_dir(n))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.contains(".snap"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every replica node holds exactly the snapshots the document lists, none on a loop
+/// device (check does not look at snapshots), and `check` is clean.
+fn assert_snaps_match_doc(w: &World, when: &str) {
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    assert!(d.snapshots.iter().all(|s| s.rollback.is_none()), "{when}: a rollback mark is left");
+    for n in ["a", "b"] {
+        let mut want: Vec<String> = d.snapshots.iter().map(|s| format!("{}.{}.snap", w.res(VOL), s.name)).collect();
+        want.sort();
+        assert_eq!(snaps(w, n), want, "{when}: snapshots on {n}\n{}", w.dump());
+        for f in &want {
+            assert!(lab::loops(&w.node_dir(n).join(f)).is_empty(), "{when}: {n}/{f} left on a loop device");
+        }
+    }
+    w.assert_clean(when);
+}
+
+fn snapshot_ok(w: &World) {
+    let (o, _) = w.plugin_pumped("a", "snapshot", json!({"volname": VOL, "snap": SNAP}), &[]);
+    assert_eq!(o.code, 0, "snapshot: {} {}", o.stdout, o.stderr);
+}
+
+/// Delete the snapshot and the volume; nothing may be left.
+fn finish(w: &World, fp: &str) {
+    let (o, _) = w.plugin_pumped("a", "snapshot_delete", json!({"volname": VOL, "snap": SNAP}), &[]);
+    assert_eq!(o.code, 0, "{fp}: snapshot_delete: {}", o.stderr);
+    w.round();
+    assert_snaps_match_doc(w, &format!("{fp}: after snapshot_delete"));
+    let (o, _) = w.plugin_pumped("a", "free", json!({"volname": VOL}), &[]);
+    assert_eq!(o.code, 0, "{fp}: free: {}", o.stderr);
+    w.rounds_until("volume gone", 10, || w.store.all_volumes().unwrap().is_empty());
+    w.assert_clean(&format!("{fp}: after free"));
+    for n in ["a", "b"] {
+        assert!(snaps(w, n).is_empty() && w.images(n).is_empty(), "{fp}: {n} keeps {:?} {:?}", snaps(w, n), w.images(n));
+    }
+}
+
+/// The snapshot call dies at `fp`; PVE's retry (or the agents) complete it: the snapshot
+/// exists on both replicas and in the document, or nowhere.
+fn snapshot_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = World::new(&["a", "b"]);
+    alloc(&w);
+    let ch = w.spawn_plugin("a", "snapshot", json!({"volname": VOL, "snap": SNAP}), &fp_env(fp));
+    assert_crashed(&w.pump(ch), fp);
+    assert_consistent_after_crash(&w, fp);
+    // The retry: done now, or already recorded by the dead call (conflict).
+    let (o, v) = w.plugin_pumped("a", "snapshot", json!({"volname": VOL, "snap": SNAP}), &[]);
+    assert!(o.code == 0 || v["error"]["kind"] == "conflict", "{fp}: retried snapshot: {} {}", o.stdout, o.stderr);
+    w.rounds_until("both replicas report the snapshot", 10, || {
+        ["a", "b"].iter().all(|n| published(&w, n).is_some_and(|o| o.snapshots == vec![SNAP.to_string()]))
+    });
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    assert_eq!(d.snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec![SNAP], "{fp}");
+    assert_snaps_match_doc(&w, &format!("{fp}: after the retry"));
+    finish(&w, fp);
+}
+
+/// snapshot_delete dies at `fp`; the agents (and PVE's retry) finish it.
+fn snapshot_delete_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = World::new(&["a", "b"]);
+    alloc(&w);
+    snapshot_ok(&w);
+    let ch = w.spawn_plugin("a", "snapshot_delete", json!({"volname": VOL, "snap": SNAP}), &fp_env(fp));
+    assert_crashed(&w.pump(ch), fp);
+    assert_consistent_after_crash(&w, fp);
+    assert!(w.store.volume(&w.sid, VOL).unwrap().unwrap().snapshots.is_empty(), "{fp}: the document still lists the snapshot");
+    w.rounds_until("no replica reports the snapshot", 10, || {
+        ["a", "b"].iter().all(|n| published(&w, n).is_some_and(|o| o.snapshots.is_empty()))
+    });
+    assert_snaps_match_doc(&w, &format!("{fp}: after the agents"));
+    let (o, _) = w.plugin_pumped("a", "snapshot_delete", json!({"volname": VOL, "snap": SNAP}), &[]);
+    assert_eq!(o.code, 0, "{fp}: retried snapshot_delete: {}", o.stderr);
+    finish(&w, fp);
+}
+
+/// A volume with snapshot s1 of "old-data" whose replicas now hold "new-data".
+fn rollback_world() -> World {
+    let w = World::new(&["a", "b"]);
+    alloc(&w);
+    for n in ["a", "b"] {
+        write_at0(&image(&w, n), b"old-data");
+    }
+    snapshot_ok(&w);
+    for n in ["a", "b"] {
+        write_at0(&image(&w, n), b"new-data");
+    }
+    w
+}
+
+/// After a rollback was retried: both replicas back, UpToDate, holding the snapshot's data.
+fn assert_rolled_back(w: &World, fp: &str) {
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    w.rounds_until("both replicas UpToDate after the rollback", 20, || {
+        ["a", "b"].iter().all(|n| published(w, n).is_some_and(|o| o.disk == "UpToDate" && o.generation >= d.generation && o.error.is_none()))
+    });
+    for n in ["a", "b"] {
+        assert_eq!(read_at0(&image(w, n), 8), b"old-data", "{fp}: data on {n} after the rollback");
+    }
+    w.rounds_until("both replicas report the snapshot", 10, || {
+        ["a", "b"].iter().all(|n| published(w, n).is_some_and(|o| o.snapshots == vec![SNAP.to_string()]))
+    });
+    assert_snaps_match_doc(w, &format!("{fp}: after the rollback"));
+}
+
+/// snapshot_rollback dies at `fp`; the mark stays (the other replicas stay discarded)
+/// until the rollback is repeated on the same node, which completes it.
+fn rollback_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = rollback_world();
+    let ch = w.spawn_plugin("a", "snapshot_rollback", json!({"volname": VOL, "snap": SNAP}), &fp_env(fp));
+    assert_crashed(&w.pump(ch), fp);
+    assert_consistent_after_crash(&w, fp);
+    // Any other rollback is refused meanwhile, naming the node to repeat it on.
+    let (o, v) = w.plugin("b", "snapshot_rollback", json!({"volname": VOL, "snap": SNAP}), &[]);
+    assert!(o.code != 0 && v["error"]["kind"] == "refused", "{fp}: {}", o.stdout);
+    let (o, _) = w.plugin_pumped("a", "snapshot_rollback", json!({"volname": VOL, "snap": SNAP}), &[]);
+    assert_eq!(o.code, 0, "{fp}: repeated rollback: {} {}", o.stdout, o.stderr);
+    assert_rolled_back(&w, fp);
+    finish(&w, fp);
+}
+
+/// b's agent dies right after taking its copy while a's snapshot call waits for it.
+fn agent_snapshot_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = World::new(&["a", "b"]);
+    alloc(&w);
+    w.round();
+    let ch = w.spawn_plugin("a", "snapshot", json!({"volname": VOL, "snap": SNAP}), &[]);
+    wait_doc(&w, "the snapshot recorded", |d| !d.snapshots.is_empty());
+    let o = w.agent_once("b", &fp_env(fp));
+    assert_crashed(&o, fp);
+    assert_consistent_after_crash(&w, fp);
+    let o = w.pump(ch);
+    assert_eq!(o.code, 0, "{fp}: snapshot after b's agent restarted: {} {}", o.stdout, o.stderr);
+    w.round();
+    assert_snaps_match_doc(&w, &format!("{fp}: after the snapshot"));
+    finish(&w, fp);
+}
+
+/// b's agent dies right after discarding its replica for a's rollback; the restarted agent
+/// reports it discarded and the rollback completes.
+fn agent_discard_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = rollback_world();
+    w.round();
+    let ch = w.spawn_plugin("a", "snapshot_rollback", json!({"volname": VOL, "snap": SNAP}), &[]);
+    wait_doc(&w, "the rollback mark", |d| d.snapshots.iter().any(|s| s.rollback.is_some()));
+    let o = w.agent_once("b", &fp_env(fp));
+    assert_crashed(&o, fp);
+    assert_consistent_after_crash(&w, fp);
+    let o = w.pump(ch);
+    assert_eq!(o.code, 0, "{fp}: rollback after b's agent restarted: {} {}", o.stdout, o.stderr);
+    assert_rolled_back(&w, fp);
+    finish(&w, fp);
+}
+
+fn wait_doc(w: &World, what: &str, f: impl Fn(&drbdpool::store::docs::VolumeDoc) -> bool) {
+    let t = std::time::Instant::now();
+    while !w.store.volume(&w.sid, VOL).unwrap().is_some_and(|d| f(&d)) {
+        assert!(t.elapsed() < Duration::from_secs(20), "not seen within 20 s: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 macro_rules! cases {
     ($($f:ident => $case:ident($fp:literal);)*) => {
         $(#[test] fn $f() { $case($fp) })*
@@ -252,4 +459,15 @@ cases! {
     agent_after_resource_file => agent_case("agent.after-resource-file");
     agent_after_apply => agent_case("agent.after-apply");
     agent_before_publish => agent_case("agent.before-publish");
+    snapshot_after_local => snapshot_case("snapshot.after-local");
+    snapshot_after_doc => snapshot_case("snapshot.after-doc");
+    snapshot_after_peers => snapshot_case("snapshot.after-peers");
+    snapshot_delete_after_doc => snapshot_delete_case("snapshot-delete.after-doc");
+    snapshot_delete_after_local_remove => snapshot_delete_case("snapshot-delete.after-local-remove");
+    rollback_after_mark => rollback_case("rollback.after-mark");
+    rollback_after_discarded => rollback_case("rollback.after-discarded");
+    rollback_after_local_rollback => rollback_case("rollback.after-local-rollback");
+    rollback_before_clear => rollback_case("rollback.before-clear");
+    agent_after_snapshot => agent_snapshot_case("agent.after-snapshot");
+    agent_after_discard => agent_discard_case("agent.after-discard");
 }

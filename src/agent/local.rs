@@ -422,6 +422,7 @@ impl NodeOps for LocalNode {
         self.refuse_in_use(vol, "rolled back")?;
         self.repl.down(&vol.resource)?;
         backend.rollback(&vol.resource, snap)?;
+        crate::failpoint!("rollback.after-local-rollback"); // data rolled back, DRBD still down
         let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
         let plan = self.plan(vol, &backing, backend.thin(), false)?;
         self.repl.apply(&plan)?;

@@ -340,7 +340,10 @@ impl Agent {
                 continue;
             }
             match self.local.snapshot(vol, &d.name) {
-                Ok(()) => out.push(d.name.clone()),
+                Ok(()) => {
+                    crate::failpoint!("agent.after-snapshot");
+                    out.push(d.name.clone())
+                }
                 Err(e) => errors.push(format!("taking snapshot {}: {e}", d.name)),
             }
         }
@@ -358,6 +361,7 @@ impl Agent {
         if self.discarded.get(res) != Some(&since) {
             self.applied.remove(res);
             self.local.discard_replica(vol)?;
+            crate::failpoint!("agent.after-discard");
             self.discarded.insert(res.clone(), since);
         }
         Ok(VolumeObserved {

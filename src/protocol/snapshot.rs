@@ -120,6 +120,7 @@ pub fn snapshot(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let here = doc.replica(&local).is_some();
     if here {
         ctx.node.snapshot(&doc, snap)?;
+        crate::failpoint!("snapshot.after-local");
     }
     let recorded = update(ctx, sid, volname, |d| {
         if d.snapshots.iter().any(|s| s.name == snap) {
@@ -138,6 +139,7 @@ pub fn snapshot(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             return Err(e);
         }
     };
+    crate::failpoint!("snapshot.after-doc");
     let peers = peers_of(ctx, &doc);
     let mut failed: Option<String> = None;
     let pending = until_done(deadline.saturating_duration_since(Instant::now()), ctx.poll, &format!("snapshot {snap} of {name}"), || {
@@ -155,6 +157,7 @@ pub fn snapshot(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         Ok(p)
     })?;
     if failed.is_none() && pending.is_empty() {
+        crate::failpoint!("snapshot.after-peers");
         tracing::info!("snapshot {snap} of {name} taken on {}", names(&doc));
         return Ok(json!({}));
     }
@@ -197,9 +200,11 @@ pub fn snapshot_delete(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         d.snapshots.retain(|s| s.name != snap);
         Ok(())
     })?;
+    crate::failpoint!("snapshot-delete.after-doc");
     // Also when the document did not list it: removes leftovers here (idempotent).
     if doc.replica(ctx.node.name()).is_some() {
         ctx.node.remove_snapshot(&doc, snap)?;
+        crate::failpoint!("snapshot-delete.after-local-remove");
     }
     let peers = peers_of(ctx, &doc);
     let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("snapshot {snap} of {name} to be deleted"), || {
@@ -282,6 +287,7 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         s.rollback = Some(RollbackMark { source: local.clone(), since: now() });
         Ok(())
     })?;
+    crate::failpoint!("rollback.after-mark");
     let r = (|| -> Result<()> {
         let peers = peers_of(ctx, &doc);
         let mut failed: Option<String> = None;
@@ -311,8 +317,10 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 agent_hint(&pending)
             )));
         }
+        crate::failpoint!("rollback.after-discarded");
         ctx.node.rollback_source(&doc, snap)
     })();
+    crate::failpoint!("rollback.before-clear");
     // Clear the mark in every case: the discarded replicas come up and resync fully from
     // this node, rolled back or (on failure) unchanged.
     let cleared = update(ctx, sid, volname, |d| {
