@@ -27,7 +27,7 @@ pub struct Finding {
     /// Stable word: unreadable, duplicate-minor, duplicate-port, duplicate-resource,
     /// duplicate-node-id, unregistered-node, stuck-creating, stuck-deleting, stale-lock,
     /// temp-file, leaked-resource, leaked-backing, leaked-loop, missing-backing, missing-resource,
-    /// migration-window, local-unchecked.
+    /// migration-window, stuck-rollback, local-unchecked.
     pub kind: String,
     /// What it is about (volume id, node, path).
     pub subject: String,
@@ -156,6 +156,21 @@ fn check_store(store: &Store, docs: &[VolumeDoc], o: &CheckOpts, out: &mut Vec<F
                         vid(v),
                         dp.source,
                         dp.target
+                    ),
+                ));
+            }
+        }
+        for (sn, m) in v.snapshots.iter().filter_map(|s| s.rollback.as_ref().map(|m| (&s.name, m))) {
+            let a = now.saturating_sub(m.since);
+            if a > o.stuck_after.as_secs() {
+                out.push(f(
+                    "stuck-rollback",
+                    vid(v),
+                    format!(
+                        "{} has been marked for a rollback to {sn} on {} for {a}s: the rollback died in the middle and the other replicas stay down (discarded) until it finishes. Repeat it on {}: `qm rollback`/`pct rollback` (or `pvesm` snapshot_rollback) to {sn}",
+                        vid(v),
+                        m.source,
+                        m.source
                     ),
                 ));
             }
@@ -375,7 +390,10 @@ fn check_local(node: &str, docs: &[VolumeDoc], storeids: &BTreeSet<String>, repl
         if !backings.contains(*r) {
             out.push(f("missing-backing", format!("{node}:{r}"), format!("{} lists {node} as a replica but its backing device is missing there: the agent recreates it (empty: it resyncs from a peer); check `journalctl -u drbdpool-agent`", vid(v))));
         }
-        if !configured.contains(*r) {
+        // Discarded for a rollback on another node: down on purpose until the mark is cleared
+        // (a mark left too long is reported as stuck-rollback).
+        let discarded = v.snapshots.iter().filter_map(|s| s.rollback.as_ref()).any(|m| m.source != node);
+        if !configured.contains(*r) && !discarded {
             out.push(f("missing-resource", format!("{node}:{r}"), format!("{} lists {node} as a replica but DRBD resource {r} is not configured there: check that the agent runs (`systemctl status drbdpool-agent`)", vid(v))));
         }
     }

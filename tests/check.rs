@@ -7,7 +7,7 @@ mod lab;
 
 use std::process::Command;
 
-use drbdpool::store::docs::{DualPrimary, Replica, VolumeState};
+use drbdpool::store::docs::{DualPrimary, Replica, RollbackMark, SnapshotDoc, VolumeState};
 use lab::{can_run, World};
 use serde_json::{json, Value};
 
@@ -50,6 +50,8 @@ fn check_names_each_kind_of_damage() {
     old.state = VolumeState::Creating;
     old.created -= 100_000;
     old.dual_primary = Some(DualPrimary { source: "a".into(), target: "zz".into(), since: old.created });
+    // ... and a rollback whose helper died long ago (its source a: a's replica still counts as missing).
+    old.snapshots.push(SnapshotDoc { name: "s1".into(), created: old.created, origin: Some("a".into()), rollback: Some(RollbackMark { source: "a".into(), since: old.created }) });
     w.store.put_volume(&old).unwrap();
     // A lock of a dead holder.
     let lock = w.store.lock_dir().join("drbdpool-vol-x");
@@ -88,6 +90,7 @@ fn check_names_each_kind_of_damage() {
         "unregistered-node",
         "stuck-creating",
         "migration-window",
+        "stuck-rollback",
         "stale-lock",
         "leaked-backing",
         "leaked-resource",
@@ -101,6 +104,7 @@ fn check_names_each_kind_of_damage() {
     assert!(has(&fa, "missing-backing", &good.resource), "{fa:?}");
     assert!(has(&fa, "missing-resource", "vm-100-disk-8"), "{fa:?}");
     assert!(has(&fa, "leaked-loop", &dev), "{fa:?}");
+    assert!(has(&all, "stuck-rollback", "vm-100-disk-8"), "{all:?}");
     assert!(has(&all, "duplicate-port", "a:7000") && has(&all, "duplicate-port", "b:7000"));
 
     // The text form: one line per finding plus a count, exit 9.
