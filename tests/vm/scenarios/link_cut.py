@@ -75,6 +75,8 @@ def main():
         tl.mark(f"{vol} ({path}, resource {res}) Primary on node1, ext4 (MMP) mounted")
 
         acks = os.path.join(lab.share, "acks")
+        if os.path.exists(acks):  # a run directory reused under the same LAB_RUN_NAME
+            os.remove(acks)
         lab.write_file(1, "/root/logger.pl", LOGGER, 0o755)
         lab.check(1, f"setsid perl /root/logger.pl {MNT}/journal.log /share/acks >/share/logger.err 2>&1 "
                      "</dev/null & echo $! >/run/logger.pid")
@@ -108,6 +110,13 @@ def main():
         if not p1["ro"].startswith("Primary") or not p1["ds"].startswith("UpToDate"):
             raise LabError(f"node1 is {p1['ro']} {p1['ds']} after the cut, want Primary UpToDate")
 
+        # Node 2 (Secondary, idle) notices the loss only by DRBD's ping timeout; until then it still shows
+        # node 1 Connected and Primary. Try after it noticed: then only the store's mark stands in the way.
+        lab.wait_until(2, "cat /proc/drbd", lambda o: re.search(rf"^\s*{minor}: cs:(?!Connected)", o, re.M),
+                       90, every=0.5, what="node2 to lose the connection")
+        p2 = proc_drbd(lab, 2)[minor]
+        figures["connection loss noticed by node2, s"] = tl.mark(
+            f"node2 lost the connection too: {p2['cs']} {p2['ro']} {p2['ds']}")
         ok, msg = pve_try(lab, 2, "activate", vol)
         if ok:
             raise LabError(f"activate on node2 (cut off, outdated) SUCCEEDED: {msg}")
@@ -134,7 +143,7 @@ def main():
             what="node2 to reconnect and resync to UpToDate")
         figures["link restored -> node2 Connected and UpToDate, s"] = elapsed(t)
         nr = proc_drbd(lab, 2)[minor]["nr"]
-        tl.mark(f"node2 reconnected and UpToDate (received {nr} KiB from node1 since it came up)")
+        tl.mark(f"node2 reconnected and UpToDate ({nr} KiB received from node1 in all: replication before the cut + resync)")
         deadline = time.time() + 60
         while "node2" in (doc := show(lab, 2, vol)).get("outdated", []):
             if time.time() > deadline:

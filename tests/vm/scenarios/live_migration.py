@@ -52,6 +52,8 @@ def main():
         tl.mark(f"{vol} ({path}) Primary on node1, ext4 (MMP) mounted; no dual-primary on either kernel")
 
         acks = os.path.join(lab.share, "acks")
+        if os.path.exists(acks):  # a run directory reused under the same LAB_RUN_NAME
+            os.remove(acks)
         lab.write_file(1, "/root/logger.pl", LOGGER, 0o755)
         lab.check(1, f"setsid perl /root/logger.pl {MNT}/journal.log /share/acks >/share/logger.err 2>&1 "
                      "</dev/null & echo $! >/run/logger.pid")
@@ -101,8 +103,8 @@ def main():
         lab.check(1, f"umount {MNT}", 60)
         t = time.time()
         pve(lab, 1, "deactivate", vol)
-        figures["deactivate on the source (closes the window), s"] = tl.mark(
-            f"node1 stopped the writer ({n_acked} acknowledged), unmounted and deactivated")
+        figures["deactivate on the source (closes the window), s"] = elapsed(t)
+        tl.mark(f"node1 stopped the writer ({n_acked} acknowledged), unmounted and deactivated")
         dp = voldoc(lab, vol).get("dual_primary")
         if dp:
             raise LabError(f"the store still has a dual-primary window after the source deactivated: {dp}")
