@@ -92,19 +92,22 @@ def wait_agents(lab, nodes, timeout=90):
                        every=1, what=f"node{i}'s agent to publish its state")
 
 
-def pve(lab, i, *args, timeout=120):
-    """Call the Perl shim on guest i: returns the decoded JSON line; raises LabError with its message."""
-    cmd = ENV + "perl -T /root/pve.pl " + " ".join(str(a) for a in args)
+def pve(lab, i, *args, timeout=120, env=None):
+    """Call the Perl shim on guest i: returns the decoded JSON line; raises LabError with its message.
+    env: extra environment for the perl process, e.g. {"PVE_MIGRATED_FROM": "node1"} (what qemu-server sets
+    on the target of a live migration before activate_volumes)."""
+    pre = "".join(f"{k}={v} " for k, v in (env or {}).items())
+    cmd = ENV + pre + "perl -T /root/pve.pl " + " ".join(str(a) for a in args)
     rc, out, err = lab.run_full(i, cmd, timeout)
     if rc != 0:
         raise LabError(f"node{i}: pve.pl {' '.join(map(str, args))} exited {rc}: {err.strip()[-1500:]}")
     return json.loads(out.strip().splitlines()[-1])
 
 
-def pve_try(lab, i, *args, timeout=120):
+def pve_try(lab, i, *args, timeout=120, env=None):
     """(ok, result or error message)."""
     try:
-        return True, pve(lab, i, *args, timeout=timeout)
+        return True, pve(lab, i, *args, timeout=timeout, env=env)
     except LabError as e:
         return False, str(e)
 
@@ -122,6 +125,18 @@ def proc_drbd(lab, i):
         d.update(zip(("ns", "nr", "dw", "dr", "oos"), map(int, m.groups()[4:])))
         res[int(m.group(1))] = d
     return res
+
+
+def voldoc(lab, vol, storeid=STOREID):
+    """The volume's document in the cluster store, read on the host (the 9p directory)."""
+    with open(os.path.join(lab.store, "priv", "drbdpool", "volumes", storeid, f"{vol}.json")) as fh:
+        return json.load(fh)
+
+
+def drbdsetup_show(lab, i, res):
+    """`drbdsetup-84 show <res>`: the kernel's runtime configuration of the resource (non-default options)."""
+    return lab.check(i, "s=$(ls /usr/lib/drbd/drbdsetup-84 /lib/drbd/drbdsetup-84 2>/dev/null | head -1); "
+                        f'[ -n "$s" ] || {{ echo no drbdsetup-84 >&2; exit 1; }}; "$s" show {res}', 30)
 
 
 def minor_of(path):
