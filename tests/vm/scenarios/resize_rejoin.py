@@ -163,7 +163,10 @@ def main():
         figures["KiB resynced (node1 'will sync')"] = resync_kib
         figures["KiB node2 sent for the rejoin (/proc/drbd ns)"] = sent
         vol_kib = dev[1] // 1024
-        if not CHANGED_MIB * 1024 <= peer_kib <= CHANGED_MIB * 1024 + 16384:
+        # Besides the 16 MiB written, mounting on node2 replayed node1's ext4 journal (up to the journal's
+        # 16 MiB) and the new writes' metadata went through the journal again: allow that much, which is
+        # still far from the whole volume. (Seen: 24028 KiB in one run, 36636 KiB in a busier one.)
+        if not CHANGED_MIB * 1024 <= peer_kib <= CHANGED_MIB * 1024 + 48 * 1024:
             raise LabError(f"node2's bitmap holds {peer_kib} KiB but {CHANGED_MIB} MiB changed there")
         if resync_kib > self_kib + peer_kib or resync_kib >= vol_kib or sent > resync_kib + 4096:
             raise LabError(f"the rejoin resynced {resync_kib} KiB (sent {sent}) of a {vol_kib} KiB volume; "
