@@ -46,49 +46,8 @@ pub struct MetricsData {
     pub health: AgentHealth,
 }
 
-// Value sets of drbd-reactor's enums (src/drbd.rs), so every series exists with 0/1 as there.
-const ROLES: &[&str] = &["Unknown", "Primary", "Secondary"];
-const DISK_STATES: &[&str] = &[
-    "Diskless",
-    "Attaching",
-    "Detaching",
-    "Failed",
-    "Negotiating",
-    "Inconsistent",
-    "Outdated",
-    "DUnknown",
-    "Consistent",
-    "UpToDate",
-];
-const CONNECTION_STATES: &[&str] = &[
-    "StandAlone",
-    "Disconnecting",
-    "Unconnected",
-    "Timeout",
-    "BrokenPipe",
-    "NetworkFailure",
-    "ProtocolError",
-    "TearDown",
-    "Connecting",
-    "Connected",
-];
-const REPLICATION_STATES: &[&str] = &[
-    "Off",
-    "Established",
-    "StartingSyncS",
-    "StartingSyncT",
-    "WFBitMapS",
-    "WFBitMapT",
-    "WFSyncUUID",
-    "SyncSource",
-    "SyncTarget",
-    "VerifyS",
-    "VerifyT",
-    "PausedSyncS",
-    "PausedSyncT",
-    "Ahead",
-    "Behind",
-];
+// drbd-reactor's value sets, so every series exists with 0/1 as there.
+use crate::drbd::words::{CONNECTIONS as CONNECTION_STATES, DISKS as DISK_STATES, REPLICATIONS as REPLICATION_STATES, ROLES};
 
 /// Escape a label value: backslash, double quote and newline (exposition format 0.0.4).
 pub fn escape_label(v: &str) -> String {

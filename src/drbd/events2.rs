@@ -106,49 +106,8 @@ const PEER_DEVICE_KEYS: &[&str] = &[
 const PATH_KEYS: &[&str] = &["name", "peer-node-id", "conn-name", "local", "peer", "established"];
 const HELPER_KEYS: &[&str] = &["name", "peer-node-id", "conn-name", "volume", "minor", "helper", "status"];
 
-// Value sets (drbd-reactor src/drbd.rs, DRBD 9 and 8.4 mapped names).
-const ROLES: &[&str] = &["Primary", "Secondary", "Unknown"];
-const DISKS: &[&str] = &[
-    "Diskless",
-    "Attaching",
-    "Detaching",
-    "Failed",
-    "Negotiating",
-    "Inconsistent",
-    "Outdated",
-    "DUnknown",
-    "Consistent",
-    "UpToDate",
-];
-const CONNECTIONS: &[&str] = &[
-    "StandAlone",
-    "Disconnecting",
-    "Unconnected",
-    "Timeout",
-    "BrokenPipe",
-    "NetworkFailure",
-    "ProtocolError",
-    "TearDown",
-    "Connecting",
-    "Connected",
-];
-const REPLICATIONS: &[&str] = &[
-    "Off",
-    "Established",
-    "StartingSyncS",
-    "StartingSyncT",
-    "WFBitMapS",
-    "WFBitMapT",
-    "WFSyncUUID",
-    "SyncSource",
-    "SyncTarget",
-    "VerifyS",
-    "VerifyT",
-    "PausedSyncS",
-    "PausedSyncT",
-    "Ahead",
-    "Behind",
-];
+// Value sets: DRBD 9 and 8.4 mapped names.
+use super::words::{CONNECTIONS, DISKS, REPLICATIONS, ROLES};
 
 /// Merged state of every resource seen on the stream, plus what was odd about it.
 #[derive(Clone, Debug, Default)]

@@ -143,6 +143,54 @@ pub trait Replication: Send + Sync {
     }
 }
 
+/// DRBD's state words (the value sets of drbd-reactor's src/drbd.rs; 8.4's events2 maps
+/// its own names onto these). The parsers keep words outside them as unknown; the
+/// metrics export one series per word, in this order.
+pub mod words {
+    pub const ROLES: &[&str] = &["Unknown", "Primary", "Secondary"];
+    pub const DISKS: &[&str] = &[
+        "Diskless",
+        "Attaching",
+        "Detaching",
+        "Failed",
+        "Negotiating",
+        "Inconsistent",
+        "Outdated",
+        "DUnknown",
+        "Consistent",
+        "UpToDate",
+    ];
+    pub const CONNECTIONS: &[&str] = &[
+        "StandAlone",
+        "Disconnecting",
+        "Unconnected",
+        "Timeout",
+        "BrokenPipe",
+        "NetworkFailure",
+        "ProtocolError",
+        "TearDown",
+        "Connecting",
+        "Connected",
+    ];
+    pub const REPLICATIONS: &[&str] = &[
+        "Off",
+        "Established",
+        "StartingSyncS",
+        "StartingSyncT",
+        "WFBitMapS",
+        "WFBitMapT",
+        "WFSyncUUID",
+        "SyncSource",
+        "SyncTarget",
+        "VerifyS",
+        "VerifyT",
+        "PausedSyncS",
+        "PausedSyncT",
+        "Ahead",
+        "Behind",
+    ];
+}
+
 // The DRBD side proper (sim.rs is the simulated side, kept by the node side).
 pub mod events2;
 pub mod proc_drbd;
