@@ -163,12 +163,9 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 /// (bounded) until the source's agent reports the generation that opened the window.
 fn wait_for_window(ctx: &Ctx, doc: &VolumeDoc, source: &str) -> Result<()> {
     let nodes = [source.to_string()];
-    let pending = super::wait::until_done(ctx.peer_timeout, ctx.poll, &format!("{} to allow two primaries", doc.resource), || {
-        Ok(super::wait::published(ctx.store, &nodes, &doc.resource)?
-            .into_iter()
-            .filter(|(_, o)| !o.as_ref().is_some_and(|o| o.generation >= doc.generation && o.error.is_none()))
-            .map(|(n, _)| n)
-            .collect())
+    let what = format!("{} to allow two primaries", doc.resource);
+    let pending = super::wait::until_published(ctx.store, &nodes, &doc.resource, ctx.peer_timeout, ctx.poll, &what, |o| {
+        o.is_some_and(|o| o.generation >= doc.generation && o.error.is_none())
     })?;
     if !pending.is_empty() {
         return Err(crate::error::Error::Timeout(format!(

@@ -52,7 +52,7 @@ use crate::refused;
 use crate::store::docs::{BackendKind, RollbackMark, SnapshotDoc, VolumeDoc, VolumeState};
 use crate::store::lock::vol_lock_name;
 
-use super::wait::{published, until_done};
+use super::wait::{published, until_done, until_published};
 use super::{load, now, Args, Ctx};
 
 /// Whether volumes of this backend kind can have snapshots.
@@ -207,12 +207,9 @@ pub fn snapshot_delete(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         crate::failpoint!("snapshot-delete.after-local-remove");
     }
     let peers = peers_of(ctx, &doc);
-    let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("snapshot {snap} of {name} to be deleted"), || {
-        Ok(published(ctx.store, &peers, &doc.resource)?
-            .into_iter()
-            .filter(|(_, o)| o.as_ref().is_some_and(|o| o.snapshots.iter().any(|s| s == snap)))
-            .map(|(n, _)| n)
-            .collect())
+    let what = format!("snapshot {snap} of {name} to be deleted");
+    let pending = until_published(ctx.store, &peers, &doc.resource, ctx.peer_timeout, ctx.poll, &what, |o| {
+        !o.is_some_and(|o| o.snapshots.iter().any(|s| s == snap))
     })?;
     if !pending.is_empty() {
         tracing::warn!("snapshot {snap} of {name} is deleted from the volume; the agents on {} remove their copies later; {}", pending.join(", "), agent_hint(&pending));
@@ -335,12 +332,9 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         (Ok(()), Ok(d)) => {
             // Return once the others are back up (resyncing), so what follows sees them.
             let peers = peers_of(ctx, &d);
-            let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the other replicas of {name} to come back"), || {
-                Ok(published(ctx.store, &peers, &d.resource)?
-                    .into_iter()
-                    .filter(|(_, o)| o.as_ref().is_none_or(|o| o.disk == "Discarded" || o.generation < d.generation))
-                    .map(|(n, _)| n)
-                    .collect())
+            let what = format!("the other replicas of {name} to come back");
+            let pending = until_published(ctx.store, &peers, &d.resource, ctx.peer_timeout, ctx.poll, &what, |o| {
+                o.is_some_and(|o| o.disk != "Discarded" && o.generation >= d.generation)
             })?;
             if !pending.is_empty() {
                 tracing::warn!("{name}: the replicas on {} are not back yet; their agents bring them up and resync them from {local}", pending.join(", "));

@@ -15,7 +15,7 @@ use crate::store::docs::{BackendKind, Replica, VolumeDoc, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 
 use super::scfg::StorageCfg;
-use super::wait::{published, until_done};
+use super::wait::{published, until_done, until_published};
 use super::{load, now, Args, Ctx};
 
 fn left(deadline: Instant) -> Duration {
@@ -119,12 +119,9 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         crate::failpoint!("alloc.after-local-replica");
     }
     let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
-    let pending = until_done(left(deadline), ctx.poll, &format!("the replica of {name} to be ready"), || {
-        Ok(published(ctx.store, &peers, &doc.resource)?
-            .into_iter()
-            .filter(|(_, o)| !o.as_ref().is_some_and(|o| o.ready && o.generation >= doc.generation))
-            .map(|(n, _)| n)
-            .collect())
+    let what = format!("the replica of {name} to be ready");
+    let pending = until_published(ctx.store, &peers, &doc.resource, left(deadline), ctx.poll, &what, |o| {
+        o.is_some_and(|o| o.ready && o.generation >= doc.generation)
     })?;
     if !pending.is_empty() {
         return Err(Error::Timeout(format!(
@@ -257,9 +254,8 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         crate::failpoint!("free.after-local-remove");
     }
     let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
-    let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to be removed"), || {
-        Ok(published(ctx.store, &peers, &doc.resource)?.into_iter().filter(|(_, o)| o.is_some()).map(|(n, _)| n).collect())
-    })?;
+    let what = format!("the replicas of {sid}:{volname} to be removed");
+    let pending = until_published(ctx.store, &peers, &doc.resource, ctx.peer_timeout, ctx.poll, &what, |o| o.is_none())?;
     if pending.is_empty() {
         let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
         crate::failpoint!("free.before-doc-remove");
@@ -307,12 +303,9 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     ctx.node.grow_backing(&doc)?;
     crate::failpoint!("resize.after-local-grow");
     let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
-    let pending = until_done(ctx.peer_timeout, ctx.poll, &format!("the replicas of {sid}:{volname} to grow"), || {
-        Ok(published(ctx.store, &peers, &doc.resource)?
-            .into_iter()
-            .filter(|(_, o)| o.as_ref().is_none_or(|o| o.generation < doc.generation))
-            .map(|(n, _)| n)
-            .collect())
+    let what = format!("the replicas of {sid}:{volname} to grow");
+    let pending = until_published(ctx.store, &peers, &doc.resource, ctx.peer_timeout, ctx.poll, &what, |o| {
+        o.is_some_and(|o| o.generation >= doc.generation)
     })?;
     if !pending.is_empty() {
         return Err(Error::Timeout(format!(

@@ -19,6 +19,22 @@ pub fn published(store: &Store, nodes: &[String], resource: &str) -> Result<BTre
     Ok(out)
 }
 
+/// Wait (bounded) until `done` holds for what each of `nodes` published about
+/// `resource` (None: nothing published); returns the nodes still not done.
+pub fn until_published(
+    store: &Store,
+    nodes: &[String],
+    resource: &str,
+    timeout: Duration,
+    poll: Duration,
+    what: &str,
+    done: impl Fn(Option<&VolumeObserved>) -> bool,
+) -> Result<Vec<String>> {
+    until_done(timeout, poll, what, || {
+        Ok(published(store, nodes, resource)?.into_iter().filter(|(_, o)| !done(o.as_ref())).map(|(n, _)| n).collect())
+    })
+}
+
 /// Poll `pending` until it returns an empty list (done) or `timeout` passes; returns
 /// the nodes still pending at the end. `what` is logged while waiting.
 pub fn until_done(
