@@ -8,8 +8,8 @@ use drbdpool::exec::{Output, RecordingRunner};
 use drbdpool::store::docs::{BackendKind, BackendSpec};
 
 const F: &str = r#"--config devices { filter=["r|^/dev/drbd.*|"] }"#;
-const LVS: &str = include_str!("fixtures/lvs.json.out");
-const VGS: &str = include_str!("fixtures/vgs.json.out");
+const LVS: &str = include_str!("fixtures/drbd84-real/lvs.json.out");
+const VGS: &str = include_str!("fixtures/drbd84-real/vgs.json.out");
 
 fn lvs_argv() -> String {
     format!("lvs {F} --reportformat json --units b -o lv_name,vg_name,lv_attr,lv_size,pool_lv,data_percent,lv_path vg0")
@@ -92,7 +92,7 @@ fn lvmthin_missing_pool_and_vg_are_clear_errors_and_change_nothing() {
 #[test]
 fn lvmthin_space_is_the_pools_like_proxmox() {
     let r = RecordingRunner::new();
-    r.on(&["lvs"], Output::ok(include_str!("fixtures/lvs.json.after-resize.out").replace("\"lv_name\":\"pool\",", "\"lv_name\":\"pool\", \"lv_attr\":\"twi-aotz--\",")));
+    r.on(&["lvs"], Output::ok(include_str!("fixtures/drbd84-real/lvs.json.after-resize.out").replace("\"lv_name\":\"pool\",", "\"lv_name\":\"pool\", \"lv_attr\":\"twi-aotz--\",")));
     let s = thin(&r).space().unwrap();
     assert_eq!(s.total, 1073741824);
     // data_percent "3.14" in the fixture

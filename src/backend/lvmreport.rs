@@ -134,8 +134,8 @@ pub fn check_name(name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    const LVS: &str = include_str!("../../tests/fixtures/lvs.json.out");
-    const VGS: &str = include_str!("../../tests/fixtures/vgs.json.out");
+    const LVS: &str = include_str!("../../tests/fixtures/drbd84-real/lvs.json.out");
+    const VGS: &str = include_str!("../../tests/fixtures/drbd84-real/vgs.json.out");
 
     #[test]
     fn parses_real_lvs_report() {
