@@ -129,6 +129,11 @@ pub fn parse_request(input: &[u8]) -> Result<Request> {
     serde_json::from_value(v).map_err(|e| invalid!("malformed request: {e} (expected {{version, storeid, node, scfg, args}})"))
 }
 
+/// The other replica nodes of `doc`, seen from this node.
+fn peers_of(ctx: &Ctx, doc: &crate::store::docs::VolumeDoc) -> Vec<String> {
+    doc.replicas.iter().map(|r| r.node.clone()).filter(|n| n != ctx.node.name()).collect()
+}
+
 /// Run one method. The store id is checked for every method.
 pub fn dispatch(ctx: &Ctx, method: &str, req: &Request) -> Result<Value> {
     crate::naming::check_storeid(&req.storeid)?;

@@ -53,6 +53,7 @@ use crate::store::docs::{BackendKind, RollbackMark, SnapshotDoc, VolumeDoc, Volu
 use crate::store::lock::vol_lock_name;
 
 use super::wait::{published, until_done, until_published};
+use super::peers_of;
 use super::{load, now, Args, Ctx};
 
 /// Whether volumes of this backend kind can have snapshots.
@@ -81,10 +82,6 @@ fn load_snapshottable(ctx: &Ctx, sid: &str, volname: &str, method: &str) -> Resu
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
     }
     Ok(doc)
-}
-
-fn peers_of(ctx: &Ctx, doc: &VolumeDoc) -> Vec<String> {
-    doc.replicas.iter().map(|r| r.node.clone()).filter(|n| n != ctx.node.name()).collect()
 }
 
 /// Change the document under its lock and bump its generation.

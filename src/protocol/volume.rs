@@ -16,6 +16,7 @@ use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 
 use super::scfg::StorageCfg;
 use super::wait::{published, until_done, until_published};
+use super::peers_of;
 use super::{load, now, Args, Ctx};
 
 fn left(deadline: Instant) -> Duration {
@@ -118,7 +119,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         ctx.node.ensure_replica(doc)?;
         crate::failpoint!("alloc.after-local-replica");
     }
-    let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let peers = peers_of(ctx, &doc);
     let what = format!("the replica of {name} to be ready");
     let pending = until_published(ctx.store, &peers, &doc.resource, left(deadline), ctx.poll, &what, |o| {
         o.is_some_and(|o| o.ready && o.generation >= doc.generation)
@@ -212,7 +213,7 @@ pub(crate) fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
             }
         }
     }
-    let nodes: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let nodes = peers_of(ctx, &doc);
     for (n, o) in published(ctx.store, &nodes, &doc.resource)? {
         if o.is_some_and(|o| o.role == "Primary" || o.open) {
             out.push(n);
@@ -253,7 +254,7 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         ctx.node.remove_replica(&doc)?;
         crate::failpoint!("free.after-local-remove");
     }
-    let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let peers = peers_of(ctx, &doc);
     let what = format!("the replicas of {sid}:{volname} to be removed");
     let pending = until_published(ctx.store, &peers, &doc.resource, ctx.peer_timeout, ctx.poll, &what, |o| o.is_none())?;
     if pending.is_empty() {
@@ -302,7 +303,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     crate::failpoint!("resize.after-doc");
     ctx.node.grow_backing(&doc)?;
     crate::failpoint!("resize.after-local-grow");
-    let peers: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let peers = peers_of(ctx, &doc);
     let what = format!("the replicas of {sid}:{volname} to grow");
     let pending = until_published(ctx.store, &peers, &doc.resource, ctx.peer_timeout, ctx.poll, &what, |o| {
         o.is_some_and(|o| o.generation >= doc.generation)
@@ -465,7 +466,7 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 /// Replicas of `doc` that are not known to hold the same data as the others, with why.
 fn not_identical(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let local = ctx.node.name().to_string();
-    let others: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local).collect();
+    let others = peers_of(ctx, &doc);
     let mut views = published(ctx.store, &others, &doc.resource)?;
     if doc.replica(&local).is_some() {
         views.insert(local.clone(), ctx.node.observe(doc)?);
