@@ -27,7 +27,7 @@ pub struct Finding {
     /// Stable word: unreadable, duplicate-minor, duplicate-port, duplicate-resource,
     /// duplicate-node-id, unregistered-node, stuck-creating, stuck-deleting, stale-lock,
     /// temp-file, leaked-resource, leaked-backing, leaked-loop, missing-backing, missing-resource,
-    /// migration-window, stuck-rollback, local-unchecked.
+    /// migration-window, stuck-rollback, local-unchecked, index-drift.
     pub kind: String,
     /// What it is about (volume id, node, path).
     pub subject: String,
@@ -230,8 +230,17 @@ fn check_store(store: &Store, docs: &[VolumeDoc], o: &CheckOpts, out: &mut Vec<F
             }
         }
     }
+    for sid in store.storeids()? {
+        for n in store.index_drift(&sid)? {
+            out.push(f(
+                "index-drift",
+                format!("{sid}:{n}"),
+                format!("the list index entry of {sid}:{n} disagrees with its document and no change mark says so: `list` shows stale size/state. Rebuild the index: rm -r {}", store.root().join("index").join(&sid).display()),
+            ));
+        }
+    }
     let mut dirs = vec![store.root().join("nodes"), store.root().join("state")];
-    dirs.extend(store.storeids()?.into_iter().map(|s| store.root().join("volumes").join(s)));
+    dirs.extend(store.storeids()?.into_iter().flat_map(|s| [store.root().join("volumes").join(&s), store.root().join("index").join(&s)]));
     for d in dirs {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp-") {

@@ -168,20 +168,16 @@ is(($P->status('dpool', $scfg, {}))[3], 0, 'inactive reported as 0');
 set_reply($dir, 'status', undef);
 
 # --- list_images -------------------------------------------------------------------------------
-set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
-    { volname => 'vm-100-disk-0', size => 4294967296, ctime => 1700000000 },
-    { volname => 'vm-101-disk-0', size_kib => 1048576 },
-    { volname => 'base-102-disk-0', size => 1073741824 },
-    { volname => 'vm-103-disk-0', size => 1073741824, parent => 'base-102-disk-0' },
-] } });
-($c, @r) = one_call('list_images all', sub { $P->list_images('dpool', $scfg, undef, undef, {}) });
-is_deeply($c->{request}->{args}, {}, 'list_images without filter');
-is_deeply($r[0], [
+my @listed = (
     { volid => 'dpool:vm-100-disk-0', format => 'raw', size => 4294967296, vmid => 100, ctime => 1700000000 },
     { volid => 'dpool:vm-101-disk-0', format => 'raw', size => 1073741824, vmid => 101 },
     { volid => 'dpool:base-102-disk-0', format => 'raw', size => 1073741824, vmid => 102 },
     { volid => 'dpool:vm-103-disk-0', format => 'raw', size => 1073741824, vmid => 103, parent => 'base-102-disk-0' },
-], 'list_images maps to {volid,format,size,vmid,ctime,parent}; size_kib converted to bytes');
+);
+set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => \@listed } });
+($c, @r) = one_call('list_images all', sub { $P->list_images('dpool', $scfg, undef, undef, {}) });
+is_deeply($c->{request}->{args}, {}, 'list_images without filter');
+is_deeply($r[0], \@listed, 'list_images passes the helper entries {volid,format,size,vmid,ctime,parent} through');
 ok(taint_free($r[0]), 'list_images untainted');
 ($c, @r) = one_call('list_images vmid', sub { $P->list_images('dpool', $scfg, 101, undef, {}) });
 is($c->{request}->{args}->{vmid}, 101, 'vmid filter sent');
@@ -193,6 +189,14 @@ is_deeply([map { $_->{volid} } @{ $r[0] }], ['dpool:vm-103-disk-0'], 'filtered b
 clear_calls($dir);
 eval { PVE::Storage::vdisk_free($cfg, 'dpool:base-102-disk-0') };
 like($@, qr/still in use by linked clones/, 'vdisk_free of a used base refused by PVE');
+set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
+    { volid => 'other:vm-100-disk-0', format => 'raw', size => 1, vmid => 100 } ] } });
+eval { $P->list_images('dpool', $scfg, undef, undef, {}) };
+like($@, qr/volume 'other:vm-100-disk-0' of another storage/, 'a helper entry of another storage is refused');
+set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
+    { volid => 'dpool:vm-100-disk-0', format => 'raw', size => '1 GiB', vmid => 100 } ] } });
+eval { $P->list_images('dpool', $scfg, undef, undef, {}) };
+like($@, qr/without a numeric size and vmid/, 'a helper entry without a byte size is refused');
 set_reply($dir, 'list', undef);
 
 # --- sizes -----------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
         if let Some(ha) = ha.as_mut() {
             ha.maybe_run(&opts.store);
         }
+        fold_list_indexes(&opts.store);
         if opts.once {
             return Ok(());
         }
@@ -135,6 +136,18 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
         if wake.recv_timeout(opts.interval).is_ok() {
             std::thread::sleep(std::time::Duration::from_millis(50));
             while wake.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// Keep each storage's list index current (store/index.rs): cheap when nothing
+/// changed (one directory listing per storage); another node's agent may be at it.
+fn fold_list_indexes(store: &crate::store::Store) {
+    for sid in store.storeids().unwrap_or_default() {
+        match store.compact_index(&sid) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(storeid = %sid, volumes = n, "list index updated"),
+            Err(e) => tracing::warn!(storeid = %sid, error = %e, "cannot update the list index; `list` reads the documents meanwhile"),
         }
     }
 }

@@ -202,6 +202,8 @@ fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Re
     for v in &docs {
         write_json(&vdir.join(format!("{}.json", v.volname)), v)?;
     }
+    // The list index, as the agents build it on their first pass over a storage.
+    store.build_index(storeid)?;
     // Every node's agent publishes all its replicas plus space per storage.
     let space = Space { total: 4 << 40, avail: 3 << 40, used: 1 << 40 };
     for name in &nodes {

@@ -2,6 +2,8 @@
 //! snapshot methods drbdpool does not implement yet (refused, never faked).
 
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -111,23 +113,55 @@ fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
 pub fn list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let vmid = a.opt_vmid("vmid")?;
     let vollist = a.str_list("vollist")?;
-    let wanted: Option<Vec<&str>> = vollist.map(|l| {
+    let wanted: Option<BTreeSet<&str>> = vollist.map(|l| {
         l.into_iter().filter_map(|volid| match crate::naming::split_volid(volid) {
             (Some(s), v) if s == sid => Some(v),
             _ => None,
         }).collect()
     });
+    // Roles cost a read of every node's published state (megabytes at thousands of
+    // volumes) and PVE does not use them: only on request (`drbdpool volume list` shows them).
+    if a.flag("nodes")? {
+        return list_with_roles(ctx, sid, vmid, wanted.as_ref());
+    }
+    let mut out = Vec::new();
+    // Served from the list index (store/index.rs): one read per shard, not per volume.
+    for (name, e) in ctx.store.list_entries(sid, vmid)? {
+        if e.state == crate::store::docs::VolumeState::Deleting {
+            continue; // PVE must not see it (it would try to free it again)
+        }
+        if wanted.as_ref().is_some_and(|w| !w.contains(name.as_str())) {
+            continue;
+        }
+        let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
+        // PVE's list_images entry as is: the shim passes it through unchanged.
+        let mut v = json!({
+            "volid": format!("{sid}:{name}"),
+            "format": "raw",
+            "size": e.size_kib * 1024,
+            "vmid": parsed.vmid,
+            "ctime": e.created,
+        });
+        if let Some(p) = e.parent {
+            v["parent"] = json!(p);
+        }
+        out.push(v);
+    }
+    Ok(json!({"volumes": out}))
+}
+
+fn list_with_roles(ctx: &Ctx, sid: &str, vmid: Option<u32>, wanted: Option<&BTreeSet<&str>>) -> Result<Value> {
     let states = ctx.store.node_states_as(|s: &RolesOnly| s.format)?;
     let mut out = Vec::new();
     for name in ctx.store.volume_names(sid)? {
         // Filter on the name alone before reading documents.
         let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
-        if vmid.is_some_and(|v| v != parsed.vmid) || wanted.as_ref().is_some_and(|w| !w.contains(&name.as_str())) {
+        if vmid.is_some_and(|v| v != parsed.vmid) || wanted.is_some_and(|w| !w.contains(name.as_str())) {
             continue;
         }
         if let Some(doc) = ctx.store.volume(sid, &name)? {
             if doc.state == crate::store::docs::VolumeState::Deleting {
-                continue; // PVE must not see it (it would try to free it again)
+                continue;
             }
             out.push(entry(&doc, &states));
         }

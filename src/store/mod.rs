@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod docs;
 pub mod head;
+pub mod index;
 pub mod lock;
 
 use std::fs;
@@ -90,17 +91,26 @@ impl Store {
     /// Atomically move a volume's document to a new name (the content is not changed).
     pub fn rename_volume(&self, storeid: &str, from: &str, to: &str) -> Result<()> {
         let (a, b) = (self.volume_path(storeid, from), self.volume_path(storeid, to));
-        fs::rename(&a, &b).map_err(|e| Error::Store(format!("cannot rename {} to {}: {e}", a.display(), b.display())))
+        self.mark_changed(storeid, from)?;
+        self.mark_changed(storeid, to)?;
+        fs::rename(&a, &b).map_err(|e| Error::Store(format!("cannot rename {} to {}: {e}", a.display(), b.display())))?;
+        self.mark_changed(storeid, from)?;
+        self.mark_changed(storeid, to)
     }
 
     pub fn put_volume(&self, v: &VolumeDoc) -> Result<()> {
         let dir = self.root.join("volumes").join(&v.storeid);
         fs::create_dir_all(&dir).map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
-        write_doc(&self.volume_path(&v.storeid, &v.volname), v)
+        // Change marks around the write keep the list index honest (store/index.rs).
+        self.mark_changed(&v.storeid, &v.volname)?;
+        write_doc(&self.volume_path(&v.storeid, &v.volname), v)?;
+        self.mark_changed(&v.storeid, &v.volname)
     }
 
     pub fn remove_volume(&self, storeid: &str, volname: &str) -> Result<()> {
-        remove_doc(&self.volume_path(storeid, volname))
+        self.mark_changed(storeid, volname)?;
+        remove_doc(&self.volume_path(storeid, volname))?;
+        self.mark_changed(storeid, volname)
     }
 
     /// Volume names of one storage, from the directory listing alone (no document reads).

@@ -75,8 +75,9 @@ if ($method eq 'alloc') {
     $res = { size => (-s "$devdir/$a->{volname}") // 0 };
 } elsif ($method eq 'list') {
     opendir(my $dh, $devdir);
-    my @imgs = map { { volid => "$req->{storeid}:$_", volname => $_, size => -s "$devdir/$_", ctime => 1700000000 } }
-        grep { m/^(vm|base)-/ } sort readdir($dh);
+    my @imgs = map { { volid => "$req->{storeid}:$_", format => 'raw', size => -s "$devdir/$_", vmid => (m/-(\d+)-/)[0],
+        ctime => 1700000000 } }
+        grep { m/^(vm|base)-\d+-/ } sort readdir($dh);
     $res = { volumes => \@imgs };
 } elsif ($method eq 'status') {
     $res = { total => 1024 * 1024 * 1024, avail => 768 * 1024 * 1024, used => 256 * 1024 * 1024, active => JSON::PP::true };
