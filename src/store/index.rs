@@ -19,7 +19,7 @@
 //!
 //! Layout: `<root>/index/<storeid>/{shard-NN.json, complete, changed/<volname>}`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -145,7 +145,7 @@ impl Store {
             .into_iter()
             .filter(|n| vmid.is_none_or(|v| crate::naming::parse_volname(n).is_ok_and(|p| p.vmid == v)))
             .collect();
-        let mut index: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut index: HashMap<String, Entry> = HashMap::with_capacity(names.len());
         let mut changed = BTreeSet::new();
         if self.index_complete(storeid) {
             // Marks first: a write after this listing changes a document we then read
@@ -156,7 +156,7 @@ impl Store {
                 None => (0..SHARDS).collect(),
             };
             for s in shards {
-                index.append(&mut self.read_shard(storeid, s)?.volumes);
+                index.extend(self.read_shard(storeid, s)?.volumes);
             }
         }
         let mut out = Vec::with_capacity(names.len());
