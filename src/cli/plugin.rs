@@ -90,34 +90,53 @@ impl NodeOps for LazyNode<'_> {
 /// Run one plugin call; returns the process exit code (0 ok, 1 error reply written).
 pub fn run(method: &str, store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> i32 {
     let mut input = Vec::new();
-    let reply = match std::io::stdin().read_to_end(&mut input) {
-        Err(e) => Reply::from_result(Err(crate::invalid!("cannot read the request from stdin: {e}"))),
-        Ok(_) => call(method, &input, store_flag, node_flag),
+    let (out, ok) = match std::io::stdin().read_to_end(&mut input) {
+        Err(e) => encode(Reply::from_result(Err(crate::invalid!("cannot read the request from stdin: {e}")))),
+        Ok(_) => match call(method, &input, store_flag, node_flag) {
+            Answer::Typed(json) => (json, true),
+            Answer::Reply(r) => encode(r),
+        },
     };
-    let out = serde_json::to_string(&reply).unwrap_or_else(|_| {
-        r#"{"version":1,"ok":false,"error":{"kind":"internal","message":"cannot encode the reply"}}"#.to_string()
-    });
     let mut so = std::io::stdout().lock();
     let _ = writeln!(so, "{out}");
     let _ = so.flush();
-    let code = if reply.ok { 0 } else { 1 };
     // The process exits right after: freeing a 10,000-volume reply would only cost time.
-    std::mem::forget(reply);
     std::mem::forget(out);
-    code
+    if ok { 0 } else { 1 }
 }
 
-fn call(method: &str, input: &[u8], store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> Reply {
+fn encode(reply: Reply) -> (String, bool) {
+    let out = serde_json::to_string(&reply).unwrap_or_else(|_| {
+        r#"{"version":1,"ok":false,"error":{"kind":"internal","message":"cannot encode the reply"}}"#.to_string()
+    });
+    let ok = reply.ok;
+    std::mem::forget(reply);
+    (out, ok)
+}
+
+enum Answer {
+    /// A successful reply already serialized (protocol::dispatch_typed).
+    Typed(String),
+    Reply(Reply),
+}
+
+fn call(method: &str, input: &[u8], store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> Answer {
     let r = (|| {
         let req = protocol::parse_request(input)?;
         let node = super::node_name(node_flag, req.node.as_deref())?;
         let store = Store::open(Store::resolve_root(store_flag))?;
         let lazy = LazyNode::new(&store, node);
         let ctx = Ctx::new(&store, &lazy);
-        protocol::dispatch(&ctx, method, &req)
+        if let Some(json) = protocol::dispatch_typed(&ctx, method, &req)? {
+            return Ok(Answer::Typed(json));
+        }
+        protocol::dispatch(&ctx, method, &req).map(|v| Answer::Reply(Reply::from_result(Ok(v))))
     })();
-    if let Err(e) = &r {
-        tracing::debug!("plugin {method}: {} error: {e}", e.kind());
+    match r {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!("plugin {method}: {} error: {e}", e.kind());
+            Answer::Reply(Reply::from_result(Err(e)))
+        }
     }
-    Reply::from_result(r)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -110,7 +110,38 @@ fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
     v
 }
 
+/// One `list_images` entry in PVE's own shape (the shim passes it through unchanged).
+#[derive(Serialize)]
+pub struct ListItem {
+    pub volid: String,
+    pub format: &'static str,
+    pub size: u64,
+    pub vmid: u32,
+    pub ctime: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ListReply {
+    pub volumes: Vec<ListItem>,
+}
+
+/// What `list` answers: typed entries (PVE's call, the hot one: serialized straight to
+/// JSON by `drbdpool plugin list`, no Value tree), or entries with roles.
+pub enum Listing {
+    Plain(ListReply),
+    WithRoles(Value),
+}
+
 pub fn list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
+    match listing(ctx, sid, a)? {
+        Listing::Plain(r) => serde_json::to_value(r).map_err(|e| Error::Other(anyhow::anyhow!("cannot encode the list: {e}"))),
+        Listing::WithRoles(v) => Ok(v),
+    }
+}
+
+pub fn listing(ctx: &Ctx, sid: &str, a: &Args) -> Result<Listing> {
     let vmid = a.opt_vmid("vmid")?;
     let vollist = a.str_list("vollist")?;
     let wanted: Option<BTreeSet<&str>> = vollist.map(|l| {
@@ -120,11 +151,11 @@ pub fn list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         }).collect()
     });
     // Roles cost a read of every node's published state (megabytes at thousands of
-    // volumes) and PVE does not use them: only on request (`drbdpool volume list` shows them).
+    // volumes) and PVE does not use them: only on request.
     if a.flag("nodes")? {
-        return list_with_roles(ctx, sid, vmid, wanted.as_ref());
+        return list_with_roles(ctx, sid, vmid, wanted.as_ref()).map(Listing::WithRoles);
     }
-    let mut out = Vec::new();
+    let mut volumes = Vec::new();
     // Served from the list index (store/index.rs): one read per shard, not per volume.
     for (name, e) in ctx.store.list_entries(sid, vmid)? {
         if e.state == crate::store::docs::VolumeState::Deleting {
@@ -134,20 +165,16 @@ pub fn list(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             continue;
         }
         let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
-        // PVE's list_images entry as is: the shim passes it through unchanged.
-        let mut v = json!({
-            "volid": format!("{sid}:{name}"),
-            "format": "raw",
-            "size": e.size_kib * 1024,
-            "vmid": parsed.vmid,
-            "ctime": e.created,
+        volumes.push(ListItem {
+            volid: format!("{sid}:{name}"),
+            format: "raw",
+            size: e.size_kib * 1024,
+            vmid: parsed.vmid,
+            ctime: e.created,
+            parent: e.parent,
         });
-        if let Some(p) = e.parent {
-            v["parent"] = json!(p);
-        }
-        out.push(v);
     }
-    Ok(json!({"volumes": out}))
+    Ok(Listing::Plain(ListReply { volumes }))
 }
 
 fn list_with_roles(ctx: &Ctx, sid: &str, vmid: Option<u32>, wanted: Option<&BTreeSet<&str>>) -> Result<Value> {
