@@ -367,8 +367,14 @@ fn rollback_case(fp: &str) {
     }
     let w = rollback_world();
     let ch = w.spawn_plugin("a", "snapshot_rollback", json!({"volname": VOL, "snap": SNAP}), &fp_env(fp));
-    assert_crashed(&w.pump(ch), fp);
+    // Only b's agent runs (it discards its replica): no pass on a comes between the crash
+    // and the check, whatever the scheduler does (`after-local-rollback` leaves a down).
+    assert_crashed(&w.pump_on(ch, &["b"]), fp);
     assert_consistent_after_crash(&w, fp);
+    // And once a's agent has run (it brings a's replica back up meanwhile).
+    let o = w.agent_once("a", &[]);
+    assert_eq!(o.code, 0, "{fp}: agent on a after the crash: {}", o.stderr);
+    assert_consistent_after_crash(&w, &format!("{fp} (after a's agent pass)"));
     // Any other rollback is refused meanwhile, naming the node to repeat it on.
     let (o, v) = w.plugin("b", "snapshot_rollback", json!({"volname": VOL, "snap": SNAP}), &[]);
     assert!(o.code != 0 && v["error"]["kind"] == "refused", "{fp}: {}", o.stdout);
