@@ -74,7 +74,9 @@ impl World {
             ("DRBDPOOL_RUN_DIR".into(), b.join("run").display().to_string()),
             ("DRBDPOOL_PEER_TIMEOUT_SECS".into(), "10".into()),
             ("DRBDPOOL_LOCK_LIFETIME_SECS".into(), "3".into()),
-            ("DRBDPOOL_CREATE_EXPIRY_SECS".into(), "4".into()),
+            // Above the peer timeout (an alloc's whole budget), as in production (300 s > 45 s):
+            // with 4 s, agents rolled back allocs still waiting for a slow peer under load.
+            ("DRBDPOOL_CREATE_EXPIRY_SECS".into(), "15".into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
         let sid = format!("t{:08x}", rand::random::<u32>());
