@@ -8,7 +8,8 @@
 //! no lock older than the lock lifetime; no temp file of a crashed writer.
 //! This node: every configured DRBD resource, backing device (file image or LV)
 //! and loop device belongs to a volume that lists this node ("leaked"); every
-//! volume that lists this node has its backing device and resource here ("missing").
+//! volume that lists this node has its backing device and resource here ("missing";
+//! not a replica taken down by a rollback in progress).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -399,10 +400,14 @@ fn check_local(node: &str, docs: &[VolumeDoc], storeids: &BTreeSet<String>, repl
         if !backings.contains(*r) {
             out.push(f("missing-backing", format!("{node}:{r}"), format!("{} lists {node} as a replica but its backing device is missing there: the agent recreates it (empty: it resyncs from a peer); check `journalctl -u drbdpool-agent`", vid(v))));
         }
-        // Discarded for a rollback on another node: down on purpose until the mark is cleared
-        // (a mark left too long is reported as stuck-rollback).
-        let discarded = v.snapshots.iter().filter_map(|s| s.rollback.as_ref()).any(|m| m.source != node);
-        if !configured.contains(*r) && !discarded {
+        // Down on purpose during a rollback: discarded for a rollback on another node until the
+        // mark is cleared (a mark left too long is reported as stuck-rollback), or this node is
+        // the source and takes its resource down while it rolls the backing device back; its
+        // agent or the repeated rollback brings it up, so only a mark past the bound counts here.
+        let down_for_rollback = v.snapshots.iter().filter_map(|s| s.rollback.as_ref()).any(|m| {
+            m.source != node || now.saturating_sub(m.since) <= o.stuck_after.as_secs()
+        });
+        if !configured.contains(*r) && !down_for_rollback {
             out.push(f("missing-resource", format!("{node}:{r}"), format!("{} lists {node} as a replica but DRBD resource {r} is not configured there: check that the agent runs (`systemctl status drbdpool-agent`)", vid(v))));
         }
     }

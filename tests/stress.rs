@@ -117,7 +117,23 @@ fn forty_processes_three_nodes_killed_lock_holders() {
         assert!(t2.elapsed() < Duration::from_secs(150), "agents did not settle:\n{}", w.dump());
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(1)); // one more agent pass publishes the last removals
+    // Every agent has published a pass over the final documents: exactly the replicas the
+    // documents give its node, each ready at the document's generation (removals included).
+    loop {
+        let docs = w.store.all_volumes().unwrap();
+        let states = w.store.node_states().unwrap();
+        let settled = nodes.iter().all(|n| {
+            let want: Vec<(&str, u64)> = docs.iter().filter(|d| d.replica(n).is_some()).map(|d| (d.resource.as_str(), d.generation)).collect();
+            states.iter().find(|s| s.node == *n).is_some_and(|s| {
+                s.volumes.len() == want.len() && want.iter().all(|(r, g)| s.volumes.get(*r).is_some_and(|o| o.ready && o.generation >= *g))
+            })
+        });
+        if settled {
+            break;
+        }
+        assert!(t2.elapsed() < Duration::from_secs(150), "agents did not publish the settled state:\n{}", w.dump());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let settle = t2.elapsed();
 
     let docs = w.store.all_volumes().unwrap();
