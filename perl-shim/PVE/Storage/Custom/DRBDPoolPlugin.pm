@@ -17,7 +17,7 @@ use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 use IO::Select;
 use JSON::PP ();
 use POSIX qw(WNOHANG);
-use Scalar::Util qw(tainted);
+use Scalar::Util qw(looks_like_number tainted);
 use Time::HiRes qw(time sleep);
 
 use PVE::INotify;
@@ -401,7 +401,7 @@ sub _call {
             }
         }
         for my $fh (@{ $readable // [] }) {
-            my $n = sysread($fh, my $buf, 65536);
+            my $n = sysread($fh, my $buf, 1 << 20);
             next if !defined($n) && $!{EAGAIN};
             if (!$n) {
                 $rsel->remove($fh);
@@ -623,8 +623,11 @@ sub list_images {
         my $volid = $img->{volid} // '';
         die "drbdpool: helper 'list' returned volume '$volid' of another storage\n"
             if substr($volid, 0, length($prefix)) ne $prefix;
+        # Numeric checks, not regexes: a regex stringifies every number (2x the time).
+        my ($size, $owner) = @$img{qw(size vmid)};
         die "drbdpool: helper 'list' returned '$volid' without a numeric size and vmid\n"
-            if ($img->{size} // '') !~ m/^\d+$/ || ($img->{vmid} // '') !~ m/^\d+$/;
+            if !looks_like_number($size) || !looks_like_number($owner)
+            || $size < 0 || $owner < 0 || int($size) != $size || int($owner) != $owner;
         if ($vollist) {
             next if !$want{$volid};
         } elsif (defined($vmid)) {
