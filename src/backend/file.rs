@@ -78,10 +78,32 @@ impl FileBackend {
     }
 
     fn detach_all(&self, file: &Path) -> Result<()> {
-        for l in self.loops(file)? {
-            self.runner.check(&Cmd::new("losetup").args(["-d", &l]))?;
+        let loops = self.loops(file)?;
+        if loops.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        for l in &loops {
+            self.runner.check(&Cmd::new("losetup").args(["-d", l]))?;
+        }
+        // `losetup -d` of a device someone still has open (udev's blkid probe right after
+        // attach) only sets autoclear; the kernel detaches at the last close. Callers remove
+        // or reuse the file next, so wait (bounded) until it is really free.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let left = self.loops(file)?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Refused(format!(
+                    "{} is still attached to {} 5 s after `losetup -d`: something holds the device open (see `fuser -v {}`)",
+                    file.display(),
+                    left.join(", "),
+                    left[0]
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     fn size_kib(file: &Path) -> Result<u64> {
