@@ -192,11 +192,10 @@ like($@, qr/still in use by linked clones/, 'vdisk_free of a used base refused b
 set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
     { volid => 'other:vm-100-disk-0', format => 'raw', size => 1, vmid => 100 } ] } });
 eval { $P->list_images('dpool', $scfg, undef, undef, {}) };
-like($@, qr/volume 'other:vm-100-disk-0' of another storage/, 'a helper entry of another storage is refused');
-set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
-    { volid => 'dpool:vm-100-disk-0', format => 'raw', size => '1 GiB', vmid => 100 } ] } });
+like($@, qr/returned 'other:vm-100-disk-0', not a volume of storage 'dpool'/, 'a helper entry of another storage is refused');
+set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [ 'vm-100-disk-0' ] } });
 eval { $P->list_images('dpool', $scfg, undef, undef, {}) };
-like($@, qr/without a numeric size and vmid/, 'a helper entry without a byte size is refused');
+like($@, qr/not a volume of storage 'dpool'/, 'a helper entry that is not an entry is refused');
 set_reply($dir, 'list', undef);
 
 # --- sizes -----------------------------------------------------------------------------------
