@@ -50,13 +50,15 @@ impl Entry {
     }
 }
 
+/// A shard file; written sorted (BTreeMap), read for `list` into a HashMap (no ordering work).
 #[derive(Default, Serialize, Deserialize)]
-struct Shard {
+struct ShardOf<M> {
     #[serde(default = "fmt")]
     format: u32,
     #[serde(default)]
-    volumes: BTreeMap<String, Entry>,
+    volumes: M,
 }
+type Shard = ShardOf<BTreeMap<String, Entry>>;
 
 fn fmt() -> u32 {
     FORMAT
@@ -122,8 +124,8 @@ impl Store {
         Ok(out)
     }
 
-    fn read_shard(&self, storeid: &str, shard: u32) -> Result<Shard> {
-        Ok(read_versioned(&self.shard_path(storeid, shard), |s: &Shard| s.format)?.unwrap_or_default())
+    fn read_shard<M: Default + serde::de::DeserializeOwned>(&self, storeid: &str, shard: u32) -> Result<ShardOf<M>> {
+        Ok(read_versioned(&self.shard_path(storeid, shard), |s: &ShardOf<M>| s.format)?.unwrap_or_default())
     }
 
     fn write_shard(&self, storeid: &str, shard: u32, s: &Shard) -> Result<()> {
@@ -156,7 +158,8 @@ impl Store {
                 None => (0..SHARDS).collect(),
             };
             for s in shards {
-                index.extend(self.read_shard(storeid, s)?.volumes);
+                let shard: ShardOf<HashMap<String, Entry>> = self.read_shard(storeid, s)?;
+                index.extend(shard.volumes);
             }
         }
         let mut out = Vec::with_capacity(names.len());
@@ -225,7 +228,7 @@ impl Store {
             claims.push(claim);
         }
         for (s, changes) in by_shard {
-            let mut shard = self.read_shard(storeid, s)?;
+            let mut shard: Shard = self.read_shard(storeid, s)?;
             for (n, e) in changes {
                 match e {
                     Some(e) => shard.volumes.insert(n, e),
@@ -257,7 +260,8 @@ impl Store {
             if self.changed(storeid)?.contains(n) {
                 return Ok(false);
             }
-            let e = self.read_shard(storeid, shard_of(n))?.volumes.remove(n);
+            let shard: Shard = self.read_shard(storeid, shard_of(n))?;
+            let e = shard.volumes.get(n).cloned();
             let d = self.volume(storeid, n)?;
             Ok(match (e, d) {
                 (Some(e), Some(d)) => e != Entry::of(&d),
