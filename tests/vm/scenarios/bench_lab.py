@@ -31,7 +31,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import (ENV, PVE_PL, Lab, LabError, minor_of, proc_drbd, pve, pve_try, setup_nodes,  # noqa: E402
+from dp import (ENV, PVE_PL, Lab, LabError, minor_of, proc_drbd, pve, setup_nodes,  # noqa: E402
                 start_agent, wait_agents)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -71,7 +71,7 @@ def resynced(lab, minor):
 
 def create_ours(lab, vmid):
     t = time.time()
-    cmd = ENV + f"RUST_LOG=info perl -T /root/pve.pl alloc {vmid} {SIZE_KIB}"
+    cmd = ENV + f"RUST_LOG=debug perl -T /root/pve.pl alloc {vmid} {SIZE_KIB}"
     rc, out, err = lab.run_full(1, cmd, 180)
     dt = time.time() - t
     with open(os.path.join(lab.share, f"bench-alloc-{vmid}.err"), "w") as fh:
@@ -121,15 +121,25 @@ def dd(lab, args, nbytes):
     return nbytes, float(out.strip())
 
 
-def io_figures(lab, label, dev):
+def io_figures(lab, label, dev, rep):
     b, s = dd(lab, f"if=/dev/zero of={dev} bs=1M count={MB} oflag=direct", MB << 20)
     thr = b / s / (1 << 20)
-    # Latency: the same blocks again (already allocated in the thin pool by the pass above).
+    # Latency: blocks the pass above allocated in the thin pool already.
     b2, s2 = dd(lab, f"if=/dev/zero of={dev} bs=4k count={LAT_N} oflag=direct,dsync", LAT_N * 4096)
     lat = s2 / LAT_N * 1000
-    emit(f"write throughput {label}", thr, "MiB/s", mb=MB, dev=dev)
-    emit(f"write latency 4k dsync {label}", lat, "ms", n=LAT_N, dev=dev)
+    emit(f"write throughput {label}", thr, "MiB/s", mb=MB, dev=dev, rep=rep)
+    emit(f"write latency 4k dsync {label}", lat, "ms", n=LAT_N, dev=dev, rep=rep)
     return thr, lat
+
+
+def io_compare(lab, devs, reps=2):
+    """Each device `reps` times, the order reversed every other time (the shared host drifts);
+    returns {label: (mean MiB/s, mean ms)}."""
+    got = {label: [] for label, _ in devs}
+    for r in range(reps):
+        for label, dev in (devs if r % 2 == 0 else list(reversed(devs))):
+            got[label].append(io_figures(lab, label, dev, r + 1))
+    return {k: (statistics.mean(t for t, _ in v), statistics.mean(x for _, x in v)) for k, v in got.items()}
 
 
 def main():
@@ -184,15 +194,16 @@ def main():
         lab.check(1, f"lvcreate -q -V {SIZE_GIB}G -T ssd/data -n rawbench 2>/dev/null && test -b /dev/ssd/rawbench", 120)
         fname, fminor = floors[0]
         lab.check(1, f"drbdadm primary {fname}", 60)
-        thr_raw, lat_raw = io_figures(lab, "raw thin LV", "/dev/ssd/rawbench")
-        thr_dp, lat_dp = io_figures(lab, "drbdpool volume (Primary, Connected, protocol C)", path)
-        thr_fl, lat_fl = io_figures(lab, "hand-made DRBD (protocol C)", f"/dev/drbd{fminor}")
+        io = io_compare(lab, [("raw thin LV", "/dev/ssd/rawbench"),
+                              ("drbdpool volume (Primary, Connected, protocol C)", path),
+                              ("hand-made DRBD (protocol C)", f"/dev/drbd{fminor}")])
+        (thr_raw, lat_raw), (thr_dp, lat_dp), (thr_fl, lat_fl) = io.values()
         emit("write throughput drbdpool / raw thin LV", thr_dp / thr_raw, "ratio")
         emit("write latency drbdpool / raw thin LV", lat_dp / lat_raw, "ratio")
-        table.append((f"write {MB} MiB bs=1M direct, MiB/s: raw LV / hand DRBD / drbdpool",
+        table.append((f"write {MB} MiB bs=1M direct, MiB/s (mean of 2): raw LV / hand DRBD / drbdpool",
                       f"{thr_raw:.1f} / {thr_fl:.1f} / {thr_dp:.1f}",
                       f"drbdpool/raw {thr_dp / thr_raw:.2f}, drbdpool/hand DRBD {thr_dp / thr_fl:.2f}"))
-        table.append((f"write 4k direct+dsync x{LAT_N}, ms each: raw LV / hand DRBD / drbdpool",
+        table.append((f"write 4k direct+dsync x{LAT_N}, ms each (mean of 2): raw LV / hand DRBD / drbdpool",
                       f"{lat_raw:.2f} / {lat_fl:.2f} / {lat_dp:.2f}",
                       f"drbdpool/raw {lat_dp / lat_raw:.2f}, drbdpool/hand DRBD {lat_dp / lat_fl:.2f}"))
         tl.mark("I/O figures taken")
@@ -213,10 +224,13 @@ def main():
             while True:
                 tries += 1
                 tc = time.time()
-                ok, r = pve_try(lab, 2, "activate", vol)
-                if ok:
+                rc, out, err = lab.run_full(2, ENV + f"RUST_LOG=debug perl -T /root/pve.pl activate {vol}", 120)
+                if rc == 0:
+                    r = json.loads(out.strip().splitlines()[-1])
+                    with open(os.path.join(lab.share, f"bench-activate-{vol}.err"), "w") as fh:
+                        fh.write(err)
                     break
-                last = r
+                last = err.strip()[-400:]
                 if time.time() - t > 240:
                     raise LabError(f"{vol}: activation on the survivor still refused after 240 s: {last}")
                 time.sleep(0.5)
@@ -231,6 +245,12 @@ def main():
                           f"{writable:.1f} / {floor_act:.1f}",
                           f"{tries - 1} refusals first; writable {since_kill:.0f}s after the kill"))
             tl.mark(f"{vol} writable on node2 after {tries} attempt(s)")
+        # What any call through the shim costs here (perl -T, the plugin, one drbdpool process).
+        t = time.time()
+        pve(lab, 2, "path", vols[0][0])
+        one = time.time() - t
+        emit("one shim call (path) on node2, for scale", one, "s")
+        table.append(("one shim call (pve.pl path) on node2, for scale", f"{one:.1f}", ""))
     finally:
         lab.stop()
     emit("whole benchmark", time.time() - t_all, "s")
