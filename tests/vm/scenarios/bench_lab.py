@@ -231,10 +231,19 @@ def main():
                         fh.write(err)
                     break
                 last = err.strip()[-400:]
+                if "marked outdated by the fence-peer handler" in last:
+                    break   # a finding, not a wait: reported below, the other volumes go on
                 if time.time() - t > 240:
                     raise LabError(f"{vol}: activation on the survivor still refused after 240 s: {last}")
                 time.sleep(0.5)
             call = time.time() - tc
+            if rc != 0:
+                emit("activate on survivor: REFUSED, replica marked outdated", time.time() - t, "s", vol=vol, nth=n,
+                     refusals=tries, since_kill_s=round(tl.now(), 1), refusal=last[-300:])
+                table.append((f"activate vol {n} on survivor", "refused",
+                              "node2 marked outdated by node1's fence-peer before the kill (see BENCH line)"))
+                tl.mark(f"{vol}: refused, node2's replica is marked outdated")
+                continue
             lab.check(2, f"dd if=/dev/zero of={r['path']} bs=4k count=1 oflag=direct 2>/dev/null", 60)
             writable = time.time() - tc
             since_kill = tl.now()
