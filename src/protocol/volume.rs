@@ -193,7 +193,18 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: peers ready");
     // Thick backing: replicas[0]'s agent starts the full initial sync instead.
     if doc.replicas[0].node == local && doc.backend.kind != BackendKind::Lvm {
-        ctx.node.skip_initial_sync(doc)?;
+        // A peer's "ready" means its disk is attached; the DRBD connection may still be coming
+        // up, and the skip is refused until it is: retry that refusal until the deadline.
+        loop {
+            match ctx.node.skip_initial_sync(doc) {
+                Ok(()) => break,
+                Err(Error::Refused(m)) if !left(deadline).is_zero() => {
+                    tracing::debug!(resource = %doc.resource, "initial-sync skip not possible yet ({m}); retrying");
+                    std::thread::sleep(KERNEL_POLL);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         crate::failpoint!("alloc.after-skip-sync");
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
