@@ -136,6 +136,9 @@ impl Runner for RealRunner {
             b
         });
         let start = Instant::now();
+        // Back off from 1 ms to 10 ms: quick commands return at once, slow ones do not
+        // cost hundreds of wake-ups a second (that shows on a slow single-CPU guest).
+        let mut nap = Duration::from_millis(1);
         let status = loop {
             match child.try_wait() {
                 Ok(Some(st)) => break st,
@@ -149,11 +152,13 @@ impl Runner for RealRunner {
                             cmd.timeout
                         )));
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(10));
                 }
                 Err(e) => return Err(Error::Tool(format!("waiting for `{}`: {e}", cmd.display()))),
             }
         };
+        tracing::debug!(cmd = %cmd.program, ms = start.elapsed().as_millis() as u64, "exec done");
         let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
         let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
         use std::os::unix::process::ExitStatusExt;

@@ -15,6 +15,19 @@ pub trait NodeOps {
     fn remove_replica(&self, vol: &VolumeDoc) -> Result<()>;
     /// The local replica's current state (None: not configured here).
     fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>>;
+    // The two below have defaults (additive); a wrapper (cli::plugin::LazyNode) must forward them.
+    /// Held by an alloc for the whole creation of a volume (dropped: released; also when the
+    /// process dies): this node's agent leaves that volume to the alloc meanwhile, so the two
+    /// do not repeat each other's tool calls. Default: nothing to hold.
+    fn hold_creation(&self, _vol: &VolumeDoc) -> Result<Option<Box<dyn std::any::Any>>> {
+        Ok(None)
+    }
+    /// What this node's kernel says of the resource and its connected peers, without
+    /// looking at the backing device (one status call: cheap enough to poll). The
+    /// generation is not checked. None: not up here.
+    fn kernel_view(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
+        self.observe(vol)
+    }
     /// Make the local replica Primary (the caller has checked that it may).
     fn promote(&self, vol: &VolumeDoc) -> Result<()>;
     /// Back to Secondary; refuses while the device is open.

@@ -32,7 +32,7 @@ pub struct LocalNode {
 }
 
 /// Disk states that mean "backing attached, metadata present".
-fn attached(disk: &str) -> bool {
+pub(crate) fn attached(disk: &str) -> bool {
     matches!(disk, "UpToDate" | "Inconsistent" | "Outdated" | "Consistent" | "Negotiating")
 }
 
@@ -62,18 +62,38 @@ impl LocalNode {
     /// plugin helpers running at the same time (e.g. two `losetup --find` for one
     /// image, or a doubled initial-sync decision). A local flock: it dies with the process.
     fn lock(&self, res: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
-        crate::backend::lvmreport::check_name(res)?;
+        self.flock(&format!("{}-{res}.lock", self.node), nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(p, e)| Error::Tool(format!("cannot lock {}: {e}", p.display())))
+    }
+
+    /// Lock file `name` in DRBDPOOL_RUN_DIR (/run/drbdpool); Err carries the path.
+    fn flock(
+        &self,
+        name: &str,
+        how: nix::fcntl::FlockArg,
+    ) -> std::result::Result<nix::fcntl::Flock<std::fs::File>, (std::path::PathBuf, std::io::Error)> {
         let dir = std::env::var_os("DRBDPOOL_RUN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/drbdpool".into());
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Tool(format!("cannot create {}: {e}", dir.display())))?;
-        let p = dir.join(format!("{}-{res}.lock", self.node));
+        std::fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
+        let p = dir.join(name);
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| Error::Tool(format!("cannot open lock file {}: {e}", p.display())))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::Tool(format!("cannot lock {}: {e}", p.display())))
+            .map_err(|e| (p.clone(), e))?;
+        nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| (p, std::io::Error::from(e)))
+    }
+
+    fn creation_lock_name(&self, res: &str) -> Result<String> {
+        crate::backend::lvmreport::check_name(res)?;
+        Ok(format!("{}-{res}.creating", self.node))
+    }
+
+    /// Whether an alloc on this node is creating `res` right now (it holds the creation lock).
+    pub fn creation_in_progress(&self, res: &str) -> bool {
+        let Ok(name) = self.creation_lock_name(res) else { return false };
+        matches!(self.flock(&name, nix::fcntl::FlockArg::LockExclusiveNonblock),
+                 Err((_, e)) if e.raw_os_error() == Some(nix::errno::Errno::EWOULDBLOCK as i32))
     }
 
     fn check_replica(&self, vol: &VolumeDoc) -> Result<()> {
@@ -228,10 +248,11 @@ impl NodeOps for LocalNode {
             }
         }
         // create() is idempotent and grows an existing device that is too small.
-        let backing = backend.create(&vol.resource, drbd_backing_kib(vol.size_kib))?;
+        let (backing, made) = backend.create_new(&vol.resource, drbd_backing_kib(vol.size_kib))?;
         crate::failpoint!("agent.after-backing");
         let plan = self.plan(vol, &backing, backend.thin(), vol.dual_primary.is_some())?;
-        let applied = self.repl.apply(&plan)?;
+        // Made just now on a thin backend: reads zeroes, so it has no DRBD metadata to look for.
+        let applied = if made && backend.thin() { self.repl.apply_blank(&plan)? } else { self.repl.apply(&plan)? };
         crate::failpoint!("agent.after-apply");
         tracing::info!(resource = %vol.resource, created_md = applied.created_metadata, changed = applied.changed_config, "replica ensured");
         let st = self.status_of(&vol.resource)?.ok_or_else(|| {
@@ -291,6 +312,18 @@ impl NodeOps for LocalNode {
             size_kib: 0,
             ..Default::default()
         }))
+    }
+
+    fn hold_creation(&self, vol: &VolumeDoc) -> Result<Option<Box<dyn std::any::Any>>> {
+        let name = self.creation_lock_name(&vol.resource)?;
+        let g = self
+            .flock(&name, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(p, e)| Error::Tool(format!("cannot lock {}: {e}", p.display())))?;
+        Ok(Some(Box::new(g)))
+    }
+
+    fn kernel_view(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
+        Ok(self.status_of(&vol.resource)?.map(|st| self.observed_from(vol, &st)))
     }
 
     fn promote(&self, vol: &VolumeDoc) -> Result<()> {

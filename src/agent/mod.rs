@@ -2,9 +2,10 @@
 //! contrib/drbdpool-agent.service).
 //!
 //! Every `interval` (default 1 s) it polls the cluster store (pmxcfs and 9p
-//! give no cross-node inotify), and at once whenever `drbdsetup events2` reports
-//! a DRBD state change here, and for every volume of which this node is a
-//! replica:
+//! give no cross-node inotify), at once whenever `drbdsetup events2` reports
+//! a DRBD state change here, and within WAKE_CHECK (200 ms) when a writer of a
+//! volume document pokes this node's `wake/<node>` file (wake.rs); for every
+//! volume of which this node is a replica:
 //! - `creating`/`ready`: creates or grows the backing device, writes the
 //!   resource file and brings it up (only when the doc's generation changed or
 //!   the resource is not up); `replicas[0]` skips the initial sync of fresh
@@ -36,6 +37,7 @@
 pub mod ha_sync;
 pub mod local;
 pub mod reconcile;
+pub mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +116,7 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
     if !opts.once && std::env::var("DRBDPOOL_DRBD").map(|v| v.is_empty() || v == "real").unwrap_or(true) {
         watch_drbd_events(wake_tx);
     }
+    let mut poked = wake::WakeWatch::new(&opts.store, &opts.node);
     tracing::info!(node = %opts.node, interval = ?opts.interval, ha = ha.is_some(), "agent started");
     loop {
         let result = agent.pass();
@@ -132,10 +135,33 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
         if opts.once {
             return Ok(());
         }
-        // Sleep until the next round or a DRBD event, then drain the burst of events.
-        if wake.recv_timeout(opts.interval).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            while wake.try_recv().is_ok() {}
+        wait_for_work(&wake, &mut poked, opts.interval);
+    }
+}
+
+/// Sleep until the next round, a DRBD event (then drain the burst of events), or a
+/// poke in this node's wake file (checked every WAKE_CHECK: a local read on pmxcfs).
+fn wait_for_work(events: &std::sync::mpsc::Receiver<()>, poked: &mut wake::WakeWatch, interval: Duration) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let until = std::time::Instant::now() + interval;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match events.recv_timeout(left.min(wake::WAKE_CHECK)) {
+            Ok(()) => {
+                std::thread::sleep(Duration::from_millis(50));
+                while events.try_recv().is_ok() {}
+                return;
+            }
+            // No event watcher (sim, --once): the wake file alone.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(left.min(wake::WAKE_CHECK)),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if poked.changed() {
+            tracing::debug!("woken by a store change for this node");
+            return;
         }
     }
 }

@@ -121,6 +121,15 @@ impl Agent {
         for vol in docs.iter().filter(|v| v.replica(&me).is_some()) {
             mine.insert(vol.resource.clone());
             let res = vol.resource.clone();
+            // An alloc on this node is creating it right now and does this node's part itself
+            // (the same tool calls): leave it alone, keep what was published, until it is done.
+            if vol.state == VolumeState::Creating && self.local.creation_in_progress(&res) {
+                tracing::debug!(resource = %res, "an alloc on this node is creating it; not touching it this pass");
+                if let Some(o) = self.last.as_ref().and_then(|s| s.volumes.get(&res)) {
+                    volumes.insert(res, o.clone());
+                }
+                continue;
+            }
             let r = match vol.state {
                 VolumeState::Creating | VolumeState::Ready => match rollback_elsewhere(vol, &me) {
                     Some(since) => self.reconcile_discard(vol, since).map(Some),

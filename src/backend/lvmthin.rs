@@ -58,6 +58,10 @@ impl LvmThin {
 
 impl Backend for LvmThin {
     fn create(&self, name: &str, size_kib: u64) -> Result<Backing> {
+        self.create_new(name, size_kib).map(|(b, _)| b)
+    }
+
+    fn create_new(&self, name: &str, size_kib: u64) -> Result<(Backing, bool)> {
         r::check_name(name)?;
         let rows = r::lvs(&*self.runner, &self.vg)?;
         self.pool_row(&rows)?;
@@ -65,7 +69,7 @@ impl Backend for LvmThin {
             if r::find(&rows, name).is_some_and(|row| !r::is_active(row)) {
                 r::activate(&*self.runner, &self.vg, name)?;
             }
-            return if b.size_kib < size_kib { self.resize(name, size_kib) } else { Ok(b) };
+            return if b.size_kib < size_kib { self.resize(name, size_kib) } else { Ok(b) }.map(|b| (b, false));
         }
         self.runner.check(&lvm("lvcreate").args([
             "-V".to_string(),
@@ -76,6 +80,7 @@ impl Backend for LvmThin {
             name.into(),
         ]))?;
         self.lookup(name)?
+            .map(|b| (b, true))
             .ok_or_else(|| Error::Tool(format!("lvcreate reported success but LV {}/{name} is missing", self.vg)))
     }
 

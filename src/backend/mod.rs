@@ -22,6 +22,12 @@ pub struct Backing {
 pub trait Backend: Send + Sync {
     /// Create the backing device `name` of `size_kib` (rounded up as the backend needs). Idempotent.
     fn create(&self, name: &str, size_kib: u64) -> Result<Backing>;
+    /// `create`, and whether this call made the device (false: it existed). Default: a lookup
+    /// first; backends that list anyway override it to save that call.
+    fn create_new(&self, name: &str, size_kib: u64) -> Result<(Backing, bool)> {
+        let existed = self.lookup(name)?.is_some();
+        Ok((self.create(name, size_kib)?, !existed))
+    }
     /// Delete it. Idempotent.
     fn remove(&self, name: &str) -> Result<()>;
     /// Grow to at least `size_kib`. Never shrinks.

@@ -43,6 +43,12 @@ impl NodeOps for LazyNode<'_> {
     fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
         self.get()?.observe(vol)
     }
+    fn kernel_view(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
+        self.get()?.kernel_view(vol)
+    }
+    fn hold_creation(&self, vol: &VolumeDoc) -> Result<Option<Box<dyn std::any::Any>>> {
+        self.get()?.hold_creation(vol)
+    }
     fn promote(&self, vol: &VolumeDoc) -> Result<()> {
         self.get()?.promote(vol)
     }

@@ -91,6 +91,13 @@ pub trait Replication: Send + Sync {
     /// create metadata if the backing device has none, and bring the resource up (or adjust it).
     /// Restores the previous file if adjust fails. Idempotent.
     fn apply(&self, plan: &ResourcePlan) -> Result<Applied>;
+    /// `apply` when the caller has just created the backing device and it reads zeroes (a new
+    /// thin LV or sparse file): it cannot carry DRBD metadata, so looking for it is skipped.
+    /// Never for a device that existed before, or a thick one (stale metadata may survive
+    /// there). Default: `apply`.
+    fn apply_blank(&self, plan: &ResourcePlan) -> Result<Applied> {
+        self.apply(plan)
+    }
     /// Take the resource down and remove its resource file. Idempotent.
     fn down(&self, resource: &str) -> Result<()>;
     /// State of every configured resource, one consistent snapshot.

@@ -288,14 +288,16 @@ fn retryable(out: &Output, needle: &str) -> bool {
     !out.success() && (out.stderr.contains(needle) || out.stdout.contains(needle))
 }
 
-impl Replication for DrbdAdm {
-    fn apply(&self, plan: &ResourcePlan) -> Result<Applied> {
+impl DrbdAdm {
+    /// `apply`; `blank`: the backing device was just made and reads zeroes (no metadata).
+    fn apply_with(&self, plan: &ResourcePlan, blank: bool) -> Result<Applied> {
         let res = plan.resource.as_str();
         let (changed, old) = self.write_config(plan)?;
         crate::failpoint!("agent.after-resource-file");
         let mut applied = Applied { changed_config: changed, ..Default::default() };
         if !self.is_up(res)? {
-            if !self.has_metadata(res)? {
+            // A blank device (just made, reads zeroes) has none: saves get-gi + dump-md.
+            if blank || !self.has_metadata(res)? {
                 self.run_checked(self.adm().args(["--", "--force", "create-md", res]).timeout(SLOW))?;
                 applied.created_metadata = true;
             }
@@ -340,6 +342,16 @@ impl Replication for DrbdAdm {
             }
         }
         Err(Error::Tool(msg))
+    }
+}
+
+impl Replication for DrbdAdm {
+    fn apply(&self, plan: &ResourcePlan) -> Result<Applied> {
+        self.apply_with(plan, false)
+    }
+
+    fn apply_blank(&self, plan: &ResourcePlan) -> Result<Applied> {
+        self.apply_with(plan, true)
     }
 
     fn down(&self, resource: &str) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::naming;
 use crate::placement;
 use crate::refused;
 use crate::store::alloc::{allocate, Ranges};
-use crate::store::docs::{BackendKind, Replica, VolumeDoc, VolumeState};
+use crate::store::docs::{BackendKind, PeerObserved, Replica, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 
 use super::scfg::StorageCfg;
@@ -26,6 +26,45 @@ fn left(deadline: Instant) -> Duration {
 fn random_secret() -> String {
     use rand::Rng;
     rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect()
+}
+
+/// Wake the agents of the other replica nodes now instead of at their next round.
+fn poke_peers(ctx: &Ctx, doc: &VolumeDoc, why: &str) {
+    for n in peers_of(ctx, doc) {
+        crate::agent::wake::poke(ctx.store, &n, why);
+    }
+}
+
+/// What this node's kernel says about `node`'s replica over their DRBD connection.
+fn kernel_peer<'v>(view: &'v Option<VolumeObserved>, node: &str) -> Option<&'v PeerObserved> {
+    view.as_ref()?.peers.iter().find(|p| p.node == node && p.connection == "Connected")
+}
+
+/// Re-read this node's kernel view at most this often while waiting (each read runs
+/// drbdsetup: not free on a busy node, where the agents work at the same time).
+const KERNEL_POLL: Duration = Duration::from_millis(500);
+
+/// This node's kernel view of `doc` (None when this node holds no replica), throttled.
+struct KernelView<'c> {
+    node: &'c dyn crate::node::NodeOps,
+    doc: &'c VolumeDoc,
+    on: bool,
+    at: Option<Instant>,
+    view: Option<VolumeObserved>,
+}
+
+impl<'c> KernelView<'c> {
+    fn new(ctx: &'c Ctx, doc: &'c VolumeDoc) -> Self {
+        KernelView { node: ctx.node, doc, on: doc.replica(ctx.node.name()).is_some(), at: None, view: None }
+    }
+
+    fn get(&mut self) -> Result<&Option<VolumeObserved>> {
+        if self.on && self.at.is_none_or(|t| t.elapsed() >= KERNEL_POLL) {
+            self.view = self.node.kernel_view(self.doc)?;
+            self.at = Some(Instant::now());
+        }
+        Ok(&self.view)
+    }
 }
 
 fn agent_hint(nodes: &[String]) -> String {
@@ -95,6 +134,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
         crate::failpoint!("alloc.after-doc");
         doc
     };
+    poke_peers(ctx, &doc, "alloc");
     tracing::info!(
         "allocated {sid}:{} as {} (minor {}, port {}) on {}",
         doc.volname,
@@ -115,14 +155,31 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
 fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let local = ctx.node.name().to_string();
     let name = format!("{}:{}", doc.storeid, doc.volname);
-    if doc.replica(&local).is_some() {
+    let t0 = Instant::now();
+    let is_replica = doc.replica(&local).is_some();
+    let _creating = if is_replica { ctx.node.hold_creation(doc)? } else { None };
+    if is_replica {
         ctx.node.ensure_replica(doc)?;
         crate::failpoint!("alloc.after-local-replica");
+        tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: local replica up");
     }
     let peers = peers_of(ctx, &doc);
     let what = format!("the replica of {name} to be ready");
-    let pending = until_published(ctx.store, &peers, &doc.resource, left(deadline), ctx.poll, &what, |o| {
-        o.is_some_and(|o| o.ready && o.generation >= doc.generation)
+    // A peer is ready when its agent says so, or as soon as this node's kernel sees it
+    // connected with its disk attached (the agent publishes that a round later).
+    let mut kv = KernelView::new(ctx, doc);
+    let pending = until_done(left(deadline), ctx.poll, &what, || {
+        let view = kv.get()?;
+        let pubd = published(ctx.store, &peers, &doc.resource)?;
+        Ok(peers
+            .iter()
+            .filter(|n| {
+                let said = pubd.get(*n).cloned().flatten().is_some_and(|o| o.ready && o.generation >= doc.generation);
+                let seen = kernel_peer(view, n).is_some_and(|p| crate::agent::local::attached(&p.disk));
+                !(said || seen)
+            })
+            .cloned()
+            .collect())
     })?;
     if !pending.is_empty() {
         return Err(Error::Timeout(format!(
@@ -133,25 +190,42 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         )));
     }
     crate::failpoint!("alloc.after-peers-ready");
+    tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: peers ready");
     // Thick backing: replicas[0]'s agent starts the full initial sync instead.
     if doc.replicas[0].node == local && doc.backend.kind != BackendKind::Lvm {
-        ctx.node.skip_initial_sync(doc)?;
+        // A peer's "ready" means its disk is attached; the DRBD connection may still be coming
+        // up, and the skip is refused until it is: retry that refusal until the deadline.
+        loop {
+            match ctx.node.skip_initial_sync(doc) {
+                Ok(()) => break,
+                Err(Error::Refused(m)) if !left(deadline).is_zero() => {
+                    tracing::debug!(resource = %doc.resource, "initial-sync skip not possible yet ({m}); retrying");
+                    std::thread::sleep(KERNEL_POLL);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         crate::failpoint!("alloc.after-skip-sync");
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
     // right after the sync skip. Thick LVM syncs in the background instead.
     if doc.backend.kind != BackendKind::Lvm {
         let all: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).collect();
+        let mut kv = KernelView::new(ctx, doc);
         let pending = until_done(left(deadline), ctx.poll, &format!("{name} to be UpToDate"), || {
             let mut p = Vec::new();
             let pubd = published(ctx.store, &peers, &doc.resource)?;
+            // This node's kernel: its own disk, and each connected peer's disk as DRBD reports
+            // it (no need to wait for that peer's agent to publish the same).
+            let view = kv.get()?;
             for n in &all {
-                let disk = if *n == local {
-                    ctx.node.observe(doc)?.map(|o| o.disk)
+                let up = if *n == local {
+                    view.as_ref().is_some_and(|o| o.disk == "UpToDate")
                 } else {
-                    pubd.get(n).cloned().flatten().map(|o| o.disk)
+                    kernel_peer(view, n).is_some_and(|p| p.disk == "UpToDate")
+                        || pubd.get(n).cloned().flatten().is_some_and(|o| o.disk == "UpToDate")
                 };
-                if disk.as_deref() != Some("UpToDate") {
+                if !up {
                     p.push(n.clone());
                 }
             }
@@ -166,6 +240,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
             )));
         }
     }
+    tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: all replicas UpToDate");
     let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
     let mut d = load(ctx, &doc.storeid, &doc.volname)?;
     crate::failpoint!("alloc.before-ready");
@@ -189,8 +264,9 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc) {
         }
         Ok(())
     })();
-    if let Err(e) = r {
-        tracing::error!("could not mark {}:{} for deletion: {e}", doc.storeid, doc.volname);
+    match r {
+        Ok(()) => poke_peers(ctx, doc, "roll back"),
+        Err(e) => tracing::error!("could not mark {}:{} for deletion: {e}", doc.storeid, doc.volname),
     }
     if doc.replica(ctx.node.name()).is_some() {
         if let Err(e) = ctx.node.remove_replica(doc) {
@@ -248,6 +324,7 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         }
         d
     };
+    poke_peers(ctx, &doc, "free");
     crate::failpoint!("free.after-deleting");
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
@@ -300,6 +377,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         }
         d
     };
+    poke_peers(ctx, &doc, "resize");
     crate::failpoint!("resize.after-doc");
     ctx.node.grow_backing(&doc)?;
     crate::failpoint!("resize.after-local-grow");
@@ -453,6 +531,7 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         ctx.store.put_volume(&doc)?;
         doc
     };
+    poke_peers(ctx, &doc, "clone");
     tracing::info!("linked clone {sid}:{} of {name} allocated as {} (minor {}, port {})", doc.volname, doc.resource, doc.minor, doc.port);
     match finish_create(ctx, &doc, deadline) {
         Ok(()) => Ok(json!({"volname": doc.volname})),
