@@ -239,3 +239,35 @@ fn concurrent_ensure_on_one_node_attaches_one_loop_device() {
     });
     assert_eq!(Lab::loops(&lab.image("a", "dp-race")).len(), 1);
 }
+
+/// DRBD 8.4 runs no unfence hook when a fenced peer reconnects with nothing to resync
+/// (a missed ping under load): the agent drops the mark once its kernel shows the peer
+/// Connected, UpToDate and in sync, and not while the peer is away.
+#[test]
+fn a_healed_outdated_mark_is_dropped_and_a_live_one_kept() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    lab.store.put_volume(&lab.volume("dp-r9", &["a", "b"], 4096)).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local("b"));
+    passes(&mut [&mut a, &mut b], 3);
+    let mut d = lab.store.volume("pool1", "dp-r9-vol").unwrap().unwrap();
+    d.state = VolumeState::Ready; // as the alloc leaves it once both are UpToDate
+    assert_eq!(lab.store.node_state("b").unwrap().unwrap().volumes["dp-r9"].disk, "UpToDate");
+
+    // b is really away: the fence-peer handler's mark must stay.
+    lab.sim("b").down("dp-r9").unwrap();
+    d.outdated = vec!["b".into()];
+    lab.store.put_volume(&d).unwrap();
+    a.pass().unwrap();
+    assert_eq!(lab.store.volume("pool1", "dp-r9-vol").unwrap().unwrap().outdated, vec!["b".to_string()], "b is not connected");
+
+    // b's agent brings it back; with nothing written meanwhile there is nothing to resync.
+    b.pass().unwrap();
+    a.pass().unwrap();
+    let st = lab.store.node_state("a").unwrap().unwrap();
+    assert_eq!(st.volumes["dp-r9"].peers[0].connection, "Connected", "{:?}", st.volumes["dp-r9"]);
+    assert!(lab.store.volume("pool1", "dp-r9-vol").unwrap().unwrap().outdated.is_empty(), "a healed mark is dropped: {:?}", lab.sim("a").resource_status("dp-r9"));
+}

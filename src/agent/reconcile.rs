@@ -157,6 +157,8 @@ impl Agent {
             }
         }
 
+        self.clear_healed_outdated(&docs, &status);
+
         // Resources configured here that no document wants (only when every doc was readable).
         if complete {
             let candidates: Vec<String> = self.local.replication().configured()?.into_iter().filter(|r| !mine.contains(r)).collect();
@@ -201,6 +203,25 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Drop outdated marks that the kernel shows are over: DRBD 8.4 runs no unfence hook
+    /// when a peer reconnects with nothing to resync (a missed ping under load fences the
+    /// peer, then it is back in a second), and the mark would refuse that replica's
+    /// promotion for good. DRBD itself is the witness: both disks UpToDate, connected,
+    /// nothing out of sync. Under the volume lock (fence::unfence); a busy lock waits a pass.
+    fn clear_healed_outdated(&self, docs: &[VolumeDoc], status: &BTreeMap<String, ResourceStatus>) {
+        let me = self.node();
+        for vol in docs.iter().filter(|v| !v.outdated.is_empty() && v.state == VolumeState::Ready) {
+            let Some(st) = status.get(&vol.resource) else { continue };
+            for (node, peer_id) in healed_outdated(vol, me, st) {
+                match crate::fence::unfence(&self.store, me, &vol.resource, peer_id, std::time::Duration::from_secs(1)) {
+                    Ok(Some(n)) => tracing::info!(resource = %vol.resource, node = %n, "outdated mark dropped: DRBD shows the replica UpToDate and in sync"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(resource = %vol.resource, node = %node, error = %e, "cannot drop the outdated mark now; retrying next pass"),
+                }
+            }
+        }
     }
 
     /// Roll back volumes whose alloc died (still `creating` after `create_expiry`):
@@ -509,4 +530,43 @@ impl Agent {
         self.last = Some(s);
         Ok(())
     }
+}
+
+/// Outdated replicas of `vol` that this node's kernel shows healed: (node, DRBD node id to
+/// name it to `fence::unfence`; None for this node itself). Healed = this disk UpToDate
+/// and, for a peer, its connection Connected with the peer disk UpToDate and nothing out
+/// of sync; for this node, connected to some UpToDate peer.
+pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(String, Option<u8>)> {
+    if st.devices.is_empty() || !st.devices.iter().all(|d| d.disk == "UpToDate") {
+        return Vec::new();
+    }
+    let in_sync = |c: &crate::drbd::ConnectionStatus| {
+        c.connection == "Connected"
+            && !c.peer_devices.is_empty()
+            && c.peer_devices.iter().all(|p| p.peer_disk == "UpToDate" && p.out_of_sync_kib == 0)
+    };
+    let peers: Vec<&crate::store::docs::Replica> = vol.replicas.iter().filter(|r| r.node != me).collect();
+    // Which replica a connection is: DRBD 9 names the peer's node id; 8.4 has one
+    // connection, and at most two replicas.
+    let peer_of = |c: &crate::drbd::ConnectionStatus| -> Option<&crate::store::docs::Replica> {
+        match c.peer_node_id {
+            Some(id) => peers.iter().copied().find(|r| u32::from(r.node_id) == id),
+            None if !c.conn_name.is_empty() && peers.iter().any(|r| r.node == c.conn_name) => peers.iter().copied().find(|r| r.node == c.conn_name),
+            None if peers.len() == 1 && st.connections.len() == 1 => Some(peers[0]),
+            None => None,
+        }
+    };
+    let mut out = Vec::new();
+    for n in &vol.outdated {
+        if n == me {
+            if st.connections.iter().any(in_sync) {
+                out.push((me.to_string(), None));
+            }
+        } else if let Some(c) = st.connections.iter().find(|c| peer_of(c).is_some_and(|r| &r.node == n)) {
+            if in_sync(c) {
+                out.push((n.clone(), peer_of(c).map(|r| r.node_id)));
+            }
+        }
+    }
+    out
 }
