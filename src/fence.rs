@@ -90,8 +90,25 @@ fn try_fence(store: &Store, local: &str, resource: &str, lock_timeout: Duration)
 /// `after-resync-target` on the resynced node itself (no peer id). Returns the
 /// node unmarked, if any.
 pub fn unfence(store: &Store, local: &str, resource: &str, peer_node_id: Option<u8>, lock_timeout: Duration) -> Result<Option<String>> {
+    unfence_if(store, local, resource, peer_node_id, lock_timeout, || Ok(true))
+}
+
+/// `unfence` only if `still_healed` holds when asked under the volume lock: the
+/// fence-peer handler takes the same lock, so a link loss noticed after that check
+/// marks the replica again after us, never before.
+pub fn unfence_if(
+    store: &Store,
+    local: &str,
+    resource: &str,
+    peer_node_id: Option<u8>,
+    lock_timeout: Duration,
+    still_healed: impl FnOnce() -> Result<bool>,
+) -> Result<Option<String>> {
     let probe = volume_by_resource(store, resource)?;
     let _guard = store.lock_timeout(&crate::store::lock::vol_lock_name(resource), lock_timeout)?;
+    if !still_healed()? {
+        return Ok(None);
+    }
     let Some(mut doc) = store.volume(&probe.storeid, &probe.volname)? else { return Ok(None) };
     let target = match peer_node_id {
         Some(id) => doc

@@ -265,7 +265,11 @@ fn a_healed_outdated_mark_is_dropped_and_a_live_one_kept() {
     assert_eq!(lab.store.volume("pool1", "dp-r9-vol").unwrap().unwrap().outdated, vec!["b".to_string()], "b is not connected");
 
     // b's agent brings it back; with nothing written meanwhile there is nothing to resync.
+    // b never clears its own mark (its kernel may show the link up while a already saw it go).
     b.pass().unwrap();
+    b.pass().unwrap();
+    assert_eq!(lab.store.node_state("b").unwrap().unwrap().volumes["dp-r9"].peers[0].connection, "Connected");
+    assert_eq!(lab.store.volume("pool1", "dp-r9-vol").unwrap().unwrap().outdated, vec!["b".to_string()], "b keeps its own mark");
     a.pass().unwrap();
     let st = lab.store.node_state("a").unwrap().unwrap();
     assert_eq!(st.volumes["dp-r9"].peers[0].connection, "Connected", "{:?}", st.volumes["dp-r9"]);

@@ -206,16 +206,21 @@ impl Agent {
     }
 
     /// Drop outdated marks that the kernel shows are over: DRBD 8.4 runs no unfence hook
-    /// when a peer reconnects with nothing to resync (a missed ping under load fences the
-    /// peer, then it is back in a second), and the mark would refuse that replica's
-    /// promotion for good. DRBD itself is the witness: both disks UpToDate, connected,
-    /// nothing out of sync. Under the volume lock (fence::unfence); a busy lock waits a pass.
+    /// when a fenced peer reconnects with nothing to resync (a missed ping under load fences
+    /// the peer, then it is back in a second), and the mark would refuse that replica's
+    /// promotion for good. DRBD itself is the witness, asked again under the volume lock.
     fn clear_healed_outdated(&self, docs: &[VolumeDoc], status: &BTreeMap<String, ResourceStatus>) {
         let me = self.node();
         for vol in docs.iter().filter(|v| !v.outdated.is_empty() && v.state == VolumeState::Ready) {
             let Some(st) = status.get(&vol.resource) else { continue };
             for (node, peer_id) in healed_outdated(vol, me, st) {
-                match crate::fence::unfence(&self.store, me, &vol.resource, peer_id, std::time::Duration::from_secs(1)) {
+                let fresh = || -> Result<bool> {
+                    Ok(match self.local.replication().resource_status(&vol.resource)? {
+                        Some(st) => healed_outdated(vol, me, &st).iter().any(|(n, _)| *n == node),
+                        None => false,
+                    })
+                };
+                match crate::fence::unfence_if(&self.store, me, &vol.resource, Some(peer_id), std::time::Duration::from_secs(1), fresh) {
                     Ok(Some(n)) => tracing::info!(resource = %vol.resource, node = %n, "outdated mark dropped: DRBD shows the replica UpToDate and in sync"),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(resource = %vol.resource, node = %node, error = %e, "cannot drop the outdated mark now; retrying next pass"),
@@ -532,41 +537,38 @@ impl Agent {
     }
 }
 
-/// Outdated replicas of `vol` that this node's kernel shows healed: (node, DRBD node id to
-/// name it to `fence::unfence`; None for this node itself). Healed = this disk UpToDate
-/// and, for a peer, its connection Connected with the peer disk UpToDate and nothing out
-/// of sync; for this node, connected to some UpToDate peer.
-pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(String, Option<u8>)> {
+/// Outdated peers of `vol` that this node's kernel shows healed: (node, its DRBD node id).
+/// Healed = this disk UpToDate and the connection to that peer Connected, its disk UpToDate,
+/// nothing out of sync. Only for two replicas, judged by the replica that is not marked
+/// (the one that fenced): a marked node never clears its own mark, because its kernel may
+/// still show the link up for a ping timeout after the fencing side saw it go (the lab's
+/// link_cut caught exactly that), and with three replicas another node's link says nothing
+/// about the one that fenced.
+pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(String, u8)> {
+    if vol.replicas.len() != 2 || vol.outdated.iter().any(|n| n == me) {
+        return Vec::new();
+    }
     if st.devices.is_empty() || !st.devices.iter().all(|d| d.disk == "UpToDate") {
         return Vec::new();
     }
-    let in_sync = |c: &crate::drbd::ConnectionStatus| {
+    let Some(peer) = vol.replicas.iter().find(|r| r.node != me) else { return Vec::new() };
+    if !vol.outdated.contains(&peer.node) {
+        return Vec::new();
+    }
+    // The connection to that peer: DRBD 9 names its node id; 8.4 has exactly one.
+    let conn = match st.connections.iter().find(|c| c.peer_node_id == Some(u32::from(peer.node_id))) {
+        Some(c) => Some(c),
+        None if st.connections.len() == 1 && st.connections[0].peer_node_id.is_none() => Some(&st.connections[0]),
+        None => None,
+    };
+    let healed = conn.is_some_and(|c| {
         c.connection == "Connected"
             && !c.peer_devices.is_empty()
             && c.peer_devices.iter().all(|p| p.peer_disk == "UpToDate" && p.out_of_sync_kib == 0)
-    };
-    let peers: Vec<&crate::store::docs::Replica> = vol.replicas.iter().filter(|r| r.node != me).collect();
-    // Which replica a connection is: DRBD 9 names the peer's node id; 8.4 has one
-    // connection, and at most two replicas.
-    let peer_of = |c: &crate::drbd::ConnectionStatus| -> Option<&crate::store::docs::Replica> {
-        match c.peer_node_id {
-            Some(id) => peers.iter().copied().find(|r| u32::from(r.node_id) == id),
-            None if !c.conn_name.is_empty() && peers.iter().any(|r| r.node == c.conn_name) => peers.iter().copied().find(|r| r.node == c.conn_name),
-            None if peers.len() == 1 && st.connections.len() == 1 => Some(peers[0]),
-            None => None,
-        }
-    };
-    let mut out = Vec::new();
-    for n in &vol.outdated {
-        if n == me {
-            if st.connections.iter().any(in_sync) {
-                out.push((me.to_string(), None));
-            }
-        } else if let Some(c) = st.connections.iter().find(|c| peer_of(c).is_some_and(|r| &r.node == n)) {
-            if in_sync(c) {
-                out.push((n.clone(), peer_of(c).map(|r| r.node_id)));
-            }
-        }
+    });
+    if healed {
+        vec![(peer.node.clone(), peer.node_id)]
+    } else {
+        Vec::new()
     }
-    out
 }
