@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
-use crate::protocol::{self, Ctx, Reply};
+use crate::protocol::{self, Answer, Ctx, Reply};
 use crate::store::docs::{BackendSpec, Space, VolumeDoc, VolumeObserved};
 use crate::store::Store;
 
@@ -99,8 +99,9 @@ pub fn run(method: &str, store_flag: Option<&std::path::Path>, node_flag: Option
     let (out, ok) = match std::io::stdin().read_to_end(&mut input) {
         Err(e) => encode(Reply::from_result(Err(crate::invalid!("cannot read the request from stdin: {e}")))),
         Ok(_) => match call(method, &input, store_flag, node_flag) {
-            Answer::Typed(json) => (json, true),
-            Answer::Reply(r) => encode(r),
+            Ok(Answer::Json(json)) => (json, true),
+            Ok(Answer::Value(v)) => encode(Reply::from_result(Ok(v))),
+            Err(e) => encode(Reply::from_result(Err(e))),
         },
     };
     let mut so = std::io::stdout().lock();
@@ -120,29 +121,17 @@ fn encode(reply: Reply) -> (String, bool) {
     (out, ok)
 }
 
-enum Answer {
-    /// A successful reply already serialized (protocol::dispatch_typed).
-    Typed(String),
-    Reply(Reply),
-}
-
-fn call(method: &str, input: &[u8], store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> Answer {
+fn call(method: &str, input: &[u8], store_flag: Option<&std::path::Path>, node_flag: Option<&str>) -> Result<Answer> {
     let r = (|| {
         let req = protocol::parse_request(input)?;
         let node = super::node_name(node_flag, req.node.as_deref())?;
         let store = Store::open(Store::resolve_root(store_flag))?;
         let lazy = LazyNode::new(&store, node);
         let ctx = Ctx::new(&store, &lazy);
-        if let Some(json) = protocol::dispatch_typed(&ctx, method, &req)? {
-            return Ok(Answer::Typed(json));
-        }
-        protocol::dispatch(&ctx, method, &req).map(|v| Answer::Reply(Reply::from_result(Ok(v))))
+        protocol::dispatch_answer(&ctx, method, &req)
     })();
-    match r {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!("plugin {method}: {} error: {e}", e.kind());
-            Answer::Reply(Reply::from_result(Err(e)))
-        }
+    if let Err(e) = &r {
+        tracing::debug!("plugin {method}: {} error: {e}", e.kind());
     }
+    r
 }

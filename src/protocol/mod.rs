@@ -172,19 +172,25 @@ struct TypedReply<'a, T: Serialize> {
     result: &'a T,
 }
 
-/// `dispatch` for `drbdpool plugin`: `Ok(Some(json))` when the method answered with a
-/// typed result already serialized (`list` without roles: at 10,000 volumes a Value tree
-/// costs as much as reading the index), `Ok(None)` to go through `dispatch`.
-pub fn dispatch_typed(ctx: &Ctx, method: &str, req: &Request) -> Result<Option<String>> {
+/// What `dispatch_answer` gives: a whole successful reply already serialized, or a result.
+pub enum Answer {
+    Json(String),
+    Value(Value),
+}
+
+/// `dispatch` for `drbdpool plugin`: `list` without roles (PVE's hot listing) comes back
+/// as a whole reply serialized from typed entries, because at 10,000 volumes building a
+/// Value tree costs as much as reading the index; every other answer as a Value.
+pub fn dispatch_answer(ctx: &Ctx, method: &str, req: &Request) -> Result<Answer> {
     if method != "list" {
-        return Ok(None);
+        return dispatch(ctx, method, req).map(Answer::Value);
     }
     crate::naming::check_storeid(&req.storeid)?;
     match query::listing(ctx, &req.storeid, &Args::new(&req.args))? {
         query::Listing::Plain(r) => serde_json::to_string(&TypedReply { version: VERSION, ok: true, result: &r })
-            .map(Some)
+            .map(Answer::Json)
             .map_err(|e| Error::Other(anyhow::anyhow!("cannot encode the list: {e}"))),
-        query::Listing::WithRoles(_) => Ok(None),
+        query::Listing::WithRoles(v) => Ok(Answer::Value(v)),
     }
 }
 
