@@ -147,21 +147,11 @@ impl Store {
             .into_iter()
             .filter(|n| vmid.is_none_or(|v| crate::naming::parse_volname(n).is_ok_and(|p| p.vmid == v)))
             .collect();
-        let mut index: HashMap<String, Entry> = HashMap::with_capacity(names.len());
-        let mut changed = BTreeSet::new();
-        if self.index_complete(storeid) {
-            // Marks first: a write after this listing changes a document we then read
-            // with its new mark set, or one whose index entry we read after the fold.
-            changed = self.changed(storeid)?;
-            let shards: Vec<u32> = match vmid {
-                Some(v) => vec![v % SHARDS],
-                None => (0..SHARDS).collect(),
-            };
-            for s in shards {
-                let shard: ShardOf<HashMap<String, Entry>> = self.read_shard(storeid, s)?;
-                index.extend(shard.volumes);
-            }
-        }
+        let (mut index, changed) = if self.index_complete(storeid) {
+            self.read_index(storeid, vmid.map(|v| v % SHARDS), names.len())?
+        } else {
+            (HashMap::new(), BTreeSet::new())
+        };
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             match index.remove(&n) {
@@ -176,16 +166,36 @@ impl Store {
         Ok(out)
     }
 
+    /// The change marks, then the shards (all, or just `shard`). Marks first: a write
+    /// after this reads a document whose mark we then see, or one whose index entry we
+    /// read after the fold.
+    fn read_index(&self, storeid: &str, shard: Option<u32>, capacity: usize) -> Result<(HashMap<String, Entry>, BTreeSet<String>)> {
+        let changed = self.changed(storeid)?;
+        let shards: Vec<u32> = match shard {
+            Some(s) => vec![s],
+            None => (0..SHARDS).collect(),
+        };
+        let mut index = HashMap::with_capacity(capacity);
+        for s in shards {
+            let shard: ShardOf<HashMap<String, Entry>> = self.read_shard(storeid, s)?;
+            index.extend(shard.volumes);
+        }
+        Ok((index, changed))
+    }
+
     /// Build the index of a storage from its documents (first use, or repair).
     /// Marks are left alone: a write racing the build has its mark.
     pub fn build_index(&self, storeid: &str) -> Result<()> {
         let _l = self.lock_timeout(&index_lock(storeid), Duration::from_secs(10))?;
-        self.build_index_locked(storeid)
+        self.build_index_locked(storeid).map(|_| ())
     }
 
-    fn build_index_locked(&self, storeid: &str) -> Result<()> {
+    /// Returns how many volumes it indexed.
+    fn build_index_locked(&self, storeid: &str) -> Result<usize> {
         let mut shards: BTreeMap<u32, Shard> = (0..SHARDS).map(|s| (s, Shard::default())).collect();
-        for n in self.volume_names(storeid)? {
+        let names = self.volume_names(storeid)?;
+        let count = names.len();
+        for n in names {
             if let Some(d) = self.volume(storeid, &n)? {
                 shards.get_mut(&shard_of(&n)).expect("all shards").volumes.insert(n, Entry::of(&d));
             }
@@ -195,7 +205,8 @@ impl Store {
         for (i, s) in &shards {
             self.write_shard(storeid, *i, s)?;
         }
-        write_atomic(&dir.join("complete"), format!("{FORMAT}\n").as_bytes())
+        write_atomic(&dir.join("complete"), format!("{FORMAT}\n").as_bytes())?;
+        Ok(count)
     }
 
     /// Fold the change marks into the index (the agents call this each pass). Returns
@@ -208,8 +219,7 @@ impl Store {
         }
         let Ok(_l) = self.lock_timeout(&index_lock(storeid), Duration::ZERO) else { return Ok(0) };
         if !self.index_complete(storeid) {
-            self.build_index_locked(storeid)?;
-            return Ok(self.volume_names(storeid)?.len());
+            return self.build_index_locked(storeid);
         }
         let changed = self.index_dir(storeid).join("changed");
         let mut by_shard: BTreeMap<u32, Vec<(String, Option<Entry>)>> = BTreeMap::new();
@@ -256,22 +266,26 @@ impl Store {
         if !self.index_complete(storeid) {
             return Ok(Vec::new());
         }
-        let differs = |n: &str| -> Result<bool> {
-            if self.changed(storeid)?.contains(n) {
+        // `list`'s view: does the unmarked entry disagree with the document?
+        let disagrees = |e: Option<&Entry>, changed: &BTreeSet<String>, n: &str| -> Result<bool> {
+            if changed.contains(n) {
                 return Ok(false);
             }
-            let shard: Shard = self.read_shard(storeid, shard_of(n))?;
-            let e = shard.volumes.get(n).cloned();
-            let d = self.volume(storeid, n)?;
-            Ok(match (e, d) {
-                (Some(e), Some(d)) => e != Entry::of(&d),
+            Ok(match (e, self.volume(storeid, n)?) {
+                (Some(e), Some(d)) => *e != Entry::of(&d),
                 _ => false, // a missing entry or document: `list` goes by the directory listing
             })
         };
+        let names = self.volume_names(storeid)?;
+        // First look: the whole index read once. Second look, at each candidate only.
+        let (index, changed) = self.read_index(storeid, None, names.len())?;
         let mut out = Vec::new();
-        for n in self.volume_names(storeid)? {
-            if differs(&n)? && differs(&n)? {
-                out.push(n);
+        for n in names {
+            if disagrees(index.get(&n), &changed, &n)? {
+                let (again, changed) = self.read_index(storeid, Some(shard_of(&n)), 0)?;
+                if disagrees(again.get(&n), &changed, &n)? {
+                    out.push(n);
+                }
             }
         }
         Ok(out)
