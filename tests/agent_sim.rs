@@ -169,6 +169,8 @@ fn local_node_refuses_what_is_unsafe() {
     let a = lab.local("a");
     let vol = lab.volume("dp-r2", &["a", "b"], 1024);
     let other = lab.volume("dp-r3", &["b"], 1024);
+    lab.store.put_volume(&vol).unwrap();
+    lab.store.put_volume(&other).unwrap();
     assert_eq!(a.ensure_replica(&other).unwrap_err().kind(), "invalid-input");
     let o = a.ensure_replica(&vol).unwrap();
     assert_eq!((o.disk.as_str(), o.ready), ("Inconsistent", true));
@@ -232,6 +234,7 @@ fn concurrent_ensure_on_one_node_attaches_one_loop_device() {
     }
     let lab = Lab::new(&["a"]);
     let vol = lab.volume("dp-race", &["a"], 1024);
+    lab.store.put_volume(&vol).unwrap();
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| lab.local("a").ensure_replica(&vol).unwrap());
@@ -274,4 +277,24 @@ fn a_healed_outdated_mark_is_dropped_and_a_live_one_kept() {
     let st = lab.store.node_state("a").unwrap().unwrap();
     assert_eq!(st.volumes["dp-r9"].peers[0].connection, "Connected", "{:?}", st.volumes["dp-r9"]);
     assert!(lab.store.volume("pool1", "dp-r9-vol").unwrap().unwrap().outdated.is_empty(), "a healed mark is dropped: {:?}", lab.sim("a").resource_status("dp-r9"));
+}
+
+/// A caller holding a `creating` copy of a document that has since been marked deleting
+/// (a free, or the roll-back of a slow alloc) must not create a backing device: this
+/// node's removal may already have run, and nothing would remove it again.
+#[test]
+fn ensure_from_a_stale_copy_of_a_deleted_volume_creates_nothing() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let vol = lab.volume("dp-gone", &["a", "b"], 1024);
+    let mut deleting = vol.clone();
+    deleting.state = VolumeState::Deleting;
+    lab.store.put_volume(&deleting).unwrap();
+    let a = lab.local("a");
+    assert_eq!(a.ensure_replica(&vol).unwrap_err().kind(), "refused");
+    lab.store.remove_volume("pool1", &vol.volname).unwrap();
+    assert_eq!(a.ensure_replica(&vol).unwrap_err().kind(), "refused");
+    assert!(!lab.image("a", "dp-gone").exists(), "no backing made for a volume being deleted");
 }

@@ -236,8 +236,14 @@ impl NodeOps for LocalNode {
     fn ensure_replica(&self, vol: &VolumeDoc) -> Result<VolumeObserved> {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
-        if vol.state == VolumeState::Deleting {
-            return Err(Error::Refused(format!("{}: volume is being deleted; not creating a replica", vol.resource)));
+        // The caller's copy may predate a free or a creation roll-back whose removal here
+        // (under this same lock) has already run: creating now would leave a backing device
+        // no document owns. So the store's current document decides, read under the lock.
+        let current = self.store.volume(&vol.storeid, &vol.volname)?;
+        if vol.state == VolumeState::Deleting
+            || current.as_ref().is_none_or(|c| c.state == VolumeState::Deleting || c.resource != vol.resource)
+        {
+            return Err(Error::Refused(format!("{}: volume is being deleted (or is gone); not creating a replica", vol.resource)));
         }
         let backend = self.backend(&vol.backend)?;
         // A linked clone being created gets its backing from the base's (only then: a
