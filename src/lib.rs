@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod failpoint;
+pub mod fsio;
 pub mod exec;
 pub mod naming;
 pub mod placement;

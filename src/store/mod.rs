@@ -10,7 +10,6 @@ pub mod index;
 pub mod lock;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -225,9 +224,16 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
             if !stem.starts_with('.') {
                 out.push(stem.to_string());
             }
+        } else if let Some(target) = crate::fsio::in_flight_target(dir, &n) {
+            // A replace in flight: on pmxcfs the document itself may be missing
+            // for a moment (fsio.rs); it is there, listing it is right.
+            if let Some(stem) = target.strip_suffix(".json").filter(|s| !s.starts_with('.')) {
+                out.push(stem.to_string());
+            }
         }
     }
     out.sort();
+    out.dedup();
     Ok(out)
 }
 
@@ -239,9 +245,9 @@ struct FormatOnly {
 
 /// Read a document; `None` if it does not exist. A newer format is refused.
 pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let data = match crate::fsio::read_settled(path) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
     };
     let f: FormatOnly = serde_json::from_slice(&data)
@@ -262,9 +268,9 @@ pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 /// parsed as `T` and its format checked afterwards; only a document that does not
 /// parse is looked at again, to tell a newer format from a broken file.
 pub fn read_versioned<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -> u32) -> Result<Option<T>> {
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let data = match crate::fsio::read_settled(path) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
     };
     let newer = |f: u32| {
@@ -289,24 +295,13 @@ pub fn write_doc<T: Serialize>(path: &Path, doc: &T) -> Result<()> {
     write_atomic(path, &data)
 }
 
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Store(format!("{} has no parent directory", path.display())))?;
-    let serr = |what: &str, e: std::io::Error| Error::Store(format!("cannot {what} {}: {e}", path.display()));
-    // Dot-prefixed so listings never mistake it for a document.
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(|e| serr("create a temp file for", e))?;
-    tmp.write_all(data).map_err(|e| serr("write", e))?;
-    tmp.as_file().sync_all().map_err(|e| serr("fsync", e))?;
-    tmp.persist(path).map_err(|e| serr("rename into place", e.error))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all(); // pmxcfs does not support fsync on directories; best effort
-    }
-    Ok(())
-}
+/// Atomic writes live in crate::fsio (shared with drbd/); kept here for the store's callers.
+pub use crate::fsio::write_atomic;
 
 fn remove_doc(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+    match crate::fsio::with_write_retries(|| fs::remove_file(path)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Store(format!("cannot remove {}: {e}", path.display()))),
+        Err(e) => Err(Error::Store(crate::fsio::describe_write_error("remove", path, &e))),
     }
 }
