@@ -11,6 +11,7 @@ pub mod node;
 pub mod ha;
 pub mod doctor;
 pub mod fence;
+pub mod membership;
 pub mod check;
 pub mod store;
 pub mod protocol;

@@ -8,6 +8,7 @@ pub mod docs;
 pub mod head;
 pub mod index;
 pub mod lock;
+pub mod marks;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -71,7 +72,22 @@ impl Store {
 
     // ---- volumes ----
 
+    /// A volume's document, with the fence-peer handler's outdated marks merged
+    /// into `outdated` (store/marks.rs).
     pub fn volume(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
+        let mut d = self.volume_doc(storeid, volname)?;
+        if let Some(d) = d.as_mut() {
+            marks::merge_into(d, &self.fence_marks()?);
+        }
+        Ok(d)
+    }
+
+    /// The document alone, as written (no marks merged).
+    pub fn volume_as_written(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
+        self.volume_doc(storeid, volname)
+    }
+
+    fn volume_doc(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
         let mut d: Option<VolumeDoc> = read_versioned(&self.volume_path(storeid, volname), |d: &VolumeDoc| d.format)?;
         if let Some(d) = d.as_mut() {
             // The file name is authoritative: a crash inside `rename_volume` + `put_volume`
@@ -107,9 +123,18 @@ impl Store {
     }
 
     pub fn remove_volume(&self, storeid: &str, volname: &str) -> Result<()> {
+        let resource = match self.volume_doc(storeid, volname) {
+            Ok(Some(d)) => d.resource,
+            _ => crate::naming::resource_name(storeid, volname),
+        };
         self.mark_changed(storeid, volname)?;
         remove_doc(&self.volume_path(storeid, volname))?;
-        self.mark_changed(storeid, volname)
+        self.mark_changed(storeid, volname)?;
+        // A volume made later under the same name must not inherit old marks.
+        for m in self.fence_marks_of(&resource)? {
+            self.remove_fence_mark(&m)?;
+        }
+        Ok(())
     }
 
     /// Volume names of one storage, from the directory listing alone (no document reads).
@@ -119,9 +144,11 @@ impl Store {
 
     /// All volume documents of one storage.
     pub fn volumes(&self, storeid: &str) -> Result<Vec<VolumeDoc>> {
+        let marks = self.fence_marks()?;
         let mut out = Vec::new();
         for name in self.volume_names(storeid)? {
-            if let Some(v) = self.volume(storeid, &name)? {
+            if let Some(mut v) = self.volume_doc(storeid, &name)? {
+                marks::merge_into(&mut v, &marks);
                 out.push(v);
             }
         }
