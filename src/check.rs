@@ -52,8 +52,8 @@ pub struct CheckOpts {
     pub lock_lifetime: Duration,
 }
 
-/// Default bound for `creating`/`deleting`: an alloc gives up after its peer
-/// timeout (45 s) and the agents roll back a `creating` volume after
+/// Default bound for `creating`/`deleting`: an alloc gives up after at most
+/// 30 s (protocol::ALLOC_BUDGET) and the agents roll back a `creating` volume after
 /// `create_expiry` (300 s); anything older than that has nobody working on it.
 pub fn default_stuck_after() -> Duration {
     crate::agent::reconcile::create_expiry() + Duration::from_secs(60)
