@@ -9,7 +9,10 @@
 //! This node: every configured DRBD resource, backing device (file image or LV)
 //! and loop device belongs to a volume that lists this node ("leaked"); every
 //! volume that lists this node has its backing device and resource here ("missing";
-//! not a replica taken down by a rollback in progress).
+//! not a replica taken down by a rollback in progress). Backing devices are looked for in
+//! the locations the documents name, in those of every drbdpool storage in storage.cfg
+//! (`DRBDPOOL_STORAGE_CFG`, else /etc/pve/storage.cfg), and among the LVs of every VG: a
+//! storage whose last volume document is gone still has its leaks found.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -49,8 +52,8 @@ pub struct CheckOpts {
     pub lock_lifetime: Duration,
 }
 
-/// Default bound for `creating`/`deleting`: an alloc gives up after its peer
-/// timeout (45 s) and the agents roll back a `creating` volume after
+/// Default bound for `creating`/`deleting`: an alloc gives up after at most
+/// 30 s (protocol::ALLOC_BUDGET) and the agents roll back a `creating` volume after
 /// `create_expiry` (300 s); anything older than that has nobody working on it.
 pub fn default_stuck_after() -> Duration {
     crate::agent::reconcile::create_expiry() + Duration::from_secs(60)
@@ -75,7 +78,10 @@ pub fn check(store: &Store, o: &CheckOpts) -> Result<Vec<Finding>> {
             Ok(repl) => {
                 let mut storeids: BTreeSet<String> = store.storeids()?.into_iter().collect();
                 storeids.extend(docs.iter().map(|v| v.storeid.clone()));
-                check_local(node, &docs, &storeids, &*repl, &*runner, o, &mut out)
+                let configured = configured_storages(node, &mut out);
+                storeids.extend(configured.iter().map(|(s, _)| s.clone()));
+                let specs: Vec<BackendSpec> = configured.into_iter().map(|(_, b)| b).collect();
+                check_local(node, &docs, &storeids, &specs, &*repl, &*runner, o, &mut out)
             }
             Err(e) => out.push(f(
                 "local-unchecked",
@@ -255,16 +261,66 @@ fn check_store(store: &Store, docs: &[VolumeDoc], o: &CheckOpts, out: &mut Vec<F
     Ok(())
 }
 
+/// The drbdpool storages of storage.cfg (`DRBDPOOL_STORAGE_CFG`, else /etc/pve/storage.cfg):
+/// (storeid, backend location). None when the file does not exist (not a PVE node).
+fn configured_storages(node: &str, out: &mut Vec<Finding>) -> Vec<(String, BackendSpec)> {
+    let path = std::env::var_os("DRBDPOOL_STORAGE_CFG").map(std::path::PathBuf::from).unwrap_or_else(|| "/etc/pve/storage.cfg".into());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            out.push(f("local-unchecked", node, format!("cannot read {}: {e}; leaked backing devices of storages without volumes are not looked for", path.display())));
+            return Vec::new();
+        }
+    };
+    let mut res = Vec::new();
+    for (sid, props) in parse_storage_cfg(&text) {
+        match crate::protocol::scfg::StorageCfg::parse(&props) {
+            Ok(c) => res.push((sid, c.backend)),
+            Err(e) => out.push(f("local-unchecked", format!("{node}:{sid}"), format!("storage {sid} in {}: {e}; its backing devices were not looked at", path.display()))),
+        }
+    }
+    res
+}
+
+/// `drbdpool: <storeid>` sections of PVE's section config and their backend properties.
+fn parse_storage_cfg(text: &str) -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
+    let mut res: Vec<(String, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+    let mut cur: Option<usize> = None;
+    for line in text.lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            cur = None;
+            if let Some((ty, id)) = line.split_once(':') {
+                if ty.trim() == "drbdpool" && crate::naming::check_storeid(id.trim()).is_ok() {
+                    res.push((id.trim().to_string(), serde_json::Map::new()));
+                    cur = Some(res.len() - 1);
+                }
+            }
+            continue;
+        }
+        let Some(i) = cur else { continue };
+        let (k, v) = line.trim().split_once(char::is_whitespace).unwrap_or((line.trim(), ""));
+        if matches!(k, "drbdpool-backend" | "vgname" | "thinpool" | "drbdpool-dir") {
+            res[i].1.insert(k.to_string(), serde_json::Value::String(v.trim().to_string()));
+        }
+    }
+    res
+}
+
 fn nodes_of(v: &VolumeDoc) -> Vec<String> {
     v.replicas.iter().map(|r| r.node.clone()).collect()
 }
 
-/// Storage locations named by the documents (the only places drbdpool puts backing devices).
-fn backends(docs: &[VolumeDoc]) -> Vec<BackendSpec> {
+/// Storage locations named by the documents and by storage.cfg (the only places drbdpool puts
+/// backing devices).
+fn backends(docs: &[VolumeDoc], configured: &[BackendSpec]) -> Vec<BackendSpec> {
     let mut v: Vec<BackendSpec> = Vec::new();
-    for d in docs {
-        if !v.contains(&d.backend) {
-            v.push(d.backend.clone());
+    for b in docs.iter().map(|d| &d.backend).chain(configured) {
+        if !v.contains(b) {
+            v.push(b.clone());
         }
     }
     v
@@ -296,6 +352,11 @@ fn list_backings(spec: &BackendSpec, storeids: &BTreeSet<String>, runner: &dyn R
                 .collect()
         }
     })
+}
+
+/// A backing device named as drbdpool names them: `<storeid>.<volume name>` of one of `storeids`.
+fn drbdpool_named(name: &str, storeids: &BTreeSet<String>) -> bool {
+    storeids.iter().any(|s| name.strip_prefix(s.as_str()).and_then(|r| r.strip_prefix('.')).is_some_and(|v| crate::naming::parse_volname(v).is_ok()))
 }
 
 /// Every loop device: (device, backing file, file deleted, inode).
@@ -350,7 +411,17 @@ fn check_loops(node: &str, dirs: &[String], storeids: &BTreeSet<String>, runner:
     }
 }
 
-fn check_local(node: &str, docs: &[VolumeDoc], storeids: &BTreeSet<String>, repl: &dyn crate::drbd::Replication, runner: &dyn Runner, o: &CheckOpts, out: &mut Vec<Finding>) {
+#[allow(clippy::too_many_arguments)]
+fn check_local(
+    node: &str,
+    docs: &[VolumeDoc],
+    storeids: &BTreeSet<String>,
+    configured_specs: &[BackendSpec],
+    repl: &dyn crate::drbd::Replication,
+    runner: &dyn Runner,
+    o: &CheckOpts,
+    out: &mut Vec<Finding>,
+) {
     let mine: BTreeMap<&str, &VolumeDoc> = docs.iter().filter(|v| v.replica(node).is_some()).map(|v| (v.resource.as_str(), v)).collect();
     let all: BTreeSet<&str> = docs.iter().map(|v| v.resource.as_str()).collect();
     let configured: BTreeSet<String> = match repl.configured() {
@@ -368,25 +439,47 @@ fn check_local(node: &str, docs: &[VolumeDoc], storeids: &BTreeSet<String>, repl
             format!("DRBD resource {r} is configured on {node} but belongs to {why}: the agent takes it down; if it stays, `drbdadm down {r}` and remove /etc/drbd.d/drbdpool/{r}.res after checking nobody uses it"),
         ));
     }
+    let leaked = |path: &str| {
+        f(
+            "leaked-backing",
+            format!("{node}:{path}"),
+            format!("backing device {path} on {node} belongs to no volume that lists this node: check it holds nothing you need, then remove it (lvremove / rm)"),
+        )
+    };
     let mut backings: BTreeSet<String> = BTreeSet::new();
-    for spec in backends(docs) {
-        match list_backings(&spec, storeids, runner) {
+    let specs = backends(docs, configured_specs);
+    for spec in &specs {
+        match list_backings(spec, storeids, runner) {
             Ok(list) => {
                 for (name, path) in list {
-                    if !mine.get(name.as_str()).is_some_and(|v| v.backend == spec) {
-                        out.push(f(
-                            "leaked-backing",
-                            format!("{node}:{path}"),
-                            format!("backing device {path} on {node} belongs to no volume that lists this node: check it holds nothing you need, then remove it (lvremove / rm)"),
-                        ));
+                    if !mine.get(name.as_str()).is_some_and(|v| v.backend == *spec) {
+                        out.push(leaked(&path));
                     }
                     backings.insert(name);
                 }
             }
+            // A storage.cfg entry whose VG or directory is not on this node (`nodes` limits it).
+            Err(e) if !backends(docs, &[]).contains(spec) => tracing::debug!(?spec, error = %e, "storage.cfg location not here"),
             Err(e) => out.push(f("local-unchecked", format!("{node}:{spec:?}"), format!("cannot list backing devices: {e}"))),
         }
     }
-    let dirs: Vec<String> = backends(docs).into_iter().filter(|b| b.kind == BackendKind::File).filter_map(|b| b.dir).collect();
+    // LVs of this cluster's storages in any VG, also where no document or storage.cfg entry
+    // names that VG (a storage removed from storage.cfg with its volumes' LVs left behind).
+    let lvm_known = specs.iter().any(|b| b.kind != BackendKind::File);
+    match crate::backend::lvmreport::lvs_all(runner) {
+        Ok(rows) => {
+            for r in rows {
+                let (Some(name), Some(vg)) = (r.get("lv_name"), r.get("vg_name")) else { continue };
+                if !drbdpool_named(name, storeids) || all.contains(name.as_str()) {
+                    continue;
+                }
+                out.push(leaked(&format!("{vg}/{name}")));
+            }
+        }
+        Err(e) if lvm_known => out.push(f("local-unchecked", node, format!("cannot list the LVs of this node: {e}"))),
+        Err(e) => tracing::debug!(error = %e, "no LVM here; LVs not looked at"),
+    }
+    let dirs: Vec<String> = specs.iter().filter(|b| b.kind == BackendKind::File).filter_map(|b| b.dir.clone()).collect();
     if !dirs.is_empty() || !storeids.is_empty() {
         check_loops(node, &dirs, storeids, runner, out);
     }
@@ -424,4 +517,54 @@ pub fn render(findings: &[Finding]) -> String {
     }
     s += &format!("{} finding(s)", findings.len());
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{Output, RecordingRunner};
+
+    #[test]
+    fn storage_cfg_sections_of_drbdpool_only() {
+        let text = "dir: local\n\tpath /var/lib/vz\n\ndrbdpool: dp\n\tdrbdpool-backend file\n\tdrbdpool-dir /srv/dp\n\tnodes a,b\n\
+                    lvmthin: local-lvm\n\tvgname pve\n\tthinpool data\n# a comment\ndrbdpool: thin1\n\tvgname ssd\n\tthinpool data\n";
+        let got = parse_storage_cfg(text);
+        assert_eq!(got.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["dp", "thin1"]);
+        let dp = crate::protocol::scfg::StorageCfg::parse(&got[0].1).unwrap().backend;
+        assert_eq!((dp.kind, dp.dir.as_deref()), (BackendKind::File, Some("/srv/dp")));
+        let t = crate::protocol::scfg::StorageCfg::parse(&got[1].1).unwrap().backend;
+        assert_eq!((t.kind, t.vg.as_deref(), t.thinpool.as_deref()), (BackendKind::Lvmthin, Some("ssd"), Some("data")));
+    }
+
+    /// Issue 18, 5: LVs of a storage with no volume document left are found in any VG,
+    /// by name; PVE's own LVs and snapshot LVs are not taken for drbdpool's.
+    #[test]
+    fn leaked_lvs_of_a_storage_without_documents_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let repl = crate::drbd::sim::SimDrbd::new(dir.path(), "n1").unwrap();
+        let rec = RecordingRunner::new();
+        let lv = |n: &str, vg: &str| format!("{{\"lv_name\":\"{n}\",\"vg_name\":\"{vg}\",\"lv_attr\":\"Vwi-a-tz--\",\"lv_size\":\"4194304B\",\"pool_lv\":\"data\",\"data_percent\":\"0.00\",\"lv_path\":\"/dev/{vg}/{n}\"}}");
+        let report = format!(
+            "{{\"report\":[{{\"lv\":[{},{},{},{}]}}]}}",
+            lv("dp.vm-100-disk-0", "ssd"),
+            lv("vm-100-disk-0", "pve"),
+            lv("dp.vm-100-disk-0_snap1", "ssd"),
+            lv("other.vm-1-disk-0", "ssd")
+        );
+        rec.on(&["lvs"], Output::ok(report));
+        rec.on(&["losetup"], Output::ok(""));
+        let storeids: BTreeSet<String> = ["dp".to_string()].into();
+        let o = CheckOpts { node: Some("n1".into()), stuck_after: Duration::from_secs(60), lock_lifetime: Duration::from_secs(120) };
+        let mut out = Vec::new();
+        check_local("n1", &[], &storeids, &[], &repl, &rec, &o, &mut out);
+        let leaks: Vec<&str> = out.iter().filter(|x| x.kind == "leaked-backing").map(|x| x.subject.as_str()).collect();
+        assert_eq!(leaks, ["n1:ssd/dp.vm-100-disk-0"], "{out:?}");
+        // No LVM on the node and no LVM storage known: nothing to report about it.
+        let rec = RecordingRunner::new();
+        rec.on(&["lvs"], Output::fail(127, "lvs: command not found"));
+        rec.on(&["losetup"], Output::ok(""));
+        let mut out = Vec::new();
+        check_local("n1", &[], &storeids, &[], &repl, &rec, &o, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
 }

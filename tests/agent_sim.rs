@@ -298,3 +298,64 @@ fn ensure_from_a_stale_copy_of_a_deleted_volume_creates_nothing() {
     assert_eq!(a.ensure_replica(&vol).unwrap_err().kind(), "refused");
     assert!(!lab.image("a", "dp-gone").exists(), "no backing made for a volume being deleted");
 }
+
+/// Issue 18, 1: the peer dies the moment the initial-sync skip is sent. DRBD 8.4 marks it
+/// UpToDate on the sending side at once (the sim's `crash_on_skip` models it), so the local
+/// kernel shows the peer Connected and UpToDate although its replica never got the skip. alloc
+/// must wait for the peer's own report, give up and roll back, instead of calling it ready.
+#[test]
+fn alloc_is_not_ready_while_the_peer_never_reported_uptodate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let res = drbdpool::naming::resource_name("pool1", "vm-100-disk-0");
+    lab.sim("a").crash_on_skip(&res, "b").unwrap();
+    // b's agent runs until b dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = {
+        let (store, lb, simb, stop) = (lab.store.clone(), lab.local("b"), lab.sim("b"), stop.clone());
+        std::thread::spawn(move || {
+            let mut b = Agent::new(store, lb);
+            while !stop.load(Ordering::SeqCst) && !simb.is_crashed() {
+                let _ = b.pass();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let a = lab.local("a");
+    let ctx = drbdpool::protocol::Ctx {
+        store: &lab.store,
+        node: &a,
+        peer_timeout: Duration::from_secs(3),
+        poll: Duration::from_millis(20),
+        started: None,
+        alloc_budget: Duration::from_secs(3),
+    };
+    let scfg = serde_json::json!({"type": "drbdpool", "drbdpool-backend": "file", "drbdpool-dir": lab.shared_dir()});
+    let req = serde_json::json!({"version": 1, "storeid": "pool1", "node": "a", "scfg": scfg, "args": {"vmid": 100, "size_kib": 4096}});
+    let t0 = Instant::now();
+    let r = drbdpool::protocol::handle(&ctx, "alloc", req.to_string().as_bytes());
+    let took = t0.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+    assert!(lab.sim("b").is_crashed(), "the skip was never sent, the test did not test anything: {r:?}");
+    assert!(!r.ok, "alloc called the volume ready although b never reported its replica UpToDate: {r:?}");
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, "timeout", "{e:?}");
+    assert!(e.message.contains("node(s) b did not report the replica UpToDate"), "{}", e.message);
+    assert!(took < Duration::from_secs(6), "alloc took {took:?}");
+    // Rolled back: a's replica gone at once, the document deleting (b still lists it).
+    assert!(!lab.image("a", &res).exists());
+    assert_eq!(lab.store.volume("pool1", "vm-100-disk-0").unwrap().unwrap().state, VolumeState::Deleting);
+    // b boots again: its agent removes its replica, then the document goes.
+    lab.sim("b").revive().unwrap();
+    let mut ab = Agent::new(lab.store.clone(), lab.local("b"));
+    let mut aa = Agent::new(lab.store.clone(), lab.local("a"));
+    passes(&mut [&mut ab, &mut aa], 2);
+    assert!(!lab.image("b", &res).exists());
+    assert!(lab.store.volume("pool1", "vm-100-disk-0").unwrap().is_none());
+}

@@ -122,3 +122,56 @@ fn check_names_each_kind_of_damage() {
     std::fs::remove_file(simb.join(format!("{ghost}.json"))).unwrap();
     w.assert_clean("after the repairs");
 }
+
+/// Issue 18, 5: a storage whose last volume document is gone still has its leaks found:
+/// an image and a resource file left on b after the volume was freed. The image directory
+/// comes from storage.cfg (no document names it any more).
+#[test]
+fn check_finds_leaks_of_a_storage_with_no_volume_left() {
+    if !can_run() {
+        return;
+    }
+    let w = World::new(&["a", "b"]);
+    let (o, _) = w.plugin_pumped("a", "alloc", json!({"vmid": 100, "size_kib": 4096}), &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let good = w.store.volume(&w.sid, "vm-100-disk-0").unwrap().unwrap();
+    let simb = w.base().join("sim/b");
+    let mut res: Value = serde_json::from_str(&std::fs::read_to_string(simb.join(format!("{}.json", good.resource))).unwrap()).unwrap();
+    let (o, _) = w.plugin_pumped("a", "free", json!({"volname": "vm-100-disk-0"}), &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for _ in 0..5 {
+        if w.store.all_volumes().unwrap().is_empty() {
+            break;
+        }
+        for n in ["a", "b"] {
+            w.run(n, &["agent", "--once"], &[]);
+        }
+    }
+    assert!(w.store.all_volumes().unwrap().is_empty(), "the storage has no volume left");
+    // What a crashed removal would leave on b: an image and a resource file.
+    let ghost = w.res("vm-300-disk-0");
+    let img = w.node_dir("b").join(format!("{ghost}.img"));
+    std::fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+    res["resource"] = json!(ghost);
+    res["backing"] = json!(format!("{}/{ghost}.img", w.shared()));
+    std::fs::write(simb.join(format!("{ghost}.json")), res.to_string()).unwrap();
+    // Without storage.cfg no document names the image directory: the image is not seen.
+    let (_, fb) = w.check("b");
+    assert!(has(&fb, "leaked-resource", &ghost) && !has(&fb, "leaked-backing", &ghost), "{fb:?}");
+    let cfg = w.base().join("storage.cfg");
+    std::fs::write(&cfg, format!("dir: local\n\tpath /var/lib/vz\n\ndrbdpool: {}\n\tdrbdpool-backend file\n\tdrbdpool-dir {}\n\tcontent images\n", w.sid, w.shared())).unwrap();
+    let cfg = cfg.display().to_string();
+    let o = w.run("b", &["check", "--json"], &[("DRBDPOOL_STORAGE_CFG", &cfg)]);
+    let v: Value = serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {} {}", o.stdout, o.stderr));
+    let fb = v["findings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(o.code, 9, "{fb:?}");
+    assert!(has(&fb, "leaked-backing", &format!("{ghost}.img")), "{fb:?}");
+    assert!(has(&fb, "leaked-resource", &ghost), "{fb:?}");
+    // Repaired, clean (a has nothing left either).
+    std::fs::remove_file(&img).unwrap();
+    std::fs::remove_file(simb.join(format!("{ghost}.json"))).unwrap();
+    for n in ["a", "b"] {
+        let o = w.run(n, &["check"], &[("DRBDPOOL_STORAGE_CFG", &cfg)]);
+        assert_eq!((o.code, o.stdout.trim()), (0, "ok: no findings"), "{n}: {}", o.stderr);
+    }
+}

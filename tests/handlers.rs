@@ -371,3 +371,95 @@ proptest::proptest! {
         }
     }
 }
+
+/// Issue 18, 4: a failed alloc gives up at its budget counted from the start of the call,
+/// lock wait included, and removes its local replica inside the roll-back allowance.
+#[test]
+fn alloc_gives_up_at_its_budget_from_the_start_of_the_call() {
+    use std::time::{Duration, Instant};
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let n = FakeNode::new("pve1", &s); // no agent on pve2: the alloc must fail
+    let mut c = ctx(&s, &n, 10_000);
+    c.alloc_budget = Duration::from_millis(800);
+    // Another alloc holds the alloc lock for the first 500 ms of this call.
+    let t0 = Instant::now();
+    c.started = Some(t0);
+    let holder = {
+        let s = s.clone();
+        let g = s.lock(drbdpool::store::lock::ALLOC_LOCK).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            drop(g);
+        })
+    };
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    let took = t0.elapsed();
+    holder.join().unwrap();
+    assert_eq!(k, "timeout", "{m}");
+    assert!(m.contains("pve2") && m.contains("within 0s of the start of the alloc"), "{m}");
+    // The 10 s peer timeout did not count, nor did the lock wait come on top of the budget.
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(2500), "alloc took {took:?}");
+    assert_eq!(n.calls(), ["ensure_replica dp.vm-100-disk-0", "remove_replica dp.vm-100-disk-0"]);
+
+    // Called when its budget and the roll-back allowance are already spent (a helper that
+    // started late on a loaded node): it fails at once and leaves the local removal to the
+    // agent of this node, which it wakes.
+    let late = Instant::now() - c.alloc_budget - drbdpool::protocol::ROLLBACK_ALLOWANCE - Duration::from_secs(1);
+    c.started = Some(late);
+    let n2 = FakeNode::new("pve1", &s);
+    let mut c2 = ctx(&s, &n2, 10_000);
+    c2.alloc_budget = c.alloc_budget;
+    c2.started = Some(late);
+    let t1 = Instant::now();
+    let (k, _) = err(call(&c2, "alloc", "dp", json!({"vmid": 101, "size_kib": 1024})));
+    assert!(k == "timeout", "{k}");
+    assert!(t1.elapsed() < Duration::from_millis(1500), "{:?}", t1.elapsed());
+    assert!(!n2.calls().iter().any(|c| c.starts_with("remove_replica")), "{:?}", n2.calls());
+    assert!(s.root().join("wake/pve1").exists(), "this node's agent was not woken to remove the replica");
+    assert_eq!(s.volume("dp", "vm-101-disk-0").unwrap().unwrap().state, VolumeState::Deleting);
+}
+
+/// The defaults leave a margin inside the shim's limit for an alloc: its budget, the
+/// roll-back allowance and at least 10 s more for the process, the roll-back's own steps
+/// and a loaded node (issue 18: a 45 s wait made a failed alloc take 47-48 s against 55 s).
+#[test]
+fn alloc_defaults_fit_inside_the_shim_limit() {
+    let shim = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/perl-shim/PVE/Storage/Custom/DRBDPoolPlugin.pm")).unwrap();
+    let limit: u64 = shim
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("alloc => ").map(|v| v.trim_end_matches(',').trim().parse().unwrap()))
+        .expect("no alloc timeout in the shim");
+    let (_d, s) = store_with_nodes(&["pve1"]);
+    let n = FakeNode::new("pve1", &s);
+    std::env::remove_var("DRBDPOOL_PEER_TIMEOUT_SECS");
+    let c = drbdpool::protocol::Ctx::new(&s, &n);
+    assert_eq!(c.peer_timeout.as_secs(), 45, "free and resize keep their peer wait");
+    let used = (c.alloc_budget + drbdpool::protocol::ROLLBACK_ALLOWANCE).as_secs();
+    assert!(used + 10 <= limit, "alloc budget {}s + roll-back allowance leave less than 10 s of the shim's {limit}s", c.alloc_budget.as_secs());
+    assert!(c.started.is_some(), "the CLI's deadline counts from the start of the call");
+}
+
+/// Issue 18, 3: a new alloc of a name whose volume is being removed (a rolled-back create
+/// waiting for a dead node) says so and names what it waits for.
+#[test]
+fn alloc_of_a_name_being_removed_says_what_it_waits_for() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 300);
+    let (k, _) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024, "name": "vm-100-disk-0"})));
+    assert_eq!(k, "timeout");
+    // pve2 had announced its replica, then died: its last report is old.
+    let mut st = drbdpool::store::docs::NodeState { format: 1, node: "pve2".into(), updated: now() - 400, storages: Default::default(), volumes: Default::default() };
+    st.volumes.insert("dp.vm-100-disk-0".into(), Default::default());
+    s.put_node_state(&st).unwrap();
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024, "name": "vm-100-disk-0"})));
+    assert_eq!(k, "conflict");
+    assert!(m.contains("already exists and is being removed"), "{m}");
+    assert!(m.contains("waiting for the agent on pve2") && m.contains("s old: the node or its agent is down"), "{m}");
+    // A live name is still plainly "already exists".
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let c = ctx(&s, &n, 5000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024, "name": "vm-100-disk-5"})));
+    let (k, m) = err(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024, "name": "vm-100-disk-5"})));
+    assert_eq!((k.as_str(), m.as_str()), ("conflict", "volume dp:vm-100-disk-5 already exists"));
+}

@@ -157,3 +157,36 @@ fn resize_follows_the_smallest_backing_and_needs_peers() {
     b.down("r0").unwrap();
     assert_eq!(a.resize("r0", true).unwrap_err().kind(), "refused");
 }
+
+/// The lost initial-sync skip of DRBD 8.4 (issue 18): the peer dies the moment the skip is
+/// sent. The sender marks it UpToDate at once and keeps showing it Connected and UpToDate;
+/// the dead peer's metadata stays fresh, so when it comes back it is synced in full.
+#[test]
+fn a_skip_lost_to_a_dying_peer_is_believed_by_the_sender_only() {
+    let w = world();
+    let (a, b) = (w.node("a"), w.node("b"));
+    a.apply(&w.plan("a", &["a", "b"], 1024)).unwrap();
+    b.apply(&w.plan("b", &["a", "b"], 1024)).unwrap();
+    assert_eq!((disk(&a).as_str(), disk(&b).as_str()), ("Inconsistent", "Inconsistent"));
+    a.crash_on_skip("r0", "b").unwrap();
+    a.skip_initial_sync("r0").unwrap();
+    assert!(b.is_crashed());
+    assert!(b.status().unwrap().is_empty(), "b is down");
+    let sa = st(&a);
+    assert_eq!(sa.devices[0].disk, "UpToDate");
+    let c = &sa.connections[0];
+    assert_eq!((c.connection.as_str(), c.peer_devices[0].peer_disk.as_str()), ("Connected", "UpToDate"), "a still believes b: {c:?}");
+    // Nothing runs on a crashed node.
+    assert_eq!(b.apply(&w.plan("b", &["a", "b"], 1024)).unwrap_err().kind(), "tool");
+    // a's ping timeout: b is seen gone.
+    a.notice_lost_peers("r0").unwrap();
+    let c = st(&a).connections[0].clone();
+    assert_eq!((c.connection.as_str(), c.peer_devices[0].peer_disk.as_str()), ("Connecting", "DUnknown"));
+    // b boots: its metadata is fresh (it never applied the skip), so it gets a full sync.
+    b.revive().unwrap();
+    b.apply(&w.plan("b", &["a", "b"], 1024)).unwrap();
+    assert_eq!(disk(&b), "UpToDate");
+    assert_eq!(st(&b).devices[0].extra["sim-full-syncs"], "1", "the replica that missed the skip is synced in full");
+    // The skip is armed once only.
+    assert!(!w.dir.join("sim/.crash-on-skip-r0").exists());
+}

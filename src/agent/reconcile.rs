@@ -12,7 +12,7 @@ use crate::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved, VolumeStat
 use crate::store::Store;
 
 /// A `creating` volume older than this has no alloc working on it any more (an
-/// alloc gives up after its peer timeout, 45 s): the agents roll it back.
+/// alloc gives up after at most 30 s, protocol::ALLOC_BUDGET): the agents roll it back.
 /// `DRBDPOOL_CREATE_EXPIRY_SECS`, else 300 s.
 pub fn create_expiry() -> std::time::Duration {
     std::env::var("DRBDPOOL_CREATE_EXPIRY_SECS")

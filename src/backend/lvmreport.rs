@@ -63,6 +63,16 @@ pub fn lvs(runner: &dyn Runner, vg: &str) -> Result<Vec<Row>> {
     parse_report(&out.stdout, "lv")
 }
 
+/// Every LV of every VG on this node (one `lvs` call).
+pub fn lvs_all(runner: &dyn Runner) -> Result<Vec<Row>> {
+    let cmd = lvm("lvs").args(["--reportformat", "json", "--units", "b", "-o", LVS_FIELDS]);
+    let out = runner.run(&cmd)?;
+    if !out.success() {
+        return Err(Error::Tool(format!("{} failed: {}", cmd.display(), out.stderr.trim())));
+    }
+    parse_report(&out.stdout, "lv")
+}
+
 /// `vgs` row of `vg`.
 pub fn vgs(runner: &dyn Runner, vg: &str) -> Result<Row> {
     let cmd = lvm("vgs").args(["--reportformat", "json", "--units", "b", "-o", "vg_name,vg_size,vg_free", vg]);

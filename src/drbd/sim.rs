@@ -31,6 +31,11 @@
 //!   diverged generations (both wrote while apart) = split brain: StandAlone.
 //! - `skip_initial_sync` only when this node and every peer are connected,
 //!   Inconsistent and have never been UpToDate; then all are UpToDate.
+//! - A lost skip (test hook `crash_on_skip`): the peer dies the moment the skip is
+//!   sent, before it applied it. As DRBD 8.4 does, the sending node marks that peer
+//!   UpToDate at once and keeps showing it Connected and UpToDate after it died (until
+//!   its ping timeout: test hook `notice_lost_peers`), while the dead peer's metadata
+//!   stays fresh (Inconsistent): when it comes back (`revive`) it is fully synced.
 //! - `demote` and `down` are refused while the device is open (`set_open`, a
 //!   test hook standing for a running guest; only a Primary can be opened, as
 //!   DRBD 8.4 refuses opens on a Secondary).
@@ -102,6 +107,10 @@ struct SimRes {
     /// as `extra["sim-full-syncs"]` so tests can tell a skipped initial sync from a full one.
     #[serde(default)]
     full_syncs: u32,
+    /// Peers that are gone without this node having noticed: its kernel still shows them
+    /// Connected, with this peer disk (DRBD 8.4 until the ping timeout; see `crash_on_skip`).
+    #[serde(default)]
+    believed: BTreeMap<String, String>,
 }
 
 impl SimRes {
@@ -239,6 +248,12 @@ impl SimDrbd {
                 break;
             }
         }
+        // A peer that is really connected again is seen as it is.
+        let names: Vec<String> = w.keys().cloned().collect();
+        for a in &names {
+            let live: Vec<String> = names.iter().filter(|b| *b != a && connection(w, a, b) == "Connected").cloned().collect();
+            w.get_mut(a).unwrap().believed.retain(|b, _| !live.contains(b));
+        }
         for (n, r) in w.iter() {
             if before.get(n) != Some(r) {
                 self.save(r)?;
@@ -251,17 +266,25 @@ impl SimDrbd {
         let connections = me
             .peers()
             .map(|h| {
-                let c = connection(w, &me.node, &h.name);
+                let mut c = connection(w, &me.node, &h.name);
                 let peer = w.get(&h.name).filter(|_| c == "Connected");
+                let believed = if peer.is_none() { me.believed.get(&h.name) } else { None };
+                if believed.is_some() {
+                    c = "Connected";
+                }
                 ConnectionStatus {
                     peer_node_id: Some(h.node_id as u32),
                     conn_name: h.name.clone(),
                     connection: c.to_string(),
-                    peer_role: peer.map(|p| p.role.clone()).unwrap_or_else(|| "Unknown".into()),
+                    peer_role: match (peer, believed) {
+                        (Some(p), _) => p.role.clone(),
+                        (None, Some(_)) => "Secondary".into(),
+                        (None, None) => "Unknown".into(),
+                    },
                     peer_devices: vec![PeerDeviceStatus {
                         volume: 0,
-                        replication: if peer.is_some() { "Established" } else { "Off" }.into(),
-                        peer_disk: peer.map(|p| p.md.disk.clone()).unwrap_or_else(|| "DUnknown".into()),
+                        replication: if peer.is_some() || believed.is_some() { "Established" } else { "Off" }.into(),
+                        peer_disk: peer.map(|p| p.md.disk.clone()).or_else(|| believed.cloned()).unwrap_or_else(|| "DUnknown".into()),
                         out_of_sync_kib: 0,
                         done_percent: None,
                         extra: BTreeMap::new(),
@@ -316,6 +339,42 @@ impl SimDrbd {
             }
             if me.peers().any(|h| connection(w, &me.node, &h.name) != "Connected") {
                 bump(&mut w.get_mut(&self.node).unwrap().md);
+            }
+            Ok(())
+        })
+    }
+
+    fn crash_mark(&self, node: &str) -> PathBuf {
+        self.dir.join(format!(".crashed-{node}"))
+    }
+
+    fn crash_on_skip_mark(&self, res: &str) -> PathBuf {
+        self.dir.join(format!(".crash-on-skip-{res}"))
+    }
+
+    /// Test hook: the next `skip_initial_sync` of `res` (from any node) does not reach
+    /// `victim`: that node dies the moment the skip is sent (see the module comment).
+    pub fn crash_on_skip(&self, res: &str, victim: &str) -> Result<()> {
+        let p = self.crash_on_skip_mark(res);
+        fs::write(&p, victim).map_err(|e| serr("write", &p, e))
+    }
+
+    /// Whether this node is down after a simulated crash (until `revive`).
+    pub fn is_crashed(&self) -> bool {
+        self.crash_mark(&self.node).exists()
+    }
+
+    /// Test hook: this node boots again (its resources stay down until the next apply).
+    pub fn revive(&self) -> Result<()> {
+        let p = self.crash_mark(&self.node);
+        fs::remove_file(&p).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(|e| serr("remove", &p, e))
+    }
+
+    /// Test hook: this node's ping timeout passed: peers that died are no longer shown Connected.
+    pub fn notice_lost_peers(&self, res: &str) -> Result<()> {
+        self.with_world(res, |w| {
+            if let Some(m) = w.get_mut(&self.node) {
+                m.believed.clear();
             }
             Ok(())
         })
@@ -432,6 +491,9 @@ impl Replication for SimDrbd {
             return Err(Error::InvalidInput(format!("{}: this node {} is not one of the plan's hosts", plan.resource, self.node)));
         }
         let res = plan.resource.clone();
+        if self.is_crashed() {
+            return Err(Error::Tool(format!("{res}: node {} is down (sim crash); nothing runs there until it is revived", self.node)));
+        }
         self.with_world(&res, |w| {
             let backing_kib = device_kib(&plan.backing)?;
             if backing_kib < plan.size_kib + SIM_MD_KIB {
@@ -582,9 +644,25 @@ impl Replication for SimDrbd {
                 }
             }
             let uuid = rand::random::<u64>() | 1;
+            let mark = self.crash_on_skip_mark(resource);
+            let victim = fs::read_to_string(&mark).ok().map(|v| v.trim().to_string()).filter(|v| me.peers().any(|h| h.name == *v));
             let names: Vec<String> = std::iter::once(me.node.clone()).chain(me.peers().map(|h| h.name.clone())).collect();
             for n in names {
+                if Some(&n) == victim.as_ref() {
+                    // Dies before applying the skip: its metadata stays fresh, its resource down.
+                    let v = w.get_mut(&n).unwrap();
+                    v.up = false;
+                    v.role = "Secondary".into();
+                    let p = self.crash_mark(&n);
+                    fs::write(&p, b"").map_err(|e| serr("write", &p, e))?;
+                    continue;
+                }
                 w.get_mut(&n).unwrap().md = Md { uuid, history: vec![], disk: "UpToDate".into() };
+            }
+            if let Some(v) = victim {
+                // DRBD 8.4 marks the peer UpToDate as soon as it sends the skip.
+                w.get_mut(&me.node).unwrap().believed.insert(v, "UpToDate".into());
+                let _ = fs::remove_file(&mark);
             }
             Ok(())
         })

@@ -52,21 +52,48 @@ pub fn decide(
         VolumeState::Deleting => return Err(refused!("volume {name} is being deleted")),
     }
     let published = |n: &str| states.iter().find(|s| s.node == n).and_then(|s| s.volumes.get(&doc.resource).map(|v| (s, v)));
-    let good: Vec<&str> = replica_nodes
-        .iter()
-        .copied()
-        .filter(|n| *n != local && !doc.outdated.iter().any(|o| o == n))
-        .filter(|n| published(n).is_some_and(|(_, v)| v.disk == "UpToDate"))
-        .collect();
-    let where_good = if good.is_empty() {
-        "no other node reports an UpToDate replica; check `drbdpool status`".to_string()
-    } else {
-        format!("UpToDate data is on {}: start the guest there", good.join(", "))
-    };
-    if doc.outdated.iter().any(|o| o == local) {
-        return Err(refused!("the replica of {name} on {local} was marked outdated by the fence-peer handler: refusing to promote it; {where_good}"));
+    // Where good data is, by the other nodes' own reports: only a fresh report says where it
+    // is now; a stale one is named with its age (that node may be down).
+    let mut fresh_good: Vec<String> = Vec::new();
+    let mut stale_good: Vec<(String, u64)> = Vec::new();
+    for n in replica_nodes.iter().copied().filter(|n| *n != local && !doc.outdated.iter().any(|o| o == n)) {
+        if let Some((s, _)) = published(n).filter(|(_, v)| v.disk == "UpToDate") {
+            let age = now.saturating_sub(s.updated);
+            if age <= STALE_AFTER_SECS {
+                fresh_good.push(format!("{n} (reported {age}s ago)"));
+            } else {
+                stale_good.push((n.to_string(), age));
+            }
+        }
     }
+    let where_good = if !fresh_good.is_empty() {
+        format!("UpToDate data is on {}: start the guest there", fresh_good.join(", "))
+    } else if !stale_good.is_empty() {
+        let list: Vec<String> = stale_good.iter().map(|(n, a)| format!("{n} reported UpToDate data {a}s ago")).collect();
+        format!(
+            "no node reports UpToDate data now: {} (its last report, older than {STALE_AFTER_SECS}s: that node or its agent may be down); \
+             bring {} back and start the guest there once it reports again (`drbdpool status`)",
+            list.join(", "),
+            stale_good.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" or ")
+        )
+    } else {
+        "no other node reports an UpToDate replica; check `drbdpool status`".to_string()
+    };
     let disk = local_obs.map(|o| o.disk.as_str()).filter(|d| !d.is_empty()).unwrap_or("unknown");
+    let resync = (disk == "Inconsistent").then(|| interrupted_resync(local_obs, published(local).map(|(s, v)| (now.saturating_sub(s.updated), v))));
+    let fenced = doc.outdated.iter().any(|o| o == local);
+    match (&resync, fenced) {
+        (Some(r), true) => {
+            return Err(refused!(
+                "the replica of {name} on {local} is Inconsistent: {r}; it is also marked outdated by the fence-peer handler: refusing to promote it; {where_good}"
+            ))
+        }
+        (None, true) => {
+            return Err(refused!("the replica of {name} on {local} was marked outdated by the fence-peer handler: refusing to promote it; {where_good}"))
+        }
+        (Some(r), false) => return Err(refused!("the replica of {name} on {local} is Inconsistent: {r}: refusing to promote it; {where_good}")),
+        (None, false) => {}
+    }
     if disk != "UpToDate" {
         return Err(refused!("the replica of {name} on {local} is {disk}, not UpToDate: refusing to promote it; {where_good}"));
     }
@@ -115,6 +142,27 @@ pub fn decide(
             others.join(", ")
         )),
     }
+}
+
+/// What an Inconsistent replica of a volume that is ready says about its resync: one running
+/// now (this node's kernel shows a peer it syncs from), or one that stopped (nothing syncs it
+/// now; this node's last report, `(age, state)`, may say from where and how far it got).
+fn interrupted_resync(local_obs: Option<&VolumeObserved>, last: Option<(u64, &VolumeObserved)>) -> String {
+    let target = |r: &str| r.starts_with("SyncTarget") || r == "WFBitMapT" || r == "WFSyncUUID" || r == "PausedSyncT";
+    if let Some(p) = local_obs.and_then(|o| o.peers.iter().find(|p| p.connection == "Connected" && target(&p.replication))) {
+        let done = p.sync_percent.map(|d| format!(", {d:.1}% done")).unwrap_or_default();
+        return format!("it is being resynced from {} right now{done}; wait until `drbdpool status` shows it UpToDate", p.node);
+    }
+    let seen = last.and_then(|(age, o)| {
+        o.peers.iter().find(|p| target(&p.replication)).map(|p| {
+            let at = p.sync_percent.map(|d| format!(" at {d:.1}%")).unwrap_or_default();
+            format!(" (this node last reported a resync from {}{at} {age}s ago)", p.node)
+        })
+    });
+    format!(
+        "a resync to it stopped before it finished and nothing resyncs it now{}, so it holds partial data",
+        seen.unwrap_or_default()
+    )
 }
 
 pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
@@ -362,5 +410,38 @@ mod tests {
         let local = obs("Secondary", "UpToDate", &[("b", "Secondary")]);
         let lagging = [state("b", NOW - 1, obs("Primary", "UpToDate", &[]))];
         assert_eq!(decide(&doc(), "a", Some(&local), &lagging, &[], None, NOW).unwrap(), Decision::Promote);
+    }
+
+    /// Issue 18, 3: node a down, b Inconsistent after a resync that stopped, fenced too:
+    /// the message names the interrupted resync and the fence mark, and does not point to a
+    /// node whose last report is stale as if it were current.
+    #[test]
+    fn where_good_data_is_by_fresh_reports_and_an_interrupted_resync_is_named() {
+        let mut d = doc();
+        d.outdated = vec!["b".into()];
+        let mut mine = obs("Secondary", "Inconsistent", &[]);
+        mine.peers = vec![PeerObserved { node: "a".into(), connection: "Connecting".into(), replication: "Off".into(), ..Default::default() }];
+        // b's own last report: a resync from a at 38 %.
+        let mut last = obs("Secondary", "Inconsistent", &[]);
+        last.peers = vec![PeerObserved { node: "a".into(), connection: "Connected".into(), replication: "SyncTarget".into(), sync_percent: Some(38.2), ..Default::default() }];
+        let stale_a = state("a", NOW - 300, obs("Primary", "UpToDate", &[]));
+        let states = [stale_a.clone(), state("b", NOW - 20, last.clone())];
+        let e = decide(&d, "b", Some(&mine), &states, None, NOW).unwrap_err().to_string();
+        assert!(e.contains("is Inconsistent: a resync to it stopped") && e.contains("from a at 38.2% 20s ago"), "{e}");
+        assert!(e.contains("also marked outdated by the fence-peer handler"), "{e}");
+        assert!(!e.contains("UpToDate data is on a"), "a stale report named as current: {e}");
+        assert!(e.contains("a reported UpToDate data 300s ago") && e.contains("may be down"), "{e}");
+        // The same with a fresh report of a: named as the place to start the guest.
+        let states = [state("a", NOW - 10, obs("Secondary", "UpToDate", &[])), state("b", NOW - 20, last)];
+        let e = decide(&d, "b", Some(&mine), &states, None, NOW).unwrap_err().to_string();
+        assert!(e.contains("UpToDate data is on a (reported 10s ago): start the guest there"), "{e}");
+        // A resync running now: wait for it.
+        let mut syncing = obs("Secondary", "Inconsistent", &[]);
+        syncing.peers = vec![PeerObserved { node: "a".into(), connection: "Connected".into(), replication: "SyncTarget".into(), sync_percent: Some(61.0), ..Default::default() }];
+        let e = decide(&doc(), "b", Some(&syncing), &[stale_a], None, NOW).unwrap_err().to_string();
+        assert!(e.contains("being resynced from a right now, 61.0% done") && !e.contains("outdated"), "{e}");
+        // Outdated (not Inconsistent) and fenced: the fence mark alone, as before.
+        let e = decide(&d, "b", Some(&obs("Secondary", "Outdated", &[])), &[], None, NOW).unwrap_err().to_string();
+        assert!(e.contains("marked outdated by the fence-peer handler") && !e.contains("resync"), "{e}");
     }
 }

@@ -10,7 +10,7 @@ pub mod snapshot;
 mod volume;
 mod wait;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -99,10 +99,28 @@ pub struct Ctx<'a> {
     pub peer_timeout: Duration,
     /// How often the store is re-read while waiting.
     pub poll: Duration,
+    /// When this call started (the deadlines of alloc and clone count from here); None: when
+    /// the handler starts (a Ctx used for several calls).
+    pub started: Option<Instant>,
+    /// How long an alloc or clone may take before it gives up and rolls back, counted from
+    /// `started` (lock waits included): `peer_timeout`, at most ALLOC_BUDGET.
+    pub alloc_budget: Duration,
 }
 
+/// The longest an alloc (or clone) works before it gives up, from the start of the call. The
+/// Perl shim kills the helper after 55 s (`%TIMEOUT` in perl-shim/PVE/Storage/Custom/DRBDPoolPlugin.pm)
+/// and PVE's storage lock allows 60 s; a failed alloc still has to roll back after this (the
+/// document marked `deleting`, the local replica removed), which takes seconds on a loaded node.
+pub const ALLOC_BUDGET: Duration = Duration::from_secs(30);
+/// A failed alloc removes its local replica itself only if it is still this soon after its
+/// deadline; later it leaves that to this node's agent (the document says `deleting`), so the
+/// call returns well inside the shim's limit. The removal itself (drbdadm down, lvremove) is
+/// then the last step and starts at the latest ALLOC_BUDGET + ROLLBACK_ALLOWANCE into the call.
+pub const ROLLBACK_ALLOWANCE: Duration = Duration::from_secs(10);
+
 impl<'a> Ctx<'a> {
-    /// Peer timeout from `DRBDPOOL_PEER_TIMEOUT_SECS`, else 45 s (PVE's storage lock allows 60 s).
+    /// Peer timeout from `DRBDPOOL_PEER_TIMEOUT_SECS`, else 45 s (PVE's storage lock allows 60 s);
+    /// alloc and clone give up earlier (ALLOC_BUDGET).
     pub fn new(store: &'a Store, node: &'a dyn NodeOps) -> Ctx<'a> {
         let peer_timeout = std::env::var("DRBDPOOL_PEER_TIMEOUT_SECS")
             .ok()
@@ -110,7 +128,7 @@ impl<'a> Ctx<'a> {
             .filter(|s| *s >= 0.0)
             .map(Duration::from_secs_f64)
             .unwrap_or(Duration::from_secs(45));
-        Ctx { store, node, peer_timeout, poll: Duration::from_millis(200) }
+        Ctx { store, node, peer_timeout, poll: Duration::from_millis(200), started: Some(Instant::now()), alloc_budget: peer_timeout.min(ALLOC_BUDGET) }
     }
 }
 

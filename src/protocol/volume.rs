@@ -80,16 +80,17 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
     let size_kib = naming::check_size_kib(a.raw("size_kib").ok_or_else(|| crate::invalid!("argument 'size_kib' is missing"))?)?;
     let explicit = a.opt_str("name")?.map(|n| naming::check_alloc_name(n, vmid)).transpose()?;
     let local = ctx.node.name().to_string();
-    // One budget for the whole call (lock wait included): PVE's own lock around alloc allows 60 s.
-    let deadline = Instant::now() + ctx.peer_timeout;
+    // One budget for the whole call, counted from its start (lock wait included): PVE's own
+    // lock around alloc allows 60 s and the shim kills the helper at 55 s (ALLOC_BUDGET).
+    let deadline = ctx.started.unwrap_or_else(Instant::now) + ctx.alloc_budget;
 
     let doc = {
-        let _g = ctx.store.lock(ALLOC_LOCK)?;
+        let _g = ctx.store.lock_timeout(ALLOC_LOCK, left(deadline).min(crate::store::lock::default_timeout()))?;
         crate::failpoint!("alloc.after-lock");
         let names = ctx.store.volume_names(sid)?;
         let volname = match &explicit {
             Some(n) if names.contains(&n.name) => {
-                return Err(Error::Conflict(format!("volume {sid}:{} already exists", n.name)));
+                return Err(exists_conflict(ctx, sid, &n.name));
             }
             Some(n) => n.name.clone(),
             None => naming::next_disk_name(vmid, names.iter().map(String::as_str))?,
@@ -146,10 +147,47 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
     match finish_create(ctx, &doc, deadline) {
         Ok(()) => Ok(json!({"volname": doc.volname})),
         Err(e) => {
-            roll_back_create(ctx, &doc);
+            roll_back_create(ctx, &doc, deadline);
             Err(e)
         }
     }
+}
+
+/// "already exists", and when the existing volume is being removed (a free, or the roll-back of
+/// a failed create waiting for a node's agent), what the removal waits for.
+fn exists_conflict(ctx: &Ctx, sid: &str, volname: &str) -> Error {
+    let plain = Error::Conflict(format!("volume {sid}:{volname} already exists"));
+    let Ok(Some(doc)) = ctx.store.volume(sid, volname) else { return plain };
+    if doc.state != VolumeState::Deleting {
+        return plain;
+    }
+    let states = ctx.store.node_states().unwrap_or_default();
+    let t = now();
+    // The document goes once no node's published state lists the resource any more.
+    let waiting: Vec<String> = doc
+        .replicas
+        .iter()
+        .filter_map(|r| {
+            let s = states.iter().find(|s| s.node == r.node)?;
+            s.volumes.contains_key(&doc.resource).then(|| {
+                let age = t.saturating_sub(s.updated);
+                if age > super::activate::STALE_AFTER_SECS {
+                    format!("{} (its last report is {age}s old: the node or its agent is down)", r.node)
+                } else {
+                    format!("{} (last report {age}s ago)", r.node)
+                }
+            })
+        })
+        .collect();
+    let what = if waiting.is_empty() {
+        "no node lists a replica any more; the next agent pass removes the document".to_string()
+    } else {
+        format!("waiting for the agent on {} to remove its replica", waiting.join(", "))
+    };
+    Error::Conflict(format!(
+        "volume {sid}:{volname} already exists and is being removed (a free, or the roll-back of a create that failed): {what}. \
+         Allocate it again once it is gone (`drbdpool volume list`), or use another name"
+    ))
 }
 
 fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
@@ -183,9 +221,9 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     })?;
     if !pending.is_empty() {
         return Err(Error::Timeout(format!(
-            "volume {name} was not created: node(s) {} did not report the new replica ready within {}s; {}. The half-made volume is being removed",
+            "volume {name} was not created: node(s) {} did not report the new replica ready within {}s of the start of the alloc; {}. The half-made volume is being removed",
             pending.join(", "),
-            ctx.peer_timeout.as_secs(),
+            ctx.alloc_budget.as_secs(),
             agent_hint(&pending)
         )));
     }
@@ -206,6 +244,8 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
             }
         }
         crate::failpoint!("alloc.after-skip-sync");
+        // The peers' agents publish what their kernels now show: wake them.
+        poke_peers(ctx, doc, "initial-sync skip");
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
     // right after the sync skip. Thick LVM syncs in the background instead.
@@ -215,15 +255,18 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         let pending = until_done(left(deadline), ctx.poll, &format!("{name} to be UpToDate"), || {
             let mut p = Vec::new();
             let pubd = published(ctx.store, &peers, &doc.resource)?;
-            // This node's kernel: its own disk, and each connected peer's disk as DRBD reports
-            // it (no need to wait for that peer's agent to publish the same).
+            // This node's own disk from its kernel; every other replica only by what that
+            // node itself published. This node's kernel is no witness for a peer: DRBD 8.4
+            // marks the peer UpToDate as soon as it sends the initial-sync skip, unconfirmed,
+            // and keeps showing a peer that died meanwhile Connected and UpToDate until its
+            // ping timeout (the sim models it: SimDrbd::crash_on_skip). Such a peer comes back
+            // with fresh metadata and gets a full sync; the volume must not be called ready.
             let view = kv.get()?;
             for n in &all {
                 let up = if *n == local {
                     view.as_ref().is_some_and(|o| o.disk == "UpToDate")
                 } else {
-                    kernel_peer(view, n).is_some_and(|p| p.disk == "UpToDate")
-                        || pubd.get(n).cloned().flatten().is_some_and(|o| o.disk == "UpToDate")
+                    pubd.get(n).cloned().flatten().is_some_and(|o| o.disk == "UpToDate" && o.generation >= doc.generation)
                 };
                 if !up {
                     p.push(n.clone());
@@ -233,9 +276,10 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         })?;
         if !pending.is_empty() {
             return Err(Error::Timeout(format!(
-                "volume {name} was not created: the replica(s) on {} did not become UpToDate within {}s; {}. The half-made volume is being removed",
+                "volume {name} was not created: node(s) {} did not report the replica UpToDate within {}s of the start of the alloc \
+                 (the node may have died before it applied the initial-sync skip); {}. The half-made volume is being removed",
                 pending.join(", "),
-                ctx.peer_timeout.as_secs(),
+                ctx.alloc_budget.as_secs(),
                 agent_hint(&pending)
             )));
         }
@@ -254,9 +298,11 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
 
 /// A failed create: mark the document `deleting` so every agent removes what it
 /// made (the last one removes the document), and remove our own replica now.
-fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc) {
+fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
+    // Bounded: the call must return inside the shim's limit (ROLLBACK_ALLOWANCE).
+    let by = deadline + super::ROLLBACK_ALLOWANCE;
     let r = (|| -> Result<()> {
-        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
+        let _g = ctx.store.lock_timeout(&vol_lock_name(&doc.resource), left(by).max(Duration::from_secs(1)))?;
         if let Some(mut d) = ctx.store.volume(&doc.storeid, &doc.volname)? {
             d.state = VolumeState::Deleting;
             d.generation += 1;
@@ -269,7 +315,11 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc) {
         Err(e) => tracing::error!("could not mark {}:{} for deletion: {e}", doc.storeid, doc.volname),
     }
     if doc.replica(ctx.node.name()).is_some() {
-        if let Err(e) = ctx.node.remove_replica(doc) {
+        if left(by).is_zero() {
+            // Too late in the call: this node's agent removes it (the document says deleting).
+            crate::agent::wake::poke(ctx.store, ctx.node.name(), "roll back");
+            tracing::warn!("{}: leaving the removal of the local replica to this node's agent (the alloc is out of time)", doc.resource);
+        } else if let Err(e) = ctx.node.remove_replica(doc) {
             tracing::error!("could not remove the local replica of {}: {e} (the agent retries)", doc.resource);
         }
     }
@@ -492,9 +542,9 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             unsynced.join("; ")
         ));
     }
-    let deadline = Instant::now() + ctx.peer_timeout;
+    let deadline = ctx.started.unwrap_or_else(Instant::now) + ctx.alloc_budget;
     let doc = {
-        let _g = ctx.store.lock(ALLOC_LOCK)?;
+        let _g = ctx.store.lock_timeout(ALLOC_LOCK, left(deadline).min(crate::store::lock::default_timeout()))?;
         let names = ctx.store.volume_names(sid)?;
         let new = naming::next_disk_name(vmid, names.iter().map(String::as_str))?;
         let all = ctx.store.all_volumes()?;
@@ -536,7 +586,7 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     match finish_create(ctx, &doc, deadline) {
         Ok(()) => Ok(json!({"volname": doc.volname})),
         Err(e) => {
-            roll_back_create(ctx, &doc);
+            roll_back_create(ctx, &doc, deadline);
             Err(e)
         }
     }

@@ -476,7 +476,7 @@ mod real_utils {
             "drbdsetup new-peer vm-100-disk-0 0 --_name=pve1 --fencing=resource-and-stonith --shared-secret=Zm9vYmFyYmF6cXV4 --cram-hmac-alg=sha256 --protocol=C",
             "drbdsetup new-path vm-100-disk-0 0 ipv4:10.99.1.2:7000 ipv4:10.99.1.1:7000",
             "drbdmeta 1000 v09 /dev/pve/vm-100-disk-0 internal apply-al",
-            "drbdsetup attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal",
+            "drbdsetup attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal --discard-zeroes-if-aligned=yes --rs-discard-granularity=65536 --al-updates=yes --al-extents=67",
             "drbdsetup connect vm-100-disk-0 0",
         ];
         assert_eq!(out.stdout.lines().collect::<Vec<_>>(), want);
@@ -558,7 +558,7 @@ mod real_utils {
             "drbdsetup-84 new-resource vm-100-disk-0",
             "drbdsetup-84 new-minor vm-100-disk-0 1000 0",
             "drbdmeta 1000 v08 /dev/pve/vm-100-disk-0 internal apply-al",
-            "drbdsetup-84 attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal --fencing=resource-and-stonith",
+            "drbdsetup-84 attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal --discard-zeroes-if-aligned=yes --rs-discard-granularity=65536 --al-updates=yes --al-extents=67 --fencing=resource-and-stonith",
             "drbdsetup-84 connect vm-100-disk-0 ipv4:10.99.1.1:7000 ipv4:10.99.1.2:7000 --protocol=C --cram-hmac-alg=sha256 --shared-secret=Zm9vYmFyYmF6cXV4",
         ];
         assert_eq!(out.stdout.lines().collect::<Vec<_>>(), want);
@@ -568,6 +568,33 @@ mod real_utils {
             ["drbdsetup-84 new-resource ", "drbdsetup-84 new-minor ", "drbdsetup-84 attach ", "drbdsetup-84 connect "]
         {
             assert!(lab.contains(prefix) && out.stdout.contains(prefix), "{prefix}");
+        }
+    }
+
+    /// Issue 18, 2: the activity-log size and the discard-aware resync reach drbdsetup's
+    /// attach through the real parser, per flavor, sized by the volume (10 GiB: 320 extents),
+    /// and thick backing gets no discard options.
+    #[test]
+    fn activity_log_and_thin_resync_options_reach_attach() {
+        if !have_drbdadm() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for f in [Flavor::V84, Flavor::V9] {
+            let mut p = plan(2);
+            p.size_kib = 10 << 20;
+            let out = dry_up(&write(dir.path(), &p, f), "pve1", f);
+            assert_eq!(out.status, 0, "{}", out.stderr);
+            let attach = out.stdout.lines().find(|l| l.contains(" attach ")).unwrap_or_else(|| panic!("{}", out.stdout));
+            for want in ["--al-extents=320", "--al-updates=yes", "--rs-discard-granularity=65536", "--discard-zeroes-if-aligned=yes"] {
+                assert!(attach.split(' ').any(|w| w == want), "{f:?}: {want} not in {attach}");
+            }
+            p.thin = false;
+            p.resource = "vm-100-disk-0".into();
+            let out = dry_up(&write(dir.path(), &p, f), "pve1", f);
+            assert_eq!(out.status, 0, "{}", out.stderr);
+            let attach = out.stdout.lines().find(|l| l.contains(" attach ")).unwrap();
+            assert!(attach.contains("--al-extents=320") && !attach.contains("discard"), "{f:?}: {attach}");
         }
     }
 
