@@ -46,6 +46,7 @@ if ($r) {
         elsif ($act eq 'raw') { print $r->{stdout}; exit($r->{exit} // 0); }
     }
     if (exists $r->{ok}) {
+        print STDERR $r->{stderr} if defined($r->{stderr});
         print encode_json({ version => 1, ok => $r->{ok}, ($r->{ok} ? (result => $r->{result}) : (error => $r->{error})) });
         exit($r->{ok} ? 0 : ($r->{exit} // 1));
     }

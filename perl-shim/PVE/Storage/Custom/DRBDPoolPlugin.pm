@@ -480,10 +480,38 @@ sub _call {
         die "$what reported success but exited with code $exit; not trusting the reply"
             . _stderr_tail($stderr) . "\n";
     }
-    # Helper logs go where PVE shows them (task log / journal), not into results.
-    print STDERR $stderr if $stderr ne '' && !$opt{quiet};
+    # Helper logs go where PVE shows them (task log / journal), not into results;
+    # only what an admin needs there (_task_log).
+    if ($stderr ne '' && !$opt{quiet}) {
+        my $log = _task_log($stderr);
+        print STDERR $log if $log ne '';
+    }
 
     return $reply->{result};
+}
+
+# What of the helper's stderr goes into the task log of every pvesm/qm/GUI task:
+# its WARN and ERROR lines, without the timestamp, and every line that is not a
+# log line (progress the helper prints plainly). Routine INFO, DEBUG and TRACE
+# lines are dropped; DRBDPOOL_TASK_LOG=all keeps everything (debugging).
+# The helper's log lines look like "2026-11-26T13:11:02.123456Z  WARN message"
+# (tracing's default format, src/main.rs).
+my $LOG_LINE_RE = qr/^\d{4}-\d\d-\d\dT[\d:.]+Z?\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(.*)$/s;
+
+sub _task_log {
+    my ($stderr) = @_;
+    return $stderr if ($ENV{DRBDPOOL_TASK_LOG} // '') eq 'all';
+    my $out = '';
+    for my $line (split(/^/m, $stderr)) {
+        if ($line =~ $LOG_LINE_RE) {
+            my ($level, $msg) = ($1, $2);
+            next if $level ne 'WARN' && $level ne 'ERROR';
+            $line = ($level eq 'WARN' ? 'drbdpool warning: ' : 'drbdpool error: ') . $msg;
+        }
+        $out .= $line;
+    }
+    $out .= "\n" if $out ne '' && $out !~ m/\n\z/;
+    return $out;
 }
 
 sub _stderr_tail {
