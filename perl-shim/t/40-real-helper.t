@@ -329,6 +329,55 @@ subtest 'snapshot, snapshot device, rollback' => sub {
     lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
 };
 
+# --- template and linked clone: the base cannot go while the clone exists (issue 16) ---------------------------------
+# Also: the helper's routine INFO lines stay out of the task log (STDERR of the call).
+sub stderr_of {
+    my ($code) = @_;
+    open(my $saved, '>&', \*STDERR) or die "dup: $!";
+    open(STDERR, '>', "$tmp/stderr.txt") or die "redirect: $!";
+    my @r = eval { $code->() };
+    my $err = $@;
+    open(STDERR, '>&', $saved) or die "restore: $!";
+    open(my $fh, '<', "$tmp/stderr.txt") or die;
+    my $out = do { local $/; <$fh> } // '';
+    close($fh);
+    return ($out, $err, @r);
+}
+subtest 'template, linked clone, base in use' => sub {
+    my ($log, $err, $volid) = stderr_of(sub {
+        as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 110, 'raw', undef, 16 * 1024) }) });
+    is($err, '', 'vdisk_alloc for VM 110') or diag(agent_logs());
+    is($volid, 'dpool:vm-110-disk-0', '... its first disk');
+    unlike($log, qr/\bINFO\b|allocated dpool:/, "no routine INFO lines in the task log of an alloc (got: '$log')");
+    my $base = lives('vdisk_create_base', sub { as_node('pve1', sub { PVE::Storage::vdisk_create_base($cfg, $volid) }) });
+    is($base, 'dpool:base-110-disk-0', 'template');
+    # Right after the alloc pve2's agent may not have published its replica UpToDate yet.
+    my ($clone, $cerr);
+    my $until = time() + 20;
+    while (1) {
+        $clone = eval { as_node('pve1', sub { PVE::Storage::vdisk_clone($cfg, $base, 111) }) };
+        $cerr = $@;
+        last if !$cerr || $cerr !~ m/not identical on all its replicas/ || time() > $until;
+        sleep(0.5);
+    }
+    is($cerr, '', 'vdisk_clone for VM 111') or diag(agent_logs());
+    is($clone, 'dpool:base-110-disk-0/vm-111-disk-0', 'linked clone named <base>/<name>');
+    my $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 111) });
+    is_deeply([map { $_->{volid} } @{ $list->{dpool} }], [$clone], 'listed under that name');
+    is(PVE::Storage::volume_is_base_and_used($cfg, $base), 1, 'volume_is_base_and_used sees the clone');
+    eval { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $base) }) };
+    like($@, qr/base volume 'base-110-disk-0' is still in use by linked clones/, 'vdisk_free of the base: refused by PVE');
+    my $P = 'PVE::Storage::Custom::DRBDPoolPlugin';
+    eval { as_node('pve1', sub { $P->free_image('dpool', $cfg->{ids}->{dpool}, 'base-110-disk-0', 1, 'raw') }) };
+    like($@, qr/refused.*still in use by linked clones \(dpool:base-110-disk-0\/vm-111-disk-0\)/,
+        'free_image of the base straight to the helper: refused there too');
+    is(scalar(PVE::Storage::volume_size_info($cfg, $base, 5)), 16 * $MiB, 'the base is still there');
+    lives('vdisk_free of the clone', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $clone) }) });
+    lives('then vdisk_free of the base', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $base) }) });
+    $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 110) });
+    is_deeply($list->{dpool}, [], 'both gone');
+};
+
 # --- destroy: refused while active, then gone ----------------------------------------------------------------------
 subtest 'destroy' => sub {
     lives('activate on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });

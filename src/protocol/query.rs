@@ -96,7 +96,7 @@ fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
         );
     }
     let mut v = json!({
-        "volid": format!("{}:{}", doc.storeid, doc.volname),
+        "volid": format!("{}:{}", doc.storeid, crate::naming::pve_volname(&doc.volname, doc.parent.as_deref())),
         "volname": doc.volname,
         "format": "raw",
         "size": doc.size_kib * 1024,
@@ -161,12 +161,14 @@ pub fn listing(ctx: &Ctx, sid: &str, a: &Args) -> Result<Listing> {
         if e.state == crate::store::docs::VolumeState::Deleting {
             continue; // PVE must not see it (it would try to free it again)
         }
-        if wanted.as_ref().is_some_and(|w| !w.contains(name.as_str())) {
+        // PVE's name (`<base>/<name>` for a linked clone) is the volid and what vollist holds.
+        let pve = crate::naming::pve_volname(&name, e.parent.as_deref());
+        if wanted.as_ref().is_some_and(|w| !w.contains(pve.as_str())) {
             continue;
         }
         let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
         volumes.push(ListItem {
-            volid: format!("{sid}:{name}"),
+            volid: format!("{sid}:{pve}"),
             format: "raw",
             size: e.size_kib * 1024,
             vmid: parsed.vmid,
@@ -183,11 +185,14 @@ fn list_with_roles(ctx: &Ctx, sid: &str, vmid: Option<u32>, wanted: Option<&BTre
     for name in ctx.store.volume_names(sid)? {
         // Filter on the name alone before reading documents.
         let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
-        if vmid.is_some_and(|v| v != parsed.vmid) || wanted.is_some_and(|w| !w.contains(name.as_str())) {
+        if vmid.is_some_and(|v| v != parsed.vmid) {
             continue;
         }
         if let Some(doc) = ctx.store.volume(sid, &name)? {
             if doc.state == crate::store::docs::VolumeState::Deleting {
+                continue;
+            }
+            if wanted.is_some_and(|w| !w.contains(crate::naming::pve_volname(&name, doc.parent.as_deref()).as_str())) {
                 continue;
             }
             out.push(entry(&doc, &states));

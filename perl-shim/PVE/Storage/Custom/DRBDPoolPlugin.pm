@@ -183,14 +183,19 @@ sub on_update_hook_full {
 
 # --- validation and untainting --------------------------------------------
 
-my $VOLNAME_RE = qr/(?:vm|base)-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}/;
+my $OWN_VOLNAME_RE = qr/(?:vm|base)-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}/;
+# A linked clone is `<base>/<own name>` (base-100-disk-0/vm-101-disk-0), as in PVE's
+# ZFS and RBD plugins: PVE's volume_is_base_and_used finds a base's clones by the
+# base name parse_volname returns, and refuses to free the base while they exist.
+my $VOLNAME_RE = qr/(?:base-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}\/)?$OWN_VOLNAME_RE/;
 my $SNAPNAME_RE = qr/[A-Za-z][A-Za-z0-9_-]{0,63}/;
 
 sub _volname {
     my ($volname) = @_;
     die "drbdpool: missing volume name\n" if !defined($volname) || $volname eq '';
     my ($clean) = $volname =~ m/^($VOLNAME_RE)$/;
-    die "drbdpool: invalid volume name '$volname' (expected vm-<vmid>-<name> or base-<vmid>-<name>)\n"
+    die "drbdpool: invalid volume name '$volname' (expected vm-<vmid>-<name> or base-<vmid>-<name>,"
+        . " or <base>/<name> for a linked clone)\n"
         if !defined($clean) || $clean =~ m/\.\./;
     return $clean;
 }
@@ -528,10 +533,13 @@ sub _stderr_tail {
 sub parse_volname {
     my ($class, $volname) = @_;
 
-    if (defined($volname) && $volname =~ m/^((vm|base)-(\d+)-\S+)$/) {
-        my ($name, $prefix, $vmid) = ($1, $2, $3);
-        _volname($name); # our names are stricter than \S+ (no '/', no '..')
-        return ('images', $name, $vmid, undef, undef, $prefix eq 'base', 'raw');
+    # ($vtype, $name, $vmid, $basename, $basevmid, $isBase, $format), as the ZFS plugin:
+    # a linked clone `base-100-disk-0/vm-101-disk-0` has base name base-100-disk-0 and
+    # base vmid 100; $name is the clone's own name.
+    if (defined($volname) && $volname =~ m/^((base-(\d+)-[^\s\/]+)\/)?((vm|base)-(\d+)-\S+)$/) {
+        my ($basename, $basevmid, $name, $prefix, $vmid) = ($2, $3, $4, $5, $6);
+        _volname($volname); # our names are stricter than \S+ (one '/' at most, no '..')
+        return ('images', $name, $vmid, $basename, $basevmid, $prefix eq 'base', 'raw');
     }
     die "unable to parse drbdpool volume name '" . ($volname // '') . "'\n";
 }
@@ -902,7 +910,7 @@ sub create_base {
     die "drbdpool: create_base not possible with base image\n" if $isBase;
     my $res = $class->_call('create_base', $storeid, $scfg, { volname => _volname($volname) });
     my $new = _volname($res->{volname});
-    die "drbdpool: helper returned '$new' for a base volume\n" if $new !~ m/^base-/;
+    die "drbdpool: helper returned '$new' for a base volume\n" if $new !~ m/^(?:base-[^\/]+\/)?base-/;
     return $new;
 }
 
@@ -915,8 +923,9 @@ sub clone_image {
         snap => _snapname($snap),
     });
     my $new = _volname($res->{volname});
+    my (undef, undef, $owner) = $class->parse_volname($new);
     die "drbdpool: helper returned clone '$new' that is not owned by VM $vmid\n"
-        if $new !~ m/^vm-\Q$vmid\E-/;
+        if $owner != $vmid || $new !~ m/^base-[^\/]+\/vm-/;
     return $new;
 }
 
