@@ -308,6 +308,48 @@ fn base_with_clones_is_not_freed_and_clones_go_by_pve_names() {
     assert!(s.volume("dp", "base-100-disk-0").unwrap().is_none());
 }
 
+/// Issue 16: `used` is the thin allocation the agents measured (usage/<node>.json), this
+/// node's own where it holds a replica; list and size run no tool and touch no backend.
+#[test]
+fn list_and_size_report_the_measured_allocation_as_used() {
+    use drbdpool::store::docs::NodeUsage;
+    let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    let mib = 1024 * 1024;
+    for vmid in [100, 101, 102] {
+        ok(call(&c, "alloc", "dp", json!({"vmid": vmid, "size_kib": 64 * 1024})));
+    }
+    let usage = |node: &str, vols: &[(&str, u64)]| NodeUsage {
+        format: 1,
+        node: node.into(),
+        updated: now(),
+        storages: [("dp".to_string(), vols.iter().map(|(v, b)| (v.to_string(), *b)).collect())].into(),
+    };
+    // Before any agent measured: the size, as before.
+    let used = |c: &drbdpool::protocol::Ctx| -> Vec<u64> {
+        let l = ok(call(c, "list", "dp", json!({})));
+        l["volumes"].as_array().unwrap().iter().map(|v| v["used"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(used(&c), [64 * mib; 3]);
+    // pve1 (this node) and pve2 measured; vm-101 only pve2 has; vm-102 nobody.
+    s.put_node_usage(&usage("pve1", &[("vm-100-disk-0", 3 * mib)])).unwrap();
+    s.put_node_usage(&usage("pve2", &[("vm-100-disk-0", 60 * mib), ("vm-101-disk-0", 5 * mib), ("vm-101-disk-0x", 1)])).unwrap();
+    s.put_node_usage(&usage("pve3", &[("vm-101-disk-0", 7 * mib), ("vm-102-disk-0", 65 * mib)])).unwrap();
+    let calls_before = n.calls();
+    assert_eq!(used(&c), [3 * mib, 7 * mib, 64 * mib], "own figure first, else the largest published, never above the size");
+    assert_eq!(n.calls(), calls_before, "list ran nothing on the node");
+    let sz = ok(call(&c, "size", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!((sz["size"].as_u64(), sz["used"].as_u64()), (Some(64 * mib), Some(3 * mib)));
+    let l = ok(call(&c, "list", "dp", json!({"nodes": true, "vmid": 101})));
+    assert_eq!(l["volumes"][0]["used"], 7 * mib);
+    // Seen from pve2: its own figure.
+    let n2 = FakeNode::quiet("pve2", &s);
+    let c2 = ctx(&s, &n2, 3000);
+    assert_eq!(used(&c2)[0], 60 * mib);
+}
+
 #[test]
 fn queries() {
     let (_d, s) = store_with_nodes(&["pve1", "pve2"]);

@@ -329,6 +329,34 @@ subtest 'snapshot, snapshot device, rollback' => sub {
     lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
 };
 
+# --- used: the thin allocation the agents measure, not the size (issue 16) ------------------------------------------
+subtest 'used is the allocation' => sub {
+    my $v = lives('vdisk_alloc 32 MiB for VM 120', sub {
+        as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 120, 'raw', undef, 32 * 1024) }) });
+    # The file backend's image on each node is sparse: write 4 MiB into pve1's, as a guest would.
+    my $img = "$tmp/backing-pve1/dpool.vm-120-disk-0.img";
+    ok(-f $img, "pve1's backing image $img") or return;
+    open(my $fh, '+<', $img) or die "open $img: $!";
+    syswrite($fh, "\x5a" x (4 * $MiB)) == 4 * $MiB or die "write: $!";
+    close($fh);
+    my ($size, $used);
+    my $until = time() + 25; # the agents measure every 10 s
+    while (time() < $until) {
+        (undef, undef, $used) = as_node('pve1', sub { PVE::Storage::volume_size_info($cfg, $v, 5) });
+        last if $used >= 4 * $MiB && $used < 32 * $MiB;
+        sleep(0.5);
+    }
+    ($size, undef, $used) = as_node('pve1', sub { PVE::Storage::volume_size_info($cfg, $v, 5) });
+    is($size, 32 * $MiB, 'size: provisioned');
+    ok($used >= 4 * $MiB && $used < 8 * $MiB, "used on pve1: the 4 MiB written (+ DRBD metadata), got $used")
+        or diag(agent_logs());
+    my $list = as_node('pve1', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 120) });
+    is($list->{dpool}->[0]->{used}, $used, 'list reports the same used');
+    my $list2 = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 120) });
+    ok($list2->{dpool}->[0]->{used} < 4 * $MiB, 'pve2 reports its own replica (nothing written there)');
+    lives('vdisk_free', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $v) }) });
+};
+
 # --- template and linked clone: the base cannot go while the clone exists (issue 16) ---------------------------------
 # Also: the helper's routine INFO lines stay out of the task log (STDERR of the call).
 sub stderr_of {

@@ -226,6 +226,11 @@ impl LocalNode {
     pub fn is_thin(&self, spec: &BackendSpec) -> Result<bool> {
         Ok(self.backend(spec)?.thin())
     }
+
+    /// Bytes allocated in the local backing devices `names` (Backend::allocated).
+    pub fn allocated(&self, spec: &BackendSpec, names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.backend(spec)?.allocated(names)
+    }
 }
 
 impl NodeOps for LocalNode {

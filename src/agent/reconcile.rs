@@ -8,7 +8,7 @@ use super::local::LocalNode;
 use crate::drbd::ResourceStatus;
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
-use crate::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
+use crate::store::docs::{NodeState, NodeUsage, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
 use crate::store::Store;
 
 /// A `creating` volume older than this has no alloc working on it any more (an
@@ -52,6 +52,22 @@ pub struct Agent {
     snap_missing: HashSet<(String, String)>,
     last: Option<NodeState>,
     space: Option<(std::time::Instant, BTreeSet<String>, BTreeMap<String, Space>)>,
+    /// The usage document last written (None: not yet this process).
+    last_usage: Option<NodeUsage>,
+}
+
+type Usage = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Allocation moves with every write: a change of more than 1 MiB plus 0.5 % of a volume's
+/// figure, or a volume added or gone, is worth a write to pmxcfs.
+fn usage_close(a: &Usage, b: &Usage) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(sid, x)| {
+            b.get(sid).is_some_and(|y| {
+                x.len() == y.len()
+                    && x.iter().all(|(v, p)| y.get(v).is_some_and(|q| p.abs_diff(*q) <= (1 << 20) + (*p).max(*q) / 200))
+            })
+        })
 }
 
 fn now() -> u64 {
@@ -72,7 +88,7 @@ fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> b
 
 impl Agent {
     pub fn new(store: Store, local: LocalNode) -> Agent {
-        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None }
+        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None, last_usage: None }
     }
 
     pub fn local(&self) -> &LocalNode {
@@ -485,7 +501,51 @@ impl Agent {
         }
         let out = self.measure(docs);
         self.space = Some((std::time::Instant::now(), ids, out.clone()));
+        // Allocation per volume at the same pace, from the same kind of listing.
+        let usage = self.measure_usage(docs);
+        if let Err(e) = self.publish_usage(usage) {
+            tracing::warn!(error = %e, "cannot publish the volumes' allocation; `list` reports their full size meanwhile");
+        }
         out
+    }
+
+    /// storeid -> volname -> bytes allocated here, for every volume with a replica here
+    /// (not being removed): one `allocated` call (one backend listing) per storage.
+    fn measure_usage(&self, docs: &[VolumeDoc]) -> Usage {
+        let me = self.node();
+        let mut by_sid: BTreeMap<&str, Vec<&VolumeDoc>> = BTreeMap::new();
+        for v in docs.iter().filter(|v| v.replica(me).is_some() && v.state != VolumeState::Deleting) {
+            by_sid.entry(v.storeid.as_str()).or_default().push(v);
+        }
+        let mut out = Usage::new();
+        for (sid, vols) in by_sid {
+            let names: Vec<&str> = vols.iter().map(|v| v.resource.as_str()).collect();
+            match self.local.allocated(&vols[0].backend, &names) {
+                Ok(a) => {
+                    let m = out.entry(sid.to_string()).or_default();
+                    for v in vols {
+                        if let Some(b) = a.get(&v.resource) {
+                            m.insert(v.volname.clone(), *b);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(storeid = %sid, error = %e, "no allocation figures for this storage here"),
+            }
+        }
+        out
+    }
+
+    fn publish_usage(&mut self, storages: Usage) -> Result<()> {
+        if self.last_usage.is_none() {
+            self.last_usage = self.store.node_usages()?.into_iter().find(|u| u.node == self.node());
+        }
+        if self.last_usage.as_ref().is_some_and(|u| usage_close(&u.storages, &storages)) {
+            return Ok(());
+        }
+        let u = NodeUsage { format: FORMAT, node: self.node().to_string(), updated: now(), storages };
+        self.store.put_node_usage(&u)?;
+        self.last_usage = Some(u);
+        Ok(())
     }
 
     fn measure(&self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {

@@ -116,6 +116,22 @@ impl Backend for LvmThin {
         Ok(Space { total, avail: total.saturating_sub(used), used })
     }
 
+    /// lv_size * data_percent / 100 of each thin LV of this pool (the pool's own rule, as in `space`).
+    fn allocated(&self, names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        let mut out = std::collections::BTreeMap::new();
+        for n in names {
+            let Some(row) = r::find(&rows, n) else { continue };
+            if row.get("pool_lv").map(String::as_str) != Some(self.pool.as_str()) {
+                continue;
+            }
+            let size = r::bytes(row.get("lv_size").map(String::as_str).unwrap_or(""))?;
+            let pct = r::percent(row.get("data_percent").map(String::as_str).unwrap_or(""))?;
+            out.insert(n.to_string(), ((size as f64) * pct / 100.0) as u64);
+        }
+        Ok(out)
+    }
+
     fn thin(&self) -> bool {
         true
     }

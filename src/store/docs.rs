@@ -203,3 +203,19 @@ pub struct NodeState {
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeObserved>,
 }
+
+/// Thin allocation of this node's replicas (`usage/<node>.json`), written by its agent
+/// (measured with the storage's space, one backend listing per storage, e.g. one `lvs`):
+/// what `list` and `size` report as `used`. Apart from NodeState so that `list` reads a
+/// few small files, not every node's state (megabytes at thousands of volumes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    #[serde(default = "format_v")]
+    pub format: u32,
+    pub node: String,
+    /// Unix seconds of the measurement.
+    pub updated: u64,
+    /// storeid -> volname -> bytes allocated in this node's backing device.
+    #[serde(default)]
+    pub storages: BTreeMap<String, BTreeMap<String, u64>>,
+}
