@@ -350,6 +350,48 @@ fn list_and_size_report_the_measured_allocation_as_used() {
     assert_eq!(used(&c2)[0], 60 * mib);
 }
 
+/// Issue 16: activate_storage records the storage's resync settings for the agents (only on a
+/// change); a bad value is refused by alloc (nothing made) and never fails an activation.
+#[test]
+fn resync_properties_are_recorded_and_bad_ones_change_nothing() {
+    use drbdpool::store::docs::Resync;
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    let with = |extra: serde_json::Value| {
+        let mut m = scfg();
+        m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        m
+    };
+    let run = |method: &str, scfg: serde_json::Value, args: serde_json::Value| {
+        let req = json!({"version": 1, "storeid": "dp", "node": "pve1", "scfg": scfg, "args": args});
+        drbdpool::protocol::handle(&c, method, req.to_string().as_bytes())
+    };
+    ok(run("activate_storage", scfg(), json!({})));
+    assert_eq!(s.storage_doc("dp").unwrap().unwrap().resync, Resync::default());
+    let p = s.root().join("storages/dp.json");
+    let m0 = std::fs::metadata(&p).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    ok(run("activate_storage", scfg(), json!({})));
+    assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), m0, "unchanged settings are not rewritten");
+    let capped = with(json!({"drbdpool-resync-rate-max": "110M", "drbdpool-resync-rate-min": "20M"}));
+    ok(run("activate_storage", capped.clone(), json!({})));
+    let want = Resync { max_kib: 110 * 1024, min_kib: 20 * 1024 };
+    assert_eq!(s.storage_doc("dp").unwrap().unwrap().resync, want);
+    // A bad value (hand-edited storage.cfg): activation still works, the recorded settings stay.
+    let bad = with(json!({"drbdpool-resync-rate-max": "100MB"}));
+    ok(run("activate_storage", bad.clone(), json!({})));
+    assert_eq!(s.storage_doc("dp").unwrap().unwrap().resync, want);
+    // ... and no new volume is made under it.
+    let r = run("alloc", bad, json!({"vmid": 100, "size_kib": 1024}));
+    let (k, m) = err(r);
+    assert_eq!(k, "invalid-input");
+    assert!(m.contains("drbdpool-resync-rate-max '100MB' is not a rate"), "{m}");
+    assert!(s.volume_names("dp").unwrap().is_empty(), "nothing allocated");
+    ok(run("alloc", capped, json!({"vmid": 100, "size_kib": 1024})));
+}
+
 #[test]
 fn queries() {
     let (_d, s) = store_with_nodes(&["pve1", "pve2"]);

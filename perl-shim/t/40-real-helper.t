@@ -14,6 +14,7 @@ use File::Temp qw(tempdir);
 use Cwd qw(realpath);
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
+use JSON::PP ();
 
 BEGIN { $ENV{PATH} = '/usr/sbin:/usr/bin:/sbin:/bin'; delete @ENV{qw(IFS CDPATH ENV BASH_ENV)}; }
 
@@ -404,6 +405,36 @@ subtest 'template, linked clone, base in use' => sub {
     lives('then vdisk_free of the base', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $base) }) });
     $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 110) });
     is_deeply($list->{dpool}, [], 'both gone');
+};
+
+# --- resync speed: pvesm set drbdpool-resync-rate-max/-min reaches every replica (issue 16) ---------------------------
+subtest 'resync properties reach the replicas' => sub {
+    PVE::Storage::set_config_text(<<"CFG");
+drbdpool: dpool
+	drbdpool-backend file
+	drbdpool-dir $backing
+	content images,rootdir
+	drbdpool-replicas 2
+	nodes pve1,pve2
+	drbdpool-resync-rate-max 110M
+	drbdpool-resync-rate-min 20M
+CFG
+    $cfg = PVE::Storage::config();
+    # pvestatd's storage_info runs activate_storage, which records them for the agents.
+    as_node('pve2', sub { PVE::Storage::storage_info($cfg, 'images') });
+    my $want = { max_kib => 110 * 1024, min_kib => 20 * 1024 };
+    my %got;
+    my $until = time() + 15;
+    while (time() < $until) {
+        for my $n (qw(pve1 pve2)) {
+            open(my $fh, '<', "$tmp/sim/$n/dpool.vm-100-disk-0.json") or next;
+            my $r = eval { JSON::PP::decode_json(do { local $/; <$fh> }) };
+            $got{$n} = $r->{resync} if $r;
+        }
+        last if grep({ ($got{$_}->{max_kib} // 0) == $want->{max_kib} } qw(pve1 pve2)) == 2;
+        sleep(0.5);
+    }
+    is_deeply($got{$_}, $want, "$_ applied max 110M, min 20M to vm-100-disk-0") for qw(pve1 pve2);
 };
 
 # --- destroy: refused while active, then gone ----------------------------------------------------------------------

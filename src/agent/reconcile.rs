@@ -8,7 +8,7 @@ use super::local::LocalNode;
 use crate::drbd::ResourceStatus;
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
-use crate::store::docs::{NodeState, NodeUsage, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
+use crate::store::docs::{NodeState, NodeUsage, Resync, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
 use crate::store::Store;
 
 /// A `creating` volume older than this has no alloc working on it any more (an
@@ -39,8 +39,11 @@ fn rollback_elsewhere(vol: &VolumeDoc, me: &str) -> Option<u64> {
 pub struct Agent {
     store: Store,
     local: LocalNode,
-    /// resource -> (generation, dual_primary) last ensured successfully by this process.
-    applied: HashMap<String, (u64, bool)>,
+    /// resource -> (generation, dual_primary, resync settings) last ensured successfully by
+    /// this process: a change of any of them rewrites the resource file and adjusts DRBD.
+    applied: HashMap<String, (u64, bool, Resync)>,
+    /// storeid -> resync settings (`storages/<storeid>.json`), read once per pass.
+    resync: HashMap<String, Resync>,
     /// Resources of deleting docs already removed here (saves backend lookups).
     removed: HashSet<String>,
     /// resource -> generation for which `drbdadm resize` was run (once per generation:
@@ -88,7 +91,7 @@ fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> b
 
 impl Agent {
     pub fn new(store: Store, local: LocalNode) -> Agent {
-        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None, last_usage: None }
+        Agent { store, local, applied: HashMap::new(), resync: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None, last_usage: None }
     }
 
     pub fn local(&self) -> &LocalNode {
@@ -127,6 +130,8 @@ impl Agent {
         }
         let (mut docs, complete) = self.read_docs()?;
         self.expire_creating(&mut docs);
+        let sids: BTreeSet<&str> = docs.iter().map(|v| v.storeid.as_str()).collect();
+        self.resync = sids.into_iter().map(|sid| (sid.to_string(), self.local.resync_of(sid))).collect();
         let states = self.store.node_states().unwrap_or_default();
         let mut status: BTreeMap<String, ResourceStatus> =
             self.local.replication().status()?.into_iter().map(|s| (s.name.clone(), s)).collect();
@@ -297,7 +302,7 @@ impl Agent {
             }
         }
         self.removed.remove(res);
-        let key = (vol.generation, vol.dual_primary.is_some());
+        let key = (vol.generation, vol.dual_primary.is_some(), self.resync.get(&vol.storeid).copied().unwrap_or_default());
         if self.applied.get(res) != Some(&key) || !status.contains_key(res) {
             self.applied.remove(res);
             self.local.ensure_replica(vol)?;

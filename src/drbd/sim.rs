@@ -102,6 +102,9 @@ struct SimRes {
     /// as `extra["sim-full-syncs"]` so tests can tell a skipped initial sync from a full one.
     #[serde(default)]
     full_syncs: u32,
+    /// The resync settings of the plan last applied (what a resource file would say).
+    #[serde(default)]
+    resync: crate::store::docs::Resync,
 }
 
 impl SimRes {
@@ -322,6 +325,11 @@ impl SimDrbd {
     }
 
     /// Test hook: a guest opens (true) or closes the device.
+    /// The resync settings this node last applied to `res` (tests).
+    pub fn resync_of(&self, res: &str) -> Result<Option<crate::store::docs::Resync>> {
+        Ok(self.load(&self.node, res)?.map(|r| r.resync))
+    }
+
     pub fn set_open(&self, res: &str, open: bool) -> Result<()> {
         self.with_world(res, |w| {
             let me = w.get_mut(&self.node).filter(|r| r.up).ok_or_else(|| Error::NotFound(format!("{res}: not up")))?;
@@ -457,6 +465,7 @@ impl Replication for SimDrbd {
                     || p.hosts != hosts
                     || p.dual_primary != plan.dual_primary
                     || p.want_size_kib != plan.size_kib
+                    || p.resync != plan.resync
             });
             applied.changed_config = config_changed;
             if prev.as_ref().is_none_or(|p| !p.up || p.backing != plan.backing) {
@@ -481,6 +490,7 @@ impl Replication for SimDrbd {
             r.hosts = hosts;
             r.dual_primary = plan.dual_primary;
             r.want_size_kib = plan.size_kib;
+            r.resync = plan.resync;
             r.up = true;
             if !plan.dual_primary && r.role == "Primary" {
                 if let Some(p) = r.peers().find(|h| w.get(&h.name).is_some_and(|o| o.up && o.role == "Primary")) {

@@ -141,9 +141,10 @@ pub fn dispatch(ctx: &Ctx, method: &str, req: &Request) -> Result<Value> {
     let own_args = own_volname(ctx, sid, &req.args)?;
     let a = Args::new(own_args.as_ref().unwrap_or(&req.args));
     match method {
-        "activate_storage" => query::activate_storage(ctx),
+        "activate_storage" => query::activate_storage(ctx, sid, &req.scfg),
         "status" => query::status(ctx, sid, &req.scfg),
-        "alloc" => volume::alloc(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a),
+        // A new volume under invalid resync properties: refused (activate_storage only logs them).
+        "alloc" => scfg::parse_resync(&req.scfg).and_then(|_| volume::alloc(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a)),
         "free" => volume::free(ctx, sid, &a),
         "list" => query::list(ctx, sid, &a),
         "path" => query::path(ctx, sid, &a),

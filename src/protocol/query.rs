@@ -15,14 +15,48 @@ use super::{load, now, Args, Ctx};
 /// Our agent refreshes its state at least every 60 s; older means it is not running.
 const STATUS_STALE_SECS: u64 = 300;
 
-pub fn activate_storage(ctx: &Ctx) -> Result<Value> {
+pub fn activate_storage(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> {
     let name = ctx.node.name();
     match ctx.store.node(name)? {
-        Some(_) => Ok(json!({})),
+        Some(_) => {
+            record_storage_settings(ctx, sid, scfg);
+            Ok(json!({}))
+        }
         None => Err(Error::Refused(format!(
             "node {name} is not registered with drbdpool: run `drbdpool node add {name} --address <replication ip>` (registered: {})",
             names_or_none(ctx.store.nodes()?.iter().map(|n| n.name.clone()).collect())
         ))),
+    }
+}
+
+/// Bring `storages/<sid>.json` (what the agents render the resync settings from) in line
+/// with storage.cfg. PVE runs activate_storage on every node every 10 s (pvestatd's
+/// storage_info) and before every volume operation, so a `pvesm set` reaches the agents
+/// within seconds. A write only when something changed. Never fails the activation: a VM
+/// start must not stop at a typo in a resync property (the shim's hooks refuse such a
+/// value when it is set; a hand-edited one is logged and the recorded settings stay).
+fn record_storage_settings(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) {
+    let resync = match super::scfg::parse_resync(scfg) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("storage {sid}: {e}; the resync settings recorded before stay in force");
+            return;
+        }
+    };
+    let r = (|| -> Result<()> {
+        if ctx.store.storage_doc(sid)?.is_some_and(|d| d.resync == resync) {
+            return Ok(());
+        }
+        ctx.store.put_storage_doc(&crate::store::docs::StorageDoc { format: crate::store::docs::FORMAT, storeid: sid.to_string(), resync })?;
+        tracing::info!(
+            "storage {sid}: resync settings recorded (max {}K/s, min {}K/s); the agents apply them to every volume",
+            resync.max_kib,
+            resync.min_kib
+        );
+        Ok(())
+    })();
+    if let Err(e) = r {
+        tracing::warn!("storage {sid}: cannot record the resync settings now: {e}");
     }
 }
 

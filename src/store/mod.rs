@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use docs::{NodeDoc, NodeState, NodeUsage, VolumeDoc, FORMAT};
+use docs::{NodeDoc, NodeState, NodeUsage, StorageDoc, VolumeDoc, FORMAT};
 
 pub const DEFAULT_ROOT: &str = "/etc/pve/priv/drbdpool";
 
@@ -196,6 +196,18 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A storage's settings for the agents (None: never written; the defaults apply).
+    pub fn storage_doc(&self, storeid: &str) -> Result<Option<StorageDoc>> {
+        read_versioned(&self.root.join("storages").join(format!("{storeid}.json")), |d: &StorageDoc| d.format)
+    }
+
+    pub fn put_storage_doc(&self, d: &StorageDoc) -> Result<()> {
+        crate::naming::check_storeid(&d.storeid)?;
+        let dir = self.root.join("storages");
+        fs::create_dir_all(&dir).map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
+        write_doc(&dir.join(format!("{}.json", d.storeid)), d)
     }
 
     /// Compact JSON: ~45 bytes a replica (450 KB at 10,000), far below pmxcfs's 1 MiB per file.

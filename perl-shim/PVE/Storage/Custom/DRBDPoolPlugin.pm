@@ -125,6 +125,18 @@ sub properties {
             minimum => 5,
             maximum => 3600,
         },
+        'drbdpool-resync-rate-max' => {
+            description => 'Most a resync (a replica rejoining or new) may use, per second, e.g. 100M'
+                . ' (DRBD c-max-rate; units K, M, G; 250K..4G; default 4G: the link is the limit).',
+            type => 'string',
+            maxLength => 16,
+        },
+        'drbdpool-resync-rate-min' => {
+            description => 'While guests write, a resync faster than this yields to them, e.g. 20M'
+                . ' (DRBD c-min-rate; units K, M, G, or 0; default 0: the resync never slows down for guests).',
+            type => 'string',
+            maxLength => 16,
+        },
     };
 }
 
@@ -136,6 +148,8 @@ sub options {
         'drbdpool-dir' => { optional => 1, fixed => 1 },
         'drbdpool-replicas' => { optional => 1 },
         'drbdpool-timeout' => { optional => 1 },
+        'drbdpool-resync-rate-max' => { optional => 1 },
+        'drbdpool-resync-rate-min' => { optional => 1 },
         nodes => { optional => 1 },
         disable => { optional => 1 },
         content => { optional => 1 },
@@ -159,6 +173,34 @@ sub _check_scfg {
     } else {
         die "drbdpool: unknown backend '$backend' (use lvmthin, lvm or file)\n";
     }
+    _check_resync($scfg);
+    return;
+}
+
+# A rate as DRBD writes it (the helper checks the same, src/protocol/scfg.rs): digits and
+# K, M or G per second, or 0. Returns KiB/s.
+my $RATE_LIMIT_KIB = 4 * 1024 * 1024; # DRBD's limit, 4G
+sub _rate_kib {
+    my ($key, $v) = @_;
+    return 0 if $v eq '0';
+    my ($n, $u) = $v =~ m/^(\d{1,10})([KkMmGg])$/
+        or die "drbdpool: $key '$v' is not a rate: write digits and a unit K, M or G per second"
+        . " (e.g. 500K, 100M, 1G), or 0\n";
+    my $kib = $n * { k => 1, m => 1024, g => 1024 * 1024 }->{ lc($u) };
+    die "drbdpool: $key '$v' is above DRBD's limit of 4G per second\n" if $kib > $RATE_LIMIT_KIB;
+    return $kib;
+}
+
+sub _check_resync {
+    my ($scfg) = @_;
+    my ($max, $min) = map { $scfg->{"drbdpool-resync-rate-$_"} } qw(max min);
+    my $max_kib = defined($max) ? _rate_kib('drbdpool-resync-rate-max', $max) : $RATE_LIMIT_KIB;
+    die "drbdpool: drbdpool-resync-rate-max must be at least 250K (DRBD's lowest c-max-rate)\n"
+        if $max_kib < 250;
+    my $min_kib = defined($min) ? _rate_kib('drbdpool-resync-rate-min', $min) : 0;
+    die "drbdpool: drbdpool-resync-rate-min ($min) is above drbdpool-resync-rate-max ("
+        . ($max // '4G') . "): lower the min or raise the max\n"
+        if $min_kib > $max_kib;
     return;
 }
 
