@@ -301,6 +301,11 @@ fn base_with_clones_is_not_freed_and_clones_go_by_pve_names() {
     assert_eq!(k, "refused");
     assert!(m.contains("still in use by linked clones (dp:base-100-disk-0/vm-101-disk-0)"), "{m}");
     assert_eq!(s.volume("dp", "base-100-disk-0").unwrap().unwrap(), before, "refused: nothing changed");
+    // Reassigned to another guest (rename): still a clone of the base, named so.
+    let r = ok(call(&c, "rename", "dp", json!({"volname": "base-100-disk-0/vm-101-disk-0", "target_vmid": 105})));
+    assert_eq!(r["volname"], "base-100-disk-0/vm-105-disk-0");
+    let r = ok(call(&c, "rename", "dp", json!({"volname": "base-100-disk-0/vm-105-disk-0", "target_vmid": 101, "target_volname": "base-100-disk-0/vm-101-disk-0"})));
+    assert_eq!(r["volname"], "base-100-disk-0/vm-101-disk-0");
     // The clone goes by PVE's name; then the base can go.
     ok(call(&c, "free", "dp", json!({"volname": "base-100-disk-0/vm-101-disk-0"})));
     assert!(s.volume("dp", "vm-101-disk-0").unwrap().is_none());

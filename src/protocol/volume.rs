@@ -470,7 +470,8 @@ pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
     }
     let new = match a.opt_str("target_volname")? {
-        Some(n) => naming::check_alloc_name(n, target_vmid)?,
+        // PVE may hand a clone's target in its own form `<base>/<name>`: the name is what counts.
+        Some(n) => naming::check_alloc_name(naming::split_pve_volname(n)?.1, target_vmid)?,
         None => {
             let names = ctx.store.volume_names(sid)?;
             naming::parse_volname(&naming::next_disk_name(target_vmid, names.iter().map(String::as_str))?)?
