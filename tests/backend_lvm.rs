@@ -120,6 +120,11 @@ fn lvmthin_allocation_per_volume_from_one_lvs() {
     let a = thin(&r).allocated(&["vm-100-disk-0", "vm-200-disk-0", "vm-300-disk-0"]).unwrap();
     assert_eq!(a.into_iter().collect::<Vec<_>>(), vec![("vm-100-disk-0".to_string(), 268435456 / 8)]);
     assert_eq!(r.calls(), vec![lvs_argv()], "one lvs for all volumes");
+    // What the agent runs every 10 s: the pool's space and the volumes' allocation, one lvs.
+    r.clear();
+    let (space, a) = thin(&r).space_and_allocated(&["vm-100-disk-0"]).unwrap();
+    assert_eq!((space.total, a["vm-100-disk-0"]), (1073741824, 268435456 / 8));
+    assert_eq!(r.calls(), vec![lvs_argv()], "space and allocation from one lvs");
     // Thick LVs allocate everything: no figures (the caller reports the size).
     let r = RecordingRunner::new();
     assert!(thick(&r).allocated(&["vm-100-disk-0"]).unwrap().is_empty());

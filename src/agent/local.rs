@@ -241,9 +241,10 @@ impl LocalNode {
         }
     }
 
-    /// Bytes allocated in the local backing devices `names` (Backend::allocated).
-    pub fn allocated(&self, spec: &BackendSpec, names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
-        self.backend(spec)?.allocated(names)
+    /// The storage's space and the bytes allocated in the local backing devices `names`
+    /// (Backend::space_and_allocated: one `lvs` on lvmthin).
+    pub fn space_and_allocated(&self, spec: &BackendSpec, names: &[&str]) -> Result<(Space, std::collections::BTreeMap<String, u64>)> {
+        self.backend(spec)?.space_and_allocated(names)
     }
 }
 

@@ -504,38 +504,10 @@ impl Agent {
                 return s.clone();
             }
         }
-        let out = self.measure(docs);
+        let (out, usage) = self.measure(docs);
         self.space = Some((std::time::Instant::now(), ids, out.clone()));
-        // Allocation per volume at the same pace, from the same kind of listing.
-        let usage = self.measure_usage(docs);
         if let Err(e) = self.publish_usage(usage) {
             tracing::warn!(error = %e, "cannot publish the volumes' allocation; `list` reports their full size meanwhile");
-        }
-        out
-    }
-
-    /// storeid -> volname -> bytes allocated here, for every volume with a replica here
-    /// (not being removed): one `allocated` call (one backend listing) per storage.
-    fn measure_usage(&self, docs: &[VolumeDoc]) -> Usage {
-        let me = self.node();
-        let mut by_sid: BTreeMap<&str, Vec<&VolumeDoc>> = BTreeMap::new();
-        for v in docs.iter().filter(|v| v.replica(me).is_some() && v.state != VolumeState::Deleting) {
-            by_sid.entry(v.storeid.as_str()).or_default().push(v);
-        }
-        let mut out = Usage::new();
-        for (sid, vols) in by_sid {
-            let names: Vec<&str> = vols.iter().map(|v| v.resource.as_str()).collect();
-            match self.local.allocated(&vols[0].backend, &names) {
-                Ok(a) => {
-                    let m = out.entry(sid.to_string()).or_default();
-                    for v in vols {
-                        if let Some(b) = a.get(&v.resource) {
-                            m.insert(v.volname.clone(), *b);
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(storeid = %sid, error = %e, "no allocation figures for this storage here"),
-            }
         }
         out
     }
@@ -553,20 +525,34 @@ impl Agent {
         Ok(())
     }
 
-    fn measure(&self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
-        let mut out = BTreeMap::new();
+    /// Space per storage, and storeid -> volname -> bytes allocated here for every volume
+    /// with a replica here (not being removed): one backend listing per storage (lvmthin:
+    /// one `lvs` answers both).
+    fn measure(&self, docs: &[VolumeDoc]) -> (BTreeMap<String, Space>, Usage) {
+        let me = self.node();
+        let mut by_sid: BTreeMap<&str, (&VolumeDoc, Vec<&VolumeDoc>)> = BTreeMap::new();
         for v in docs {
-            if out.contains_key(&v.storeid) {
-                continue;
-            }
-            match self.local.space(&v.backend) {
-                Ok(s) => {
-                    out.insert(v.storeid.clone(), s);
-                }
-                Err(e) => tracing::debug!(storeid = %v.storeid, error = %e, "no space figures for this storage here"),
+            let e = by_sid.entry(v.storeid.as_str()).or_insert((v, Vec::new()));
+            if v.replica(me).is_some() && v.state != VolumeState::Deleting {
+                e.1.push(v);
             }
         }
-        out
+        let (mut space, mut usage) = (BTreeMap::new(), Usage::new());
+        for (sid, (first, mine)) in by_sid {
+            let names: Vec<&str> = mine.iter().map(|v| v.resource.as_str()).collect();
+            match self.local.space_and_allocated(&first.backend, &names) {
+                Ok((s, a)) => {
+                    space.insert(sid.to_string(), s);
+                    let m: BTreeMap<String, u64> =
+                        mine.iter().filter_map(|v| a.get(&v.resource).map(|b| (v.volname.clone(), *b))).collect();
+                    if !m.is_empty() {
+                        usage.insert(sid.to_string(), m);
+                    }
+                }
+                Err(e) => tracing::debug!(storeid = %sid, error = %e, "no space figures for this storage here"),
+            }
+        }
+        (space, usage)
     }
 
     /// Write the NodeState only when its content changed, or for the heartbeat.

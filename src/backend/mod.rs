@@ -41,6 +41,10 @@ pub trait Backend: Send + Sync {
         let _ = names;
         Ok(Default::default())
     }
+    /// `space` and `allocated` together; lvmthin answers both from one `lvs`.
+    fn space_and_allocated(&self, names: &[&str]) -> Result<(Space, std::collections::BTreeMap<String, u64>)> {
+        Ok((self.space()?, self.allocated(names)?))
+    }
     /// Thin backends read zeroes where nothing was written: no initial sync is needed.
     fn thin(&self) -> bool;
     /// Snapshots (None from backends that cannot).
