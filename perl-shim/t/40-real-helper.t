@@ -437,6 +437,22 @@ CFG
     is_deeply($got{$_}, $want, "$_ applied max 110M, min 20M to vm-100-disk-0") for qw(pve1 pve2);
 };
 
+# --- a wait that lasts shows progress in the task log, while it lasts (issue 16) -----------------------------------------
+subtest 'progress of a long wait' => sub {
+    kill('STOP', $agent{pve2}); # pve2's agent does not answer: the alloc waits for it
+    my ($log, $err);
+    {
+        local $ENV{DRBDPOOL_PEER_TIMEOUT_SECS} = 5;
+        ($log, $err) = stderr_of(sub {
+            as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 130, 'raw', undef, 16 * 1024) }) });
+    }
+    kill('CONT', $agent{pve2});
+    like($err, qr/pve2 did not report the new replica ready within 5s/, 'the alloc timed out on pve2');
+    like($log, qr/^drbdpool: still waiting for the replica of dpool:vm-130-disk-0 to be ready on pve2 \(\d+s so far, at most \d+s more\)$/m,
+        'the task log showed the wait');
+    unlike($log, qr/\bINFO\b/, '... and no routine INFO lines');
+};
+
 # --- destroy: refused while active, then gone ----------------------------------------------------------------------
 subtest 'destroy' => sub {
     lives('activate on pve1', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$vm]) }) });

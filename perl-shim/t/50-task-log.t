@@ -67,7 +67,20 @@ is(stderr_of(sub { $P->free_image('dpool', $scfg, 'vm-100-disk-0', 0) }), '', 'a
 
 # A failing call still quotes the helper's last lines in its error (diagnostics).
 set_reply($dir, 'path', { action => 'exit', exit => 7, stderr => $helper_stderr });
-eval { $P->path($scfg, 'vm-100-disk-0', 'dpool') };
-like($@, qr/helper said: .*ETA 12 s/, 'a failed call still names what the helper said');
+my $failed;
+$got = stderr_of(sub { eval { $P->path($scfg, 'vm-100-disk-0', 'dpool') }; $failed = $@; });
+like($failed, qr/helper said: .*ETA 12 s/, 'a failed call still names what the helper said');
+like($got, qr/^drbdpool warning: .*\ndrbdpool error: .*\nresync of .*\n\z/, '... and its task log has the same filtered lines');
+
+# Streamed as it comes: a long wait's progress is in the task log while the call still runs,
+# and stays there when the call then fails (here: killed at its timeout).
+set_reply($dir, 'size', { action => 'sleep', seconds => 5,
+    stderr_first => "2026-12-02T18:46:55.1Z  INFO waiting up to 45s for x on pve2\n"
+        . "drbdpool: still waiting for the replica of dp:vm-100-disk-0 to be ready on pve2 (3s so far, at most 42s more)\n" });
+my $err;
+$got = stderr_of(sub { eval { $P->volume_size_info($scfg, 'dpool', 'vm-100-disk-0', 1) }; $err = $@; });
+like($err, qr/timed out after 1s/, 'the call timed out');
+is($got, "drbdpool: still waiting for the replica of dp:vm-100-disk-0 to be ready on pve2 (3s so far, at most 42s more)\n",
+    '... its progress line reached the task log before that, its INFO line did not');
 
 done_testing();

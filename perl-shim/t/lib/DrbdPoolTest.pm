@@ -39,6 +39,7 @@ close($log);
 my $replies = decode_json(slurp("$dir/replies.json") // '{}');
 my $r = $replies->{$method};
 if ($r) {
+    print STDERR $r->{stderr_first} if defined($r->{stderr_first}); # before any action (STDERR is unbuffered)
     if (my $act = $r->{action}) {
         if ($act eq 'sleep') { sleep($r->{seconds}); }
         elsif ($act eq 'garbage') { print "this is not json\n"; exit($r->{exit} // 0); }

@@ -422,6 +422,18 @@ sub _call {
     }
 
     my ($stdout, $stderr) = ('', '');
+    # Helper logs go where PVE shows them (task log / journal), not into results, and
+    # as they come (a long wait's progress is seen while it lasts); only what an admin
+    # needs there (_task_log). $err_line holds a line not complete yet.
+    my $err_line = '';
+    my $log_lines = sub {
+        my ($all) = @_;
+        return if $opt{quiet};
+        my $upto = $all ? length($err_line) : rindex($err_line, "\n") + 1;
+        return if $upto <= 0;
+        my $log = _task_log(substr($err_line, 0, $upto, ''));
+        print STDERR $log if $log ne '';
+    };
     my $to_write = $request;
     my $deadline = time() + $timeout;
     my $rsel = IO::Select->new($out_r, $err_r);
@@ -466,9 +478,13 @@ sub _call {
                 }
             } else {
                 $stderr .= $buf if length($stderr) < 1024 * 1024;
+                $err_line .= $buf if length($err_line) < 1024 * 1024;
+                $log_lines->(0);
             }
         }
     }
+
+    $log_lines->(1); # a last line without its newline
 
     if ($timed_out) {
         _kill_child($pid);
@@ -526,12 +542,6 @@ sub _call {
     if (defined($exit) && $exit != 0) {
         die "$what reported success but exited with code $exit; not trusting the reply"
             . _stderr_tail($stderr) . "\n";
-    }
-    # Helper logs go where PVE shows them (task log / journal), not into results;
-    # only what an admin needs there (_task_log).
-    if ($stderr ne '' && !$opt{quiet}) {
-        my $log = _task_log($stderr);
-        print STDERR $log if $log ne '';
     }
 
     return $reply->{result};
