@@ -246,7 +246,7 @@ fn check_store(store: &Store, docs: &[VolumeDoc], o: &CheckOpts, out: &mut Vec<F
             ));
         }
     }
-    let mut dirs = vec![store.root().join("nodes"), store.root().join("state")];
+    let mut dirs = vec![store.root().join("nodes"), store.root().join("state"), store.root().join("usage")];
     dirs.extend(store.storeids()?.into_iter().flat_map(|s| [store.root().join("volumes").join(&s), store.root().join("index").join(&s)]));
     for d in dirs {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {

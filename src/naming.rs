@@ -204,6 +204,33 @@ pub fn check_node_name(s: &str) -> Result<()> {
     }
 }
 
+/// A linked clone's name as PVE knows it: `<base>/<volname>` (e.g.
+/// `base-100-disk-0/vm-101-disk-0`), the ZFS and RBD plugins' form, so that
+/// PVE's `volume_is_base_and_used` (PVE/Storage.pm) finds the clones of a base
+/// through `parse_volname` and refuses to free it. The store keys every volume by
+/// its own name (`vm-101-disk-0`); anything else is the plain name.
+pub fn pve_volname(volname: &str, parent: Option<&str>) -> String {
+    match parent {
+        Some(p) => format!("{p}/{volname}"),
+        None => volname.to_string(),
+    }
+}
+
+/// Split a name as PVE passes it: `<base>/<volname>` -> (Some(base), volname), a plain
+/// name -> (None, name). Both parts are checked; the first must be a template.
+pub fn split_pve_volname(name: &str) -> Result<(Option<&str>, &str)> {
+    let Some((base, own)) = name.split_once('/') else { return Ok((None, name)) };
+    let b = parse_volname(base).map_err(|e| invalid!("volume name '{}': {e}", name.escape_default()))?;
+    if !b.base {
+        return Err(invalid!(
+            "volume name '{}': the part before '/' must be the template (base-<vmid>-...) the volume was cloned from",
+            name.escape_default()
+        ));
+    }
+    parse_volname(own).map_err(|e| invalid!("volume name '{}': {e}", name.escape_default()))?;
+    Ok((Some(base), own))
+}
+
 /// Split `storeid:volname` (or a bare volname).
 pub fn split_volid(s: &str) -> (Option<&str>, &str) {
     match s.split_once(':') {
@@ -343,6 +370,26 @@ mod tests {
         }
         let long = format!("vm-1-{}", "a".repeat(200));
         assert!(parse_volname(&long).unwrap_err().to_string().contains("at most"));
+    }
+
+    #[test]
+    fn clone_names_as_pve_knows_them() {
+        assert_eq!(pve_volname("vm-101-disk-0", Some("base-100-disk-0")), "base-100-disk-0/vm-101-disk-0");
+        assert_eq!(pve_volname("vm-101-disk-0", None), "vm-101-disk-0");
+        assert_eq!(split_pve_volname("base-100-disk-0/vm-101-disk-0").unwrap(), (Some("base-100-disk-0"), "vm-101-disk-0"));
+        assert_eq!(split_pve_volname("base-100-disk-0/base-101-disk-0").unwrap(), (Some("base-100-disk-0"), "base-101-disk-0"));
+        assert_eq!(split_pve_volname("vm-101-disk-0").unwrap(), (None, "vm-101-disk-0"));
+        for (bad, want) in [
+            ("vm-100-disk-0/vm-101-disk-0", "must be the template"),
+            ("base-100-disk-0/vm-101-disk-0/x", "path character"),
+            ("base-100-disk-0/", "volume name is empty"),
+            ("/vm-101-disk-0", "volume name is empty"),
+            ("base-100-disk-0/../x", "path character"),
+        ] {
+            let e = split_pve_volname(bad).unwrap_err();
+            assert_eq!(e.kind(), "invalid-input");
+            assert!(e.to_string().contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

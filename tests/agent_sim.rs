@@ -115,6 +115,35 @@ fn agents_create_grow_and_delete_a_volume() {
     assert!(lab.sim("a").configured().unwrap().is_empty());
 }
 
+/// Issue 16: a storage's resync settings (`storages/<sid>.json`, recorded by activate_storage
+/// from `drbdpool-resync-rate-*`) reach every replica of its volumes: a change is applied at the
+/// next pass (resource file rewritten, DRBD adjusted), without a change of the volume.
+#[test]
+fn resync_settings_reach_every_replica() {
+    if !can_loop() {
+        return;
+    }
+    use drbdpool::store::docs::{Resync, StorageDoc};
+    let lab = Lab::new(&["a", "b"]);
+    let vol = lab.volume("dp-rs", &["a", "b"], 1024);
+    lab.store.put_volume(&vol).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local("b"));
+    passes(&mut [&mut a, &mut b], 3);
+    for n in ["a", "b"] {
+        assert_eq!(lab.sim(n).resync_of("dp-rs").unwrap(), Some(Resync::default()), "{n}: the defaults without a storage document");
+    }
+    let capped = Resync { max_kib: 50 * 1024, min_kib: 10 * 1024 };
+    lab.store.put_storage_doc(&StorageDoc { format: 1, storeid: vol.storeid.clone(), resync: capped }).unwrap();
+    passes(&mut [&mut a, &mut b], 1);
+    for n in ["a", "b"] {
+        assert_eq!(lab.sim(n).resync_of("dp-rs").unwrap(), Some(capped), "{n}: applied at the next pass");
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes["dp-rs"];
+        assert!(o.ready && o.error.is_none() && o.disk == "UpToDate", "{n}: {o:?}");
+    }
+    assert_eq!(lab.store.volume(&vol.storeid, &vol.volname).unwrap().unwrap().generation, vol.generation, "the volume did not change");
+}
+
 #[test]
 fn one_failing_volume_does_not_stop_the_others_and_orphans_go_down() {
     if !can_loop() {
@@ -144,6 +173,7 @@ fn one_failing_volume_does_not_stop_the_others_and_orphans_go_down() {
         thin: true,
         dual_primary: false,
         handler_store: None,
+        resync: Default::default(),
     })
     .unwrap();
 

@@ -256,7 +256,7 @@ fn linked_clone_of_a_template_on_two_nodes() {
 
     let b_agent = Bg::spawn(ab);
     let r = ok(call(&a, &lab.store, "clone", json!({"volname": "base-100-disk-0", "vmid": 102})));
-    assert_eq!(r, json!({"volname": "vm-102-disk-0"}));
+    assert_eq!(r, json!({"volname": "base-100-disk-0/vm-102-disk-0"}));
     let cl = lab.store.volume("pool1", "vm-102-disk-0").unwrap().unwrap();
     assert_eq!((cl.parent.as_deref(), cl.state), (Some("base-100-disk-0"), VolumeState::Ready));
     assert_ne!(cl.resource, base_res);

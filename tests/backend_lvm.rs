@@ -100,6 +100,37 @@ fn lvmthin_space_is_the_pools_like_proxmox() {
     assert_eq!(s.avail, s.total - s.used);
 }
 
+/// `used` in list/size (issue 16): each thin LV's lv_size * data_percent from one `lvs`, the
+/// same call as `space`; LVs of other pools and names not asked for are left out.
+#[test]
+fn lvmthin_allocation_per_volume_from_one_lvs() {
+    let r = RecordingRunner::new();
+    let lvs = LVS
+        .replace(
+            r#"{"lv_name":"vm-100-disk-0", "vg_name":"vg0", "lv_attr":"Vwi-a-tz--", "lv_size":"268435456B", "pool_lv":"pool", "data_percent":"0.00""#,
+            r#"{"lv_name":"vm-100-disk-0", "vg_name":"vg0", "lv_attr":"Vwi-a-tz--", "lv_size":"268435456B", "pool_lv":"pool", "data_percent":"12.50""#,
+        )
+        .replace(
+            r#"{"lv_name":"[lvol0_pmspare]""#,
+            r#"{"lv_name":"vm-200-disk-0", "vg_name":"vg0", "lv_attr":"Vwi-a-tz--", "lv_size":"268435456B", "pool_lv":"otherpool", "data_percent":"50.00", "metadata_percent":"", "lv_path":"/dev/vg0/vm-200-disk-0", "lv_dm_path":""},
+                  {"lv_name":"[lvol0_pmspare]""#,
+        );
+    assert!(lvs.contains("12.50") && lvs.contains("otherpool"), "fixture shape changed");
+    r.on(&["lvs"], Output::ok(lvs));
+    let a = thin(&r).allocated(&["vm-100-disk-0", "vm-200-disk-0", "vm-300-disk-0"]).unwrap();
+    assert_eq!(a.into_iter().collect::<Vec<_>>(), vec![("vm-100-disk-0".to_string(), 268435456 / 8)]);
+    assert_eq!(r.calls(), vec![lvs_argv()], "one lvs for all volumes");
+    // What the agent runs every 10 s: the pool's space and the volumes' allocation, one lvs.
+    r.clear();
+    let (space, a) = thin(&r).space_and_allocated(&["vm-100-disk-0"]).unwrap();
+    assert_eq!((space.total, a["vm-100-disk-0"]), (1073741824, 268435456 / 8));
+    assert_eq!(r.calls(), vec![lvs_argv()], "space and allocation from one lvs");
+    // Thick LVs allocate everything: no figures (the caller reports the size).
+    let r = RecordingRunner::new();
+    assert!(thick(&r).allocated(&["vm-100-disk-0"]).unwrap().is_empty());
+    assert!(r.calls().is_empty());
+}
+
 #[test]
 fn lvmthin_resize_grows_only() {
     let r = RecordingRunner::new();

@@ -96,10 +96,19 @@ fn node_commands_and_status() {
     assert!(out.contains("\"(hidden)\"") && out.contains("/dev/drbd1000"), "{out}");
     let (rc, _, _) = run(p, &["volume", "show", "dp:vm-9-disk-0"]);
     assert_eq!(rc, 3);
+    // A linked clone by the name PVE shows (`qm config`): <base>/<name>; a wrong base is not it.
+    assert!(call(&c, "create_base", "dp", json!({"volname": "vm-100-disk-0"})).ok);
+    let cl = call(&c, "clone", "dp", json!({"volname": "base-100-disk-0", "vmid": 101}));
+    assert_eq!(cl.result.unwrap()["volname"], "base-100-disk-0/vm-101-disk-0");
+    let (rc, out, err) = run(p, &["volume", "show", "dp:base-100-disk-0/vm-101-disk-0"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("\"parent\": \"base-100-disk-0\""), "{out}");
+    assert_eq!(run(p, &["volume", "show", "dp:base-7-disk-0/vm-101-disk-0"]).0, 3);
+    assert!(call(&c, "free", "dp", json!({"volname": "base-100-disk-0/vm-101-disk-0"})).ok);
     let (rc, out, _) = run(p, &["volume", "list", "--json"]);
     assert_eq!(rc, 0);
     assert!(out.contains("dp.vm-100-disk-0"));
-    assert!(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})).ok);
+    assert!(call(&c, "free", "dp", json!({"volname": "base-100-disk-0"})).ok);
     assert_eq!(run(p, &["node", "remove", "pve2"]).0, 0);
     assert_eq!(run(p, &["node", "remove", "pve2"]).0, 3);
 }

@@ -238,7 +238,7 @@ fn rename_and_create_base_move_the_document() {
     assert_eq!(k, "invalid-input");
     // Linked clone of the template: same replica nodes, parent recorded, ready.
     let r = ok(call(&c, "clone", "dp", json!({"volname": "base-101-disk-0", "vmid": 102})));
-    assert_eq!(r["volname"], "vm-102-disk-0");
+    assert_eq!(r["volname"], "base-101-disk-0/vm-102-disk-0", "PVE's name of a linked clone carries its base");
     let base = s.volume("dp", "base-101-disk-0").unwrap().unwrap();
     let cl = s.volume("dp", "vm-102-disk-0").unwrap().unwrap();
     assert_eq!((cl.parent.as_deref(), cl.state, cl.size_kib, cl.base), (Some("base-101-disk-0"), drbdpool::store::docs::VolumeState::Ready, base.size_kib, false));
@@ -258,6 +258,143 @@ fn rename_and_create_base_move_the_document() {
     assert_eq!(k, "refused");
     assert!(m.contains("pve1: Outdated"), "{m}");
     assert!(s.volume("dp", "vm-103-disk-0").unwrap().is_none());
+}
+
+/// Issue 16: a template with linked clones cannot be freed. PVE's own check needs the
+/// clone's volid to carry the base (`base-…/vm-…`); the helper refuses as well, for
+/// clones PVE cannot see (listed by their own name before issue 16).
+#[test]
+fn base_with_clones_is_not_freed_and_clones_go_by_pve_names() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    assert_eq!(ok(call(&c, "create_base", "dp", json!({"volname": "vm-100-disk-0"})))["volname"], "base-100-disk-0");
+    let cl = ok(call(&c, "clone", "dp", json!({"volname": "base-100-disk-0", "vmid": 101})))["volname"].as_str().unwrap().to_string();
+    assert_eq!(cl, "base-100-disk-0/vm-101-disk-0");
+    // list: the volid PVE parses; vollist filters by it.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let l = ok(call(&c, "list", "dp", json!({})));
+    let volids: Vec<&str> = l["volumes"].as_array().unwrap().iter().map(|v| v["volid"].as_str().unwrap()).collect();
+    assert_eq!(volids, ["dp:base-100-disk-0", "dp:base-100-disk-0/vm-101-disk-0"]);
+    assert_eq!(l["volumes"][1]["parent"], "base-100-disk-0");
+    let l = ok(call(&c, "list", "dp", json!({"vollist": ["dp:base-100-disk-0/vm-101-disk-0"]})));
+    assert_eq!(l["volumes"].as_array().unwrap().len(), 1);
+    let l = ok(call(&c, "list", "dp", json!({"nodes": true})));
+    assert_eq!(l["volumes"][1]["volid"], "dp:base-100-disk-0/vm-101-disk-0");
+    // Every method takes PVE's name; the clone's own name works too (clones of 0.1.0).
+    for name in ["base-100-disk-0/vm-101-disk-0", "vm-101-disk-0"] {
+        let sz = ok(call(&c, "size", "dp", json!({"volname": name})));
+        assert_eq!(sz["parent"], "base-100-disk-0", "{name}");
+        ok(call(&c, "path", "dp", json!({"volname": name})));
+    }
+    // A wrong base is not this volume; a base part that is no template is invalid.
+    let (k, m) = err(call(&c, "path", "dp", json!({"volname": "base-999-disk-0/vm-101-disk-0"})));
+    assert_eq!(k, "not-found");
+    assert!(m.contains("a linked clone of base-100-disk-0, not of base-999-disk-0"), "{m}");
+    let (k, _) = err(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0/vm-101-disk-0"})));
+    assert_eq!(k, "invalid-input");
+    // The base: refused while its clone exists, nothing changed.
+    let before = s.volume("dp", "base-100-disk-0").unwrap().unwrap();
+    let (k, m) = err(call(&c, "free", "dp", json!({"volname": "base-100-disk-0", "is_base": true})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("still in use by linked clones (dp:base-100-disk-0/vm-101-disk-0)"), "{m}");
+    assert_eq!(s.volume("dp", "base-100-disk-0").unwrap().unwrap(), before, "refused: nothing changed");
+    // Reassigned to another guest (rename): still a clone of the base, named so.
+    let r = ok(call(&c, "rename", "dp", json!({"volname": "base-100-disk-0/vm-101-disk-0", "target_vmid": 105})));
+    assert_eq!(r["volname"], "base-100-disk-0/vm-105-disk-0");
+    let r = ok(call(&c, "rename", "dp", json!({"volname": "base-100-disk-0/vm-105-disk-0", "target_vmid": 101, "target_volname": "base-100-disk-0/vm-101-disk-0"})));
+    assert_eq!(r["volname"], "base-100-disk-0/vm-101-disk-0");
+    // The clone goes by PVE's name; then the base can go.
+    ok(call(&c, "free", "dp", json!({"volname": "base-100-disk-0/vm-101-disk-0"})));
+    assert!(s.volume("dp", "vm-101-disk-0").unwrap().is_none());
+    ok(call(&c, "free", "dp", json!({"volname": "base-100-disk-0", "is_base": true})));
+    assert!(s.volume("dp", "base-100-disk-0").unwrap().is_none());
+}
+
+/// Issue 16: `used` is the thin allocation the agents measured (usage/<node>.json), this
+/// node's own where it holds a replica; list and size run no tool and touch no backend.
+#[test]
+fn list_and_size_report_the_measured_allocation_as_used() {
+    use drbdpool::store::docs::NodeUsage;
+    let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    let mib = 1024 * 1024;
+    for vmid in [100, 101, 102] {
+        ok(call(&c, "alloc", "dp", json!({"vmid": vmid, "size_kib": 64 * 1024})));
+    }
+    let usage = |node: &str, vols: &[(&str, u64)]| NodeUsage {
+        format: 1,
+        node: node.into(),
+        updated: now(),
+        storages: [("dp".to_string(), vols.iter().map(|(v, b)| (v.to_string(), *b)).collect())].into(),
+    };
+    // Before any agent measured: the size, as before.
+    let used = |c: &drbdpool::protocol::Ctx| -> Vec<u64> {
+        let l = ok(call(c, "list", "dp", json!({})));
+        l["volumes"].as_array().unwrap().iter().map(|v| v["used"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(used(&c), [64 * mib; 3]);
+    // pve1 (this node) and pve2 measured; vm-101 only pve2 has; vm-102 nobody.
+    s.put_node_usage(&usage("pve1", &[("vm-100-disk-0", 3 * mib)])).unwrap();
+    s.put_node_usage(&usage("pve2", &[("vm-100-disk-0", 60 * mib), ("vm-101-disk-0", 5 * mib), ("vm-101-disk-0x", 1)])).unwrap();
+    s.put_node_usage(&usage("pve3", &[("vm-101-disk-0", 7 * mib), ("vm-102-disk-0", 65 * mib)])).unwrap();
+    let calls_before = n.calls();
+    assert_eq!(used(&c), [3 * mib, 7 * mib, 64 * mib], "own figure first, else the largest published, never above the size");
+    assert_eq!(n.calls(), calls_before, "list ran nothing on the node");
+    let sz = ok(call(&c, "size", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!((sz["size"].as_u64(), sz["used"].as_u64()), (Some(64 * mib), Some(3 * mib)));
+    let l = ok(call(&c, "list", "dp", json!({"nodes": true, "vmid": 101})));
+    assert_eq!(l["volumes"][0]["used"], 7 * mib);
+    // Seen from pve2: its own figure.
+    let n2 = FakeNode::quiet("pve2", &s);
+    let c2 = ctx(&s, &n2, 3000);
+    assert_eq!(used(&c2)[0], 60 * mib);
+}
+
+/// Issue 16: activate_storage records the storage's resync settings for the agents (only on a
+/// change); a bad value is refused by alloc (nothing made) and never fails an activation.
+#[test]
+fn resync_properties_are_recorded_and_bad_ones_change_nothing() {
+    use drbdpool::store::docs::Resync;
+    let (_d, s) = store_with_nodes(&["pve1", "pve2"]);
+    let _a = FakeAgents::spawn(&s, &["pve2"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    let with = |extra: serde_json::Value| {
+        let mut m = scfg();
+        m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        m
+    };
+    let run = |method: &str, scfg: serde_json::Value, args: serde_json::Value| {
+        let req = json!({"version": 1, "storeid": "dp", "node": "pve1", "scfg": scfg, "args": args});
+        drbdpool::protocol::handle(&c, method, req.to_string().as_bytes())
+    };
+    ok(run("activate_storage", scfg(), json!({})));
+    assert_eq!(s.storage_doc("dp").unwrap().unwrap().resync, Resync::default());
+    let p = s.root().join("storages/dp.json");
+    let m0 = std::fs::metadata(&p).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    ok(run("activate_storage", scfg(), json!({})));
+    assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), m0, "unchanged settings are not rewritten");
+    let capped = with(json!({"drbdpool-resync-rate-max": "110M", "drbdpool-resync-rate-min": "20M"}));
+    ok(run("activate_storage", capped.clone(), json!({})));
+    let want = Resync { max_kib: 110 * 1024, min_kib: 20 * 1024 };
+    assert_eq!(s.storage_doc("dp").unwrap().unwrap().resync, want);
+    // A bad value (hand-edited storage.cfg): activation still works, the recorded settings stay.
+    let bad = with(json!({"drbdpool-resync-rate-max": "100MB"}));
+    ok(run("activate_storage", bad.clone(), json!({})));
+    assert_eq!(s.storage_doc("dp").unwrap().unwrap().resync, want);
+    // ... and no new volume is made under it.
+    let r = run("alloc", bad, json!({"vmid": 100, "size_kib": 1024}));
+    let (k, m) = err(r);
+    assert_eq!(k, "invalid-input");
+    assert!(m.contains("drbdpool-resync-rate-max '100MB' is not a rate"), "{m}");
+    assert!(s.volume_names("dp").unwrap().is_empty(), "nothing allocated");
+    ok(run("alloc", capped, json!({"vmid": 100, "size_kib": 1024})));
 }
 
 #[test]

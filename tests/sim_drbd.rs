@@ -43,6 +43,7 @@ impl World {
             thin: true,
             dual_primary: false,
             handler_store: None,
+            resync: Default::default(),
         }
     }
 }

@@ -172,7 +172,8 @@ my @listed = (
     { volid => 'dpool:vm-100-disk-0', format => 'raw', size => 4294967296, vmid => 100, ctime => 1700000000 },
     { volid => 'dpool:vm-101-disk-0', format => 'raw', size => 1073741824, vmid => 101 },
     { volid => 'dpool:base-102-disk-0', format => 'raw', size => 1073741824, vmid => 102 },
-    { volid => 'dpool:vm-103-disk-0', format => 'raw', size => 1073741824, vmid => 103, parent => 'base-102-disk-0' },
+    # a linked clone: named <base>/<name> as PVE's ZFS and RBD plugins do
+    { volid => 'dpool:base-102-disk-0/vm-103-disk-0', format => 'raw', size => 1073741824, vmid => 103, parent => 'base-102-disk-0' },
 );
 set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => \@listed } });
 ($c, @r) = one_call('list_images all', sub { $P->list_images('dpool', $scfg, undef, undef, {}) });
@@ -183,12 +184,17 @@ ok(taint_free($r[0]), 'list_images untainted');
 is($c->{request}->{args}->{vmid}, 101, 'vmid filter sent');
 is_deeply([map { $_->{volid} } @{ $r[0] }], ['dpool:vm-101-disk-0'], 'filtered by vmid (also in Perl)');
 ($c, @r) = one_call('list_images vollist', sub {
-    $P->list_images('dpool', $scfg, undef, ['dpool:vm-103-disk-0', 'other:vm-100-disk-0'], {}) });
-is_deeply($c->{request}->{args}->{vollist}, ['dpool:vm-103-disk-0'], 'vollist: the volids of this storage');
-is_deeply([map { $_->{volid} } @{ $r[0] }], ['dpool:vm-103-disk-0'], 'filtered by vollist');
+    $P->list_images('dpool', $scfg, undef, ['dpool:base-102-disk-0/vm-103-disk-0', 'other:vm-100-disk-0'], {}) });
+is_deeply($c->{request}->{args}->{vollist}, ['dpool:base-102-disk-0/vm-103-disk-0'], 'vollist: the volids of this storage');
+is_deeply([map { $_->{volid} } @{ $r[0] }], ['dpool:base-102-disk-0/vm-103-disk-0'], 'filtered by vollist');
 clear_calls($dir);
 eval { PVE::Storage::vdisk_free($cfg, 'dpool:base-102-disk-0') };
-like($@, qr/still in use by linked clones/, 'vdisk_free of a used base refused by PVE');
+like($@, qr/base volume 'base-102-disk-0' is still in use by linked clones/, 'vdisk_free of a used base refused by PVE');
+ok(!grep({ $_->{argv}->[1] eq 'free' } @{ calls($dir) }), '... before the helper is asked to free it');
+clear_calls($dir);
+eval { PVE::Storage::vdisk_free($cfg, 'dpool:base-100-disk-0') };
+is($@, '', 'vdisk_free of a base without clones goes ahead');
+is(scalar(grep { $_->{argv}->[1] eq 'free' } @{ calls($dir) }), 1, '... and the helper frees it');
 set_reply($dir, 'list', { ok => JSON::PP::true, result => { volumes => [
     { volid => 'other:vm-100-disk-0', format => 'raw', size => 1, vmid => 100 } ] } });
 eval { $P->list_images('dpool', $scfg, undef, undef, {}) };
@@ -265,13 +271,29 @@ is($r[0], 'dpool:base-100-disk-0', 'vdisk_create_base result');
 clear_calls($dir);
 eval { $P->create_base('dpool', $scfg, 'base-100-disk-0') };
 like($@, qr/not possible with base image/, 'create_base of a base dies without a call');
-set_reply($dir, 'clone', { ok => JSON::PP::true, result => { volname => 'vm-200-disk-0' } });
+set_reply($dir, 'clone', { ok => JSON::PP::true, result => { volname => 'base-100-disk-0/vm-200-disk-0' } });
 ($c, @r) = one_call('clone_image', sub { PVE::Storage::vdisk_clone($cfg, 'dpool:base-100-disk-0', 200, undef) }, 'clone');
 is_deeply($c->{request}->{args}, { volname => 'base-100-disk-0', vmid => 200, snap => undef }, 'clone args');
-is($r[0], 'dpool:vm-200-disk-0', 'vdisk_clone result');
-set_reply($dir, 'clone', { ok => JSON::PP::true, result => { volname => 'vm-201-disk-0' } });
-eval { $P->clone_image($scfg, 'dpool', 'base-100-disk-0', 200) };
-like($@, qr/not owned by VM 200/, 'a clone for the wrong VM is refused');
+is($r[0], 'dpool:base-100-disk-0/vm-200-disk-0', 'vdisk_clone result: <base>/<name>');
+is_deeply([$P->parse_volname('base-100-disk-0/vm-200-disk-0')],
+    ['images', 'vm-200-disk-0', 200, 'base-100-disk-0', 100, '', 'raw'], 'parse_volname of a clone names its base');
+is_deeply([$P->parse_volname('base-100-disk-0/base-200-disk-0')],
+    ['images', 'base-200-disk-0', 200, 'base-100-disk-0', 100, 1, 'raw'], '... also when the clone became a template');
+is_deeply([$P->parse_volname('base-100-disk-0')], ['images', 'base-100-disk-0', 100, undef, undef, 1, 'raw'],
+    'parse_volname of a plain base');
+for my $bad ('vm-100-disk-0/vm-200-disk-0', 'base-100-disk-0/vm-200-disk-0/x', 'base-100-disk-0/', 'base-1-a/../vm-2-b') {
+    eval { $P->parse_volname($bad) };
+    like($@, qr/unable to parse drbdpool volume name|invalid volume name/, "parse_volname refuses '$bad'");
+}
+($c, @r) = one_call('path of a clone', sub { $P->path($scfg, 'base-100-disk-0/vm-200-disk-0', 'dpool') });
+is($c->{request}->{args}->{volname}, 'vm-200-disk-0', 'path asks for the clone by its own name');
+($c, @r) = one_call('free of a clone', sub { $P->free_image('dpool', $scfg, 'base-100-disk-0/vm-200-disk-0', 0) });
+is($c->{request}->{args}->{volname}, 'base-100-disk-0/vm-200-disk-0', 'free sends the name PVE knows (the helper checks the base)');
+for my $wrong ('vm-200-disk-0', 'base-100-disk-0/vm-201-disk-0') {
+    set_reply($dir, 'clone', { ok => JSON::PP::true, result => { volname => $wrong } });
+    eval { $P->clone_image($scfg, 'dpool', 'base-100-disk-0', 200) };
+    like($@, qr/not owned by VM 200/, "a clone reply '$wrong' is refused");
+}
 set_reply($dir, 'rename', { ok => JSON::PP::true, result => { volname => 'vm-300-disk-1' } });
 ($c, @r) = one_call('rename_volume', sub { $P->rename_volume($scfg, 'dpool', 'vm-100-disk-0', 300, undef) });
 is_deeply($c->{request}->{args}, { volname => 'vm-100-disk-0', target_vmid => 300, target_volname => undef },

@@ -14,6 +14,7 @@ use File::Temp qw(tempdir);
 use Cwd qw(realpath);
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
+use JSON::PP ();
 
 BEGIN { $ENV{PATH} = '/usr/sbin:/usr/bin:/sbin:/bin'; delete @ENV{qw(IFS CDPATH ENV BASH_ENV)}; }
 
@@ -327,6 +328,129 @@ subtest 'snapshot, snapshot device, rollback' => sub {
     }
     is($err, '', 'volume can be activated again after the rollback');
     lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$vm]) }) });
+};
+
+# --- used: the thin allocation the agents measure, not the size (issue 16) ------------------------------------------
+subtest 'used is the allocation' => sub {
+    my $v = lives('vdisk_alloc 32 MiB for VM 120', sub {
+        as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 120, 'raw', undef, 32 * 1024) }) });
+    # The file backend's image on each node is sparse: write 4 MiB into pve1's, as a guest would.
+    my $img = "$tmp/backing-pve1/dpool.vm-120-disk-0.img";
+    ok(-f $img, "pve1's backing image $img") or return;
+    open(my $fh, '+<', $img) or die "open $img: $!";
+    syswrite($fh, "\x5a" x (4 * $MiB)) == 4 * $MiB or die "write: $!";
+    close($fh);
+    my ($size, $used);
+    my $until = time() + 25; # the agents measure every 10 s
+    while (time() < $until) {
+        (undef, undef, $used) = as_node('pve1', sub { PVE::Storage::volume_size_info($cfg, $v, 5) });
+        last if $used >= 4 * $MiB && $used < 32 * $MiB;
+        sleep(0.5);
+    }
+    ($size, undef, $used) = as_node('pve1', sub { PVE::Storage::volume_size_info($cfg, $v, 5) });
+    is($size, 32 * $MiB, 'size: provisioned');
+    ok($used >= 4 * $MiB && $used < 8 * $MiB, "used on pve1: the 4 MiB written (+ DRBD metadata), got $used")
+        or diag(agent_logs());
+    my $list = as_node('pve1', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 120) });
+    is($list->{dpool}->[0]->{used}, $used, 'list reports the same used');
+    my $list2 = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 120) });
+    ok($list2->{dpool}->[0]->{used} < 4 * $MiB, 'pve2 reports its own replica (nothing written there)');
+    lives('vdisk_free', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $v) }) });
+};
+
+# --- template and linked clone: the base cannot go while the clone exists (issue 16) ---------------------------------
+# Also: the helper's routine INFO lines stay out of the task log (STDERR of the call).
+sub stderr_of {
+    my ($code) = @_;
+    open(my $saved, '>&', \*STDERR) or die "dup: $!";
+    open(STDERR, '>', "$tmp/stderr.txt") or die "redirect: $!";
+    my @r = eval { $code->() };
+    my $err = $@;
+    open(STDERR, '>&', $saved) or die "restore: $!";
+    open(my $fh, '<', "$tmp/stderr.txt") or die;
+    my $out = do { local $/; <$fh> } // '';
+    close($fh);
+    return ($out, $err, @r);
+}
+subtest 'template, linked clone, base in use' => sub {
+    my ($log, $err, $volid) = stderr_of(sub {
+        as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 110, 'raw', undef, 16 * 1024) }) });
+    is($err, '', 'vdisk_alloc for VM 110') or diag(agent_logs());
+    is($volid, 'dpool:vm-110-disk-0', '... its first disk');
+    unlike($log, qr/\bINFO\b|allocated dpool:/, "no routine INFO lines in the task log of an alloc (got: '$log')");
+    my $base = lives('vdisk_create_base', sub { as_node('pve1', sub { PVE::Storage::vdisk_create_base($cfg, $volid) }) });
+    is($base, 'dpool:base-110-disk-0', 'template');
+    # Right after the alloc pve2's agent may not have published its replica UpToDate yet.
+    my ($clone, $cerr);
+    my $until = time() + 20;
+    while (1) {
+        $clone = eval { as_node('pve1', sub { PVE::Storage::vdisk_clone($cfg, $base, 111) }) };
+        $cerr = $@;
+        last if !$cerr || $cerr !~ m/not identical on all its replicas/ || time() > $until;
+        sleep(0.5);
+    }
+    is($cerr, '', 'vdisk_clone for VM 111') or diag(agent_logs());
+    is($clone, 'dpool:base-110-disk-0/vm-111-disk-0', 'linked clone named <base>/<name>');
+    my $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 111) });
+    is_deeply([map { $_->{volid} } @{ $list->{dpool} }], [$clone], 'listed under that name');
+    is(PVE::Storage::volume_is_base_and_used($cfg, $base), 1, 'volume_is_base_and_used sees the clone');
+    eval { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $base) }) };
+    like($@, qr/base volume 'base-110-disk-0' is still in use by linked clones/, 'vdisk_free of the base: refused by PVE');
+    my $P = 'PVE::Storage::Custom::DRBDPoolPlugin';
+    eval { as_node('pve1', sub { $P->free_image('dpool', $cfg->{ids}->{dpool}, 'base-110-disk-0', 1, 'raw') }) };
+    like($@, qr/refused.*still in use by linked clones \(dpool:base-110-disk-0\/vm-111-disk-0\)/,
+        'free_image of the base straight to the helper: refused there too');
+    is(scalar(PVE::Storage::volume_size_info($cfg, $base, 5)), 16 * $MiB, 'the base is still there');
+    lives('vdisk_free of the clone', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $clone) }) });
+    lives('then vdisk_free of the base', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $base) }) });
+    $list = as_node('pve2', sub { PVE::Storage::vdisk_list($cfg, 'dpool', 110) });
+    is_deeply($list->{dpool}, [], 'both gone');
+};
+
+# --- resync speed: pvesm set drbdpool-resync-rate-max/-min reaches every replica (issue 16) ---------------------------
+subtest 'resync properties reach the replicas' => sub {
+    PVE::Storage::set_config_text(<<"CFG");
+drbdpool: dpool
+	drbdpool-backend file
+	drbdpool-dir $backing
+	content images,rootdir
+	drbdpool-replicas 2
+	nodes pve1,pve2
+	drbdpool-resync-rate-max 110M
+	drbdpool-resync-rate-min 20M
+CFG
+    $cfg = PVE::Storage::config();
+    # pvestatd's storage_info runs activate_storage, which records them for the agents.
+    as_node('pve2', sub { PVE::Storage::storage_info($cfg, 'images') });
+    my $want = { max_kib => 110 * 1024, min_kib => 20 * 1024 };
+    my %got;
+    my $until = time() + 15;
+    while (time() < $until) {
+        for my $n (qw(pve1 pve2)) {
+            open(my $fh, '<', "$tmp/sim/$n/dpool.vm-100-disk-0.json") or next;
+            my $r = eval { JSON::PP::decode_json(do { local $/; <$fh> }) };
+            $got{$n} = $r->{resync} if $r;
+        }
+        last if grep({ ($got{$_}->{max_kib} // 0) == $want->{max_kib} } qw(pve1 pve2)) == 2;
+        sleep(0.5);
+    }
+    is_deeply($got{$_}, $want, "$_ applied max 110M, min 20M to vm-100-disk-0") for qw(pve1 pve2);
+};
+
+# --- a wait that lasts shows progress in the task log, while it lasts (issue 16) -----------------------------------------
+subtest 'progress of a long wait' => sub {
+    kill('STOP', $agent{pve2}); # pve2's agent does not answer: the alloc waits for it
+    my ($log, $err);
+    {
+        local $ENV{DRBDPOOL_PEER_TIMEOUT_SECS} = 5;
+        ($log, $err) = stderr_of(sub {
+            as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 130, 'raw', undef, 16 * 1024) }) });
+    }
+    kill('CONT', $agent{pve2});
+    like($err, qr/pve2 did not report the new replica ready within 5s/, 'the alloc timed out on pve2');
+    like($log, qr/^drbdpool: still waiting for the replica of dpool:vm-130-disk-0 to be ready on pve2 \(\d+s so far, at most \d+s more\)$/m,
+        'the task log showed the wait');
+    unlike($log, qr/\bINFO\b/, '... and no routine INFO lines');
 };
 
 # --- destroy: refused while active, then gone ----------------------------------------------------------------------

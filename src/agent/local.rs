@@ -135,6 +135,7 @@ impl LocalNode {
                 let root = self.store.root().to_string_lossy().into_owned();
                 (root != crate::store::DEFAULT_ROOT).then_some(root)
             },
+            resync: self.resync_of(&vol.storeid),
         })
     }
 
@@ -225,6 +226,25 @@ impl LocalNode {
     /// Whether the backend reads zeroes where nothing was written (no initial sync needed).
     pub fn is_thin(&self, spec: &BackendSpec) -> Result<bool> {
         Ok(self.backend(spec)?.thin())
+    }
+
+    /// The resync settings of a storage (`storages/<storeid>.json`); DRBD's defaults
+    /// are not used: an unreadable or missing document gives drbdpool's (Resync::default).
+    pub fn resync_of(&self, storeid: &str) -> crate::store::docs::Resync {
+        match self.store.storage_doc(storeid) {
+            Ok(Some(d)) => d.resync,
+            Ok(None) => Default::default(),
+            Err(e) => {
+                tracing::warn!(storeid, error = %e, "cannot read the storage's resync settings; using the defaults");
+                Default::default()
+            }
+        }
+    }
+
+    /// The storage's space and the bytes allocated in the local backing devices `names`
+    /// (Backend::space_and_allocated: one `lvs` on lvmthin).
+    pub fn space_and_allocated(&self, spec: &BackendSpec, names: &[&str]) -> Result<(Space, std::collections::BTreeMap<String, u64>)> {
+        self.backend(spec)?.space_and_allocated(names)
     }
 }
 

@@ -8,7 +8,7 @@ use super::local::LocalNode;
 use crate::drbd::ResourceStatus;
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
-use crate::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
+use crate::store::docs::{NodeState, NodeUsage, Resync, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
 use crate::store::Store;
 
 /// A `creating` volume older than this has no alloc working on it any more (an
@@ -39,8 +39,11 @@ fn rollback_elsewhere(vol: &VolumeDoc, me: &str) -> Option<u64> {
 pub struct Agent {
     store: Store,
     local: LocalNode,
-    /// resource -> (generation, dual_primary) last ensured successfully by this process.
-    applied: HashMap<String, (u64, bool)>,
+    /// resource -> (generation, dual_primary, resync settings) last ensured successfully by
+    /// this process: a change of any of them rewrites the resource file and adjusts DRBD.
+    applied: HashMap<String, (u64, bool, Resync)>,
+    /// storeid -> resync settings (`storages/<storeid>.json`), read once per pass.
+    resync: HashMap<String, Resync>,
     /// Resources of deleting docs already removed here (saves backend lookups).
     removed: HashSet<String>,
     /// resource -> generation for which `drbdadm resize` was run (once per generation:
@@ -52,6 +55,22 @@ pub struct Agent {
     snap_missing: HashSet<(String, String)>,
     last: Option<NodeState>,
     space: Option<(std::time::Instant, BTreeSet<String>, BTreeMap<String, Space>)>,
+    /// The usage document last written (None: not yet this process).
+    last_usage: Option<NodeUsage>,
+}
+
+type Usage = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Allocation moves with every write: a change of more than 1 MiB plus 0.5 % of a volume's
+/// figure, or a volume added or gone, is worth a write to pmxcfs.
+fn usage_close(a: &Usage, b: &Usage) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(sid, x)| {
+            b.get(sid).is_some_and(|y| {
+                x.len() == y.len()
+                    && x.iter().all(|(v, p)| y.get(v).is_some_and(|q| p.abs_diff(*q) <= (1 << 20) + (*p).max(*q) / 200))
+            })
+        })
 }
 
 fn now() -> u64 {
@@ -72,7 +91,7 @@ fn storages_close(a: &BTreeMap<String, Space>, b: &BTreeMap<String, Space>) -> b
 
 impl Agent {
     pub fn new(store: Store, local: LocalNode) -> Agent {
-        Agent { store, local, applied: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None }
+        Agent { store, local, applied: HashMap::new(), resync: HashMap::new(), removed: HashSet::new(), resized: HashMap::new(), discarded: HashMap::new(), snap_missing: HashSet::new(), last: None, space: None, last_usage: None }
     }
 
     pub fn local(&self) -> &LocalNode {
@@ -111,6 +130,8 @@ impl Agent {
         }
         let (mut docs, complete) = self.read_docs()?;
         self.expire_creating(&mut docs);
+        let sids: BTreeSet<&str> = docs.iter().map(|v| v.storeid.as_str()).collect();
+        self.resync = sids.into_iter().map(|sid| (sid.to_string(), self.local.resync_of(sid))).collect();
         let states = self.store.node_states().unwrap_or_default();
         let mut status: BTreeMap<String, ResourceStatus> =
             self.local.replication().status()?.into_iter().map(|s| (s.name.clone(), s)).collect();
@@ -281,7 +302,7 @@ impl Agent {
             }
         }
         self.removed.remove(res);
-        let key = (vol.generation, vol.dual_primary.is_some());
+        let key = (vol.generation, vol.dual_primary.is_some(), self.resync.get(&vol.storeid).copied().unwrap_or_default());
         if self.applied.get(res) != Some(&key) || !status.contains_key(res) {
             self.applied.remove(res);
             self.local.ensure_replica(vol)?;
@@ -483,25 +504,55 @@ impl Agent {
                 return s.clone();
             }
         }
-        let out = self.measure(docs);
+        let (out, usage) = self.measure(docs);
         self.space = Some((std::time::Instant::now(), ids, out.clone()));
+        if let Err(e) = self.publish_usage(usage) {
+            tracing::warn!(error = %e, "cannot publish the volumes' allocation; `list` reports their full size meanwhile");
+        }
         out
     }
 
-    fn measure(&self, docs: &[VolumeDoc]) -> BTreeMap<String, Space> {
-        let mut out = BTreeMap::new();
+    fn publish_usage(&mut self, storages: Usage) -> Result<()> {
+        if self.last_usage.is_none() {
+            self.last_usage = self.store.node_usages()?.into_iter().find(|u| u.node == self.node());
+        }
+        if self.last_usage.as_ref().is_some_and(|u| usage_close(&u.storages, &storages)) {
+            return Ok(());
+        }
+        let u = NodeUsage { format: FORMAT, node: self.node().to_string(), updated: now(), storages };
+        self.store.put_node_usage(&u)?;
+        self.last_usage = Some(u);
+        Ok(())
+    }
+
+    /// Space per storage, and storeid -> volname -> bytes allocated here for every volume
+    /// with a replica here (not being removed): one backend listing per storage (lvmthin:
+    /// one `lvs` answers both).
+    fn measure(&self, docs: &[VolumeDoc]) -> (BTreeMap<String, Space>, Usage) {
+        let me = self.node();
+        let mut by_sid: BTreeMap<&str, (&VolumeDoc, Vec<&VolumeDoc>)> = BTreeMap::new();
         for v in docs {
-            if out.contains_key(&v.storeid) {
-                continue;
-            }
-            match self.local.space(&v.backend) {
-                Ok(s) => {
-                    out.insert(v.storeid.clone(), s);
-                }
-                Err(e) => tracing::debug!(storeid = %v.storeid, error = %e, "no space figures for this storage here"),
+            let e = by_sid.entry(v.storeid.as_str()).or_insert((v, Vec::new()));
+            if v.replica(me).is_some() && v.state != VolumeState::Deleting {
+                e.1.push(v);
             }
         }
-        out
+        let (mut space, mut usage) = (BTreeMap::new(), Usage::new());
+        for (sid, (first, mine)) in by_sid {
+            let names: Vec<&str> = mine.iter().map(|v| v.resource.as_str()).collect();
+            match self.local.space_and_allocated(&first.backend, &names) {
+                Ok((s, a)) => {
+                    space.insert(sid.to_string(), s);
+                    let m: BTreeMap<String, u64> =
+                        mine.iter().filter_map(|v| a.get(&v.resource).map(|b| (v.volname.clone(), *b))).collect();
+                    if !m.is_empty() {
+                        usage.insert(sid.to_string(), m);
+                    }
+                }
+                Err(e) => tracing::debug!(storeid = %sid, error = %e, "no space figures for this storage here"),
+            }
+        }
+        (space, usage)
     }
 
     /// Write the NodeState only when its content changed, or for the heartbeat.

@@ -213,6 +213,24 @@ impl Backend for FileBackend {
         Ok(Space { total, avail, used })
     }
 
+    /// Blocks the sparse image files hold (st_blocks * 512).
+    fn allocated(&self, names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = std::collections::BTreeMap::new();
+        for n in names {
+            check_name(n)?;
+            let img = self.image(n);
+            match fs::metadata(&img) {
+                Ok(m) => {
+                    out.insert(n.to_string(), m.blocks() * 512);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("stat", &img, e)),
+            }
+        }
+        Ok(out)
+    }
+
     fn thin(&self) -> bool {
         true
     }

@@ -42,6 +42,28 @@ impl LvmThin {
         }
     }
 
+    fn space_in(&self, rows: &[r::Row]) -> Result<Space> {
+        let pool = self.pool_row(rows)?;
+        let total = r::bytes(&pool["lv_size"])?;
+        let pct = r::percent(pool.get("data_percent").map(String::as_str).unwrap_or(""))?;
+        let used = ((total as f64) * pct / 100.0) as u64;
+        Ok(Space { total, avail: total.saturating_sub(used), used })
+    }
+
+    fn allocated_in(&self, rows: &[r::Row], names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for n in names {
+            let Some(row) = r::find(rows, n) else { continue };
+            if row.get("pool_lv").map(String::as_str) != Some(self.pool.as_str()) {
+                continue;
+            }
+            let size = r::bytes(row.get("lv_size").map(String::as_str).unwrap_or(""))?;
+            let pct = r::percent(row.get("data_percent").map(String::as_str).unwrap_or(""))?;
+            out.insert(n.to_string(), ((size as f64) * pct / 100.0) as u64);
+        }
+        Ok(out)
+    }
+
     fn lookup_in(&self, rows: &[r::Row], name: &str) -> Result<Option<Backing>> {
         r::find(rows, name).map(|row| r::backing_of(row, &self.vg, name)).transpose()
     }
@@ -109,12 +131,20 @@ impl Backend for LvmThin {
 
     fn space(&self) -> Result<Space> {
         let rows = r::lvs(&*self.runner, &self.vg)?;
-        let pool = self.pool_row(&rows)?;
-        let total = r::bytes(&pool["lv_size"])?;
-        let pct = r::percent(pool.get("data_percent").map(String::as_str).unwrap_or(""))?;
-        let used = ((total as f64) * pct / 100.0) as u64;
-        Ok(Space { total, avail: total.saturating_sub(used), used })
+        self.space_in(&rows)
     }
+
+    /// lv_size * data_percent / 100 of each thin LV of this pool (the pool's own rule, as in `space`).
+    fn allocated(&self, names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        self.allocated_in(&rows, names)
+    }
+
+    fn space_and_allocated(&self, names: &[&str]) -> Result<(Space, std::collections::BTreeMap<String, u64>)> {
+        let rows = r::lvs(&*self.runner, &self.vg)?;
+        Ok((self.space_in(&rows)?, self.allocated_in(&rows, names)?))
+    }
+
 
     fn thin(&self) -> bool {
         true

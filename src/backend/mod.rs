@@ -34,6 +34,17 @@ pub trait Backend: Send + Sync {
     fn resize(&self, name: &str, size_kib: u64) -> Result<Backing>;
     fn lookup(&self, name: &str) -> Result<Option<Backing>>;
     fn space(&self) -> Result<Space>;
+    /// Bytes actually allocated in the backing devices `names` (thin allocation), from one
+    /// listing of the backend (lvmthin: the same `lvs` as `space`). Names the backend does
+    /// not hold are left out. Default (thick): nothing, the caller counts the full size.
+    fn allocated(&self, names: &[&str]) -> Result<std::collections::BTreeMap<String, u64>> {
+        let _ = names;
+        Ok(Default::default())
+    }
+    /// `space` and `allocated` together; lvmthin answers both from one `lvs`.
+    fn space_and_allocated(&self, names: &[&str]) -> Result<(Space, std::collections::BTreeMap<String, u64>)> {
+        Ok((self.space()?, self.allocated(names)?))
+    }
     /// Thin backends read zeroes where nothing was written: no initial sync is needed.
     fn thin(&self) -> bool;
     /// Snapshots (None from backends that cannot).

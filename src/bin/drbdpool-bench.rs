@@ -246,6 +246,7 @@ fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Re
                     thin: true,
                     dual_primary: false,
                     handler_store: Some(store_dir.to_string_lossy().into_owned()),
+                    resync: Default::default(),
                 };
                 sims[&r.node].apply(&plan)?;
             }

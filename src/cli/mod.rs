@@ -229,7 +229,8 @@ pub fn volume_list(store: &Store, as_json: bool) -> Result<String> {
 /// `storeid:volname`, or a bare volname found in exactly one storage.
 pub fn find_volume(store: &Store, id: &str) -> Result<VolumeDoc> {
     let (sid, vol) = naming::split_volid(id);
-    naming::parse_volname(vol)?;
+    // PVE's name of a linked clone (`<base>/<name>`, as in `qm config`) or its own name.
+    let (base, vol) = naming::split_pve_volname(vol)?;
     let sids = match sid {
         Some(s) => {
             naming::check_storeid(s)?;
@@ -240,7 +241,9 @@ pub fn find_volume(store: &Store, id: &str) -> Result<VolumeDoc> {
     let mut found = Vec::new();
     for s in sids {
         if let Some(d) = store.volume(&s, vol)? {
-            found.push(d);
+            if base.is_none_or(|b| d.parent.as_deref() == Some(b)) {
+                found.push(d);
+            }
         }
     }
     match found.len() {

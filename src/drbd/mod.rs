@@ -30,6 +30,9 @@ pub struct ResourcePlan {
     /// The cluster store the DRBD handlers (fence-peer, unfence) must use when it is not the
     /// default /etc/pve/priv/drbdpool: DRBD runs them without our environment.
     pub handler_store: Option<String>,
+    /// Resync speed (the storage's `drbdpool-resync-rate-*`): rendered as DRBD's dynamic
+    /// resync controller settings (render.rs).
+    pub resync: crate::store::docs::Resync,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

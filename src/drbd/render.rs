@@ -161,6 +161,23 @@ fn address(h: &PlanHost, port: u16) -> String {
     }
 }
 
+/// c-plan-ahead: the dynamic resync controller on, planning 2 s ahead (DRBD's default).
+pub const C_PLAN_AHEAD: u32 = 20;
+/// c-fill-target: resync data kept in flight. DRBD's default (100 sectors, 50 KiB) is less than
+/// one round trip of a 1 GbE link with a busy peer; 1 MiB lets the controller reach link speed
+/// without queueing much ahead of the guests' writes on the same connection.
+pub const C_FILL_TARGET: &str = "1M";
+
+/// The resync controller lines of a `disk` section (8.4 and 9 spell them the same).
+fn resync_lines(out: &mut String, p: &ResourcePlan) {
+    let _ = writeln!(out, "        c-plan-ahead {C_PLAN_AHEAD};");
+    let _ = writeln!(out, "        c-fill-target {C_FILL_TARGET};");
+    let _ = writeln!(out, "        c-max-rate {}k;", p.resync.max_kib);
+    let _ = writeln!(out, "        c-min-rate {}k;", p.resync.min_kib);
+    // Used only if the controller were off (c-plan-ahead 0): the same cap.
+    let _ = writeln!(out, "        resync-rate {}k;", p.resync.max_kib);
+}
+
 fn net_common(out: &mut String, p: &ResourcePlan) {
     out.push_str("        protocol C;\n");
     out.push_str("        cram-hmac-alg sha256;\n");
@@ -185,6 +202,9 @@ fn render_v9(p: &ResourcePlan) -> String {
     }
     o.push_str("    disk {\n");
     disk_options(&mut o, p);
+    if p.hosts.len() >= 2 {
+        resync_lines(&mut o, p);
+    }
     o.push_str("    }\n");
     o.push_str("    net {\n");
     net_common(&mut o, p);
@@ -238,6 +258,9 @@ fn render_v84(p: &ResourcePlan) -> String {
         o.push_str("        fencing resource-and-stonith;\n");
     }
     disk_options(&mut o, p);
+    if two_node {
+        resync_lines(&mut o, p);
+    }
     o.push_str("    }\n");
     o.push_str("    net {\n");
     net_common(&mut o, p);
@@ -284,6 +307,7 @@ pub(crate) mod tests {
             thin: true,
             dual_primary: false,
             handler_store: None,
+            resync: crate::store::docs::Resync::default(),
         }
     }
 
@@ -301,6 +325,11 @@ resource "vm-100-disk-0" {
         al-updates yes;
         rs-discard-granularity 65536;
         discard-zeroes-if-aligned yes;
+        c-plan-ahead 20;
+        c-fill-target 1M;
+        c-max-rate 4194304k;
+        c-min-rate 0k;
+        resync-rate 4194304k;
     }
     net {
         protocol C;
@@ -365,6 +394,11 @@ resource "vm-100-disk-0" {
         al-updates yes;
         rs-discard-granularity 65536;
         discard-zeroes-if-aligned yes;
+        c-plan-ahead 20;
+        c-fill-target 1M;
+        c-max-rate 4194304k;
+        c-min-rate 0k;
+        resync-rate 4194304k;
     }
     net {
         protocol C;
@@ -396,6 +430,23 @@ resource "vm-100-disk-0" {
         ] {
             assert!(dump.contains(k), "fixture changed: {k}");
         }
+    }
+
+    #[test]
+    fn resync_settings_follow_the_plan() {
+        let mut p = plan(2);
+        p.resync = crate::store::docs::Resync { max_kib: 110 * 1024, min_kib: 20 * 1024 };
+        for f in [Flavor::V9, Flavor::V84] {
+            let got = render(&p, f).unwrap();
+            assert!(
+                got.contains("        c-max-rate 112640k;\n        c-min-rate 20480k;\n        resync-rate 112640k;\n"),
+                "{f:?}: {got}"
+            );
+            assert_eq!(got.matches("    disk {").count(), 1, "{f:?}: one disk section");
+        }
+        // Three nodes (DRBD 9): the same settings; one node has no peer to sync with.
+        assert!(render(&plan(3), Flavor::V9).unwrap().contains("c-plan-ahead 20;"));
+        assert!(!render(&plan(1), Flavor::V9).unwrap().contains("c-plan-ahead"));
     }
 
     #[test]

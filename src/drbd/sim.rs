@@ -111,6 +111,9 @@ struct SimRes {
     /// Connected, with this peer disk (DRBD 8.4 until the ping timeout; see `crash_on_skip`).
     #[serde(default)]
     believed: BTreeMap<String, String>,
+    /// The resync settings of the plan last applied (what a resource file would say).
+    #[serde(default)]
+    resync: crate::store::docs::Resync,
 }
 
 impl SimRes {
@@ -381,6 +384,11 @@ impl SimDrbd {
     }
 
     /// Test hook: a guest opens (true) or closes the device.
+    /// The resync settings this node last applied to `res` (tests).
+    pub fn resync_of(&self, res: &str) -> Result<Option<crate::store::docs::Resync>> {
+        Ok(self.load(&self.node, res)?.map(|r| r.resync))
+    }
+
     pub fn set_open(&self, res: &str, open: bool) -> Result<()> {
         self.with_world(res, |w| {
             let me = w.get_mut(&self.node).filter(|r| r.up).ok_or_else(|| Error::NotFound(format!("{res}: not up")))?;
@@ -519,6 +527,7 @@ impl Replication for SimDrbd {
                     || p.hosts != hosts
                     || p.dual_primary != plan.dual_primary
                     || p.want_size_kib != plan.size_kib
+                    || p.resync != plan.resync
             });
             applied.changed_config = config_changed;
             if prev.as_ref().is_none_or(|p| !p.up || p.backing != plan.backing) {
@@ -543,6 +552,7 @@ impl Replication for SimDrbd {
             r.hosts = hosts;
             r.dual_primary = plan.dual_primary;
             r.want_size_kib = plan.size_kib;
+            r.resync = plan.resync;
             r.up = true;
             if !plan.dual_primary && r.role == "Primary" {
                 if let Some(p) = r.peers().find(|h| w.get(&h.name).is_some_and(|o| o.up && o.role == "Primary")) {

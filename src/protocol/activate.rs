@@ -426,22 +426,22 @@ mod tests {
         last.peers = vec![PeerObserved { node: "a".into(), connection: "Connected".into(), replication: "SyncTarget".into(), sync_percent: Some(38.2), ..Default::default() }];
         let stale_a = state("a", NOW - 300, obs("Primary", "UpToDate", &[]));
         let states = [stale_a.clone(), state("b", NOW - 20, last.clone())];
-        let e = decide(&d, "b", Some(&mine), &states, None, NOW).unwrap_err().to_string();
+        let e = decide(&d, "b", Some(&mine), &states, &[], None, NOW).unwrap_err().to_string();
         assert!(e.contains("is Inconsistent: a resync to it stopped") && e.contains("from a at 38.2% 20s ago"), "{e}");
         assert!(e.contains("also marked outdated by the fence-peer handler"), "{e}");
         assert!(!e.contains("UpToDate data is on a"), "a stale report named as current: {e}");
         assert!(e.contains("a reported UpToDate data 300s ago") && e.contains("may be down"), "{e}");
         // The same with a fresh report of a: named as the place to start the guest.
         let states = [state("a", NOW - 10, obs("Secondary", "UpToDate", &[])), state("b", NOW - 20, last)];
-        let e = decide(&d, "b", Some(&mine), &states, None, NOW).unwrap_err().to_string();
+        let e = decide(&d, "b", Some(&mine), &states, &[], None, NOW).unwrap_err().to_string();
         assert!(e.contains("UpToDate data is on a (reported 10s ago): start the guest there"), "{e}");
         // A resync running now: wait for it.
         let mut syncing = obs("Secondary", "Inconsistent", &[]);
         syncing.peers = vec![PeerObserved { node: "a".into(), connection: "Connected".into(), replication: "SyncTarget".into(), sync_percent: Some(61.0), ..Default::default() }];
-        let e = decide(&doc(), "b", Some(&syncing), &[stale_a], None, NOW).unwrap_err().to_string();
+        let e = decide(&doc(), "b", Some(&syncing), &[stale_a], &[], None, NOW).unwrap_err().to_string();
         assert!(e.contains("being resynced from a right now, 61.0% done") && !e.contains("outdated"), "{e}");
         // Outdated (not Inconsistent) and fenced: the fence mark alone, as before.
-        let e = decide(&d, "b", Some(&obs("Secondary", "Outdated", &[])), &[], None, NOW).unwrap_err().to_string();
+        let e = decide(&d, "b", Some(&obs("Secondary", "Outdated", &[])), &[], &[], None, NOW).unwrap_err().to_string();
         assert!(e.contains("marked outdated by the fence-peer handler") && !e.contains("resync"), "{e}");
     }
 }

@@ -155,12 +155,14 @@ fn peers_of(ctx: &Ctx, doc: &crate::store::docs::VolumeDoc) -> Vec<String> {
 /// Run one method. The store id is checked for every method.
 pub fn dispatch(ctx: &Ctx, method: &str, req: &Request) -> Result<Value> {
     crate::naming::check_storeid(&req.storeid)?;
-    let a = Args::new(&req.args);
     let sid = req.storeid.as_str();
+    let own_args = own_volname(ctx, sid, &req.args)?;
+    let a = Args::new(own_args.as_ref().unwrap_or(&req.args));
     match method {
-        "activate_storage" => query::activate_storage(ctx),
+        "activate_storage" => query::activate_storage(ctx, sid, &req.scfg),
         "status" => query::status(ctx, sid, &req.scfg),
-        "alloc" => volume::alloc(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a),
+        // A new volume under invalid resync properties: refused (activate_storage only logs them).
+        "alloc" => scfg::parse_resync(&req.scfg).and_then(|_| volume::alloc(ctx, sid, &scfg::StorageCfg::parse(&req.scfg)?, &a)),
         "free" => volume::free(ctx, sid, &a),
         "list" => query::list(ctx, sid, &a),
         "path" => query::path(ctx, sid, &a),
@@ -219,6 +221,29 @@ pub fn handle(ctx: &Ctx, method: &str, input: &[u8]) -> Reply {
         tracing::debug!("{method} failed: {} ({})", e, e.kind());
     }
     Reply::from_result(r)
+}
+
+/// PVE names a linked clone `<base>/<volname>` (naming::pve_volname); the handlers work
+/// with the volume's own name. Returns the args with `volname` replaced by it (None: the
+/// name was plain). The base part must be the volume's parent: a wrong one is `not-found`,
+/// as PVE's other plugins answer for a name that does not exist.
+fn own_volname(ctx: &Ctx, sid: &str, args: &Map<String, Value>) -> Result<Option<Map<String, Value>>> {
+    let Some(Value::String(name)) = args.get("volname") else { return Ok(None) };
+    let (Some(base), own) = crate::naming::split_pve_volname(name)? else { return Ok(None) };
+    if let Some(doc) = ctx.store.volume(sid, own)? {
+        if doc.parent.as_deref() != Some(base) {
+            return Err(Error::NotFound(format!(
+                "volume {sid}:{name} does not exist: {sid}:{own} is {} (see `drbdpool volume list`)",
+                match &doc.parent {
+                    Some(p) => format!("a linked clone of {p}, not of {base}"),
+                    None => "not a linked clone".to_string(),
+                }
+            )));
+        }
+    }
+    let mut m = args.clone();
+    m.insert("volname".into(), Value::String(own.to_string()));
+    Ok(Some(m))
 }
 
 /// Load a volume's document or fail with `not-found` naming it.

@@ -2,7 +2,7 @@
 //! snapshot methods drbdpool does not implement yet (refused, never faked).
 
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -15,14 +15,48 @@ use super::{load, now, Args, Ctx};
 /// Our agent refreshes its state at least every 60 s; older means it is not running.
 const STATUS_STALE_SECS: u64 = 300;
 
-pub fn activate_storage(ctx: &Ctx) -> Result<Value> {
+pub fn activate_storage(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> {
     let name = ctx.node.name();
     match ctx.store.node(name)? {
-        Some(_) => Ok(json!({})),
+        Some(_) => {
+            record_storage_settings(ctx, sid, scfg);
+            Ok(json!({}))
+        }
         None => Err(Error::Refused(format!(
             "node {name} is not registered with drbdpool: run `drbdpool node add {name} --address <replication ip>` (registered: {})",
             names_or_none(ctx.store.nodes()?.iter().map(|n| n.name.clone()).collect())
         ))),
+    }
+}
+
+/// Bring `storages/<sid>.json` (what the agents render the resync settings from) in line
+/// with storage.cfg. PVE runs activate_storage on every node every 10 s (pvestatd's
+/// storage_info) and before every volume operation, so a `pvesm set` reaches the agents
+/// within seconds. A write only when something changed. Never fails the activation: a VM
+/// start must not stop at a typo in a resync property (the shim's hooks refuse such a
+/// value when it is set; a hand-edited one is logged and the recorded settings stay).
+fn record_storage_settings(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) {
+    let resync = match super::scfg::parse_resync(scfg) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("storage {sid}: {e}; the resync settings recorded before stay in force");
+            return;
+        }
+    };
+    let r = (|| -> Result<()> {
+        if ctx.store.storage_doc(sid)?.is_some_and(|d| d.resync == resync) {
+            return Ok(());
+        }
+        ctx.store.put_storage_doc(&crate::store::docs::StorageDoc { format: crate::store::docs::FORMAT, storeid: sid.to_string(), resync })?;
+        tracing::info!(
+            "storage {sid}: resync settings recorded (max {}K/s, min {}K/s); the agents apply them to every volume",
+            resync.max_kib,
+            resync.min_kib
+        );
+        Ok(())
+    })();
+    if let Err(e) = r {
+        tracing::warn!("storage {sid}: cannot record the resync settings now: {e}");
     }
 }
 
@@ -71,7 +105,7 @@ struct RolesOnly {
     format: u32,
     node: String,
     #[serde(default)]
-    volumes: std::collections::HashMap<String, RoleDisk>,
+    volumes: HashMap<String, RoleDisk>,
 }
 
 #[derive(Deserialize)]
@@ -86,7 +120,7 @@ fn one() -> u32 {
     crate::store::docs::FORMAT
 }
 
-fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
+fn entry(doc: &VolumeDoc, states: &[RolesOnly], used: &UsedOf) -> Value {
     let mut nodes = Map::new();
     for r in &doc.replicas {
         let o = states.iter().find(|s| s.node == r.node).and_then(|s| s.volumes.get(&doc.resource));
@@ -96,10 +130,11 @@ fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
         );
     }
     let mut v = json!({
-        "volid": format!("{}:{}", doc.storeid, doc.volname),
+        "volid": format!("{}:{}", doc.storeid, crate::naming::pve_volname(&doc.volname, doc.parent.as_deref())),
         "volname": doc.volname,
         "format": "raw",
         "size": doc.size_kib * 1024,
+        "used": used.used(&doc.volname, doc.size_kib * 1024),
         "vmid": doc.vmid,
         "ctime": doc.created,
         "nodes": nodes,
@@ -110,12 +145,59 @@ fn entry(doc: &VolumeDoc, states: &[RolesOnly]) -> Value {
     v
 }
 
+/// `used` (bytes) of the volumes of one storage: this node's own measurement where it
+/// holds a replica, else the largest a replica node published (a full resync may have
+/// allocated a replica completely), else, unmeasured (thick LVM, no agent yet), the
+/// provisioned size as before. Read from the agents' usage documents (`usage/<node>.json`,
+/// agent/reconcile.rs), a few small files: no tool is run and no volume document read.
+pub(crate) struct UsedOf {
+    local: Option<HashMap<String, u64>>,
+    others: Vec<HashMap<String, u64>>,
+}
+
+/// NodeUsage as `list` reads it: hash maps (no ordering work at 10,000 volumes).
+#[derive(Deserialize)]
+struct UsageRead {
+    #[serde(default = "one")]
+    format: u32,
+    node: String,
+    #[serde(default)]
+    storages: HashMap<String, HashMap<String, u64>>,
+}
+
+impl UsedOf {
+    pub(crate) fn read(ctx: &Ctx, sid: &str) -> Result<UsedOf> {
+        let mut local = None;
+        let mut others = Vec::new();
+        for mut u in ctx.store.node_usages_as(|u: &UsageRead| u.format)? {
+            let Some(m) = u.storages.remove(sid) else { continue };
+            if u.node == ctx.node.name() {
+                local = Some(m);
+            } else {
+                others.push(m);
+            }
+        }
+        Ok(UsedOf { local, others })
+    }
+
+    pub(crate) fn used(&self, volname: &str, size: u64) -> u64 {
+        let measured = match self.local.as_ref().and_then(|m| m.get(volname)) {
+            Some(b) => Some(*b),
+            None => self.others.iter().filter_map(|m| m.get(volname).copied()).max(),
+        };
+        // The backing device also holds DRBD's metadata: never more than the volume.
+        measured.map_or(size, |b| b.min(size))
+    }
+}
+
 /// One `list_images` entry in PVE's own shape (the shim passes it through unchanged).
 #[derive(Serialize)]
 pub struct ListItem {
     pub volid: String,
     pub format: &'static str,
     pub size: u64,
+    /// Bytes really allocated (thin), see UsedOf.
+    pub used: u64,
     pub vmid: u32,
     pub ctime: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,19 +238,23 @@ pub fn listing(ctx: &Ctx, sid: &str, a: &Args) -> Result<Listing> {
         return list_with_roles(ctx, sid, vmid, wanted.as_ref()).map(Listing::WithRoles);
     }
     let mut volumes = Vec::new();
+    let used = UsedOf::read(ctx, sid)?;
     // Served from the list index (store/index.rs): one read per shard, not per volume.
     for (name, e) in ctx.store.list_entries(sid, vmid)? {
         if e.state == crate::store::docs::VolumeState::Deleting {
             continue; // PVE must not see it (it would try to free it again)
         }
-        if wanted.as_ref().is_some_and(|w| !w.contains(name.as_str())) {
+        // PVE's name (`<base>/<name>` for a linked clone) is the volid and what vollist holds.
+        let pve = crate::naming::pve_volname(&name, e.parent.as_deref());
+        if wanted.as_ref().is_some_and(|w| !w.contains(pve.as_str())) {
             continue;
         }
         let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
         volumes.push(ListItem {
-            volid: format!("{sid}:{name}"),
+            volid: format!("{sid}:{pve}"),
             format: "raw",
             size: e.size_kib * 1024,
+            used: used.used(&name, e.size_kib * 1024),
             vmid: parsed.vmid,
             ctime: e.created,
             parent: e.parent,
@@ -179,18 +265,22 @@ pub fn listing(ctx: &Ctx, sid: &str, a: &Args) -> Result<Listing> {
 
 fn list_with_roles(ctx: &Ctx, sid: &str, vmid: Option<u32>, wanted: Option<&BTreeSet<&str>>) -> Result<Value> {
     let states = ctx.store.node_states_as(|s: &RolesOnly| s.format)?;
+    let used = UsedOf::read(ctx, sid)?;
     let mut out = Vec::new();
     for name in ctx.store.volume_names(sid)? {
         // Filter on the name alone before reading documents.
         let Ok(parsed) = crate::naming::parse_volname(&name) else { continue };
-        if vmid.is_some_and(|v| v != parsed.vmid) || wanted.is_some_and(|w| !w.contains(name.as_str())) {
+        if vmid.is_some_and(|v| v != parsed.vmid) {
             continue;
         }
         if let Some(doc) = ctx.store.volume(sid, &name)? {
             if doc.state == crate::store::docs::VolumeState::Deleting {
                 continue;
             }
-            out.push(entry(&doc, &states));
+            if wanted.is_some_and(|w| !w.contains(crate::naming::pve_volname(&name, doc.parent.as_deref()).as_str())) {
+                continue;
+            }
+            out.push(entry(&doc, &states, &used));
         }
     }
     Ok(json!({"volumes": out}))
@@ -208,8 +298,9 @@ pub fn path(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 pub fn size(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let doc = load(ctx, sid, a.str("volname")?)?;
     let bytes = doc.size_kib * 1024;
-    // `used`: drbdpool does not track thin allocation per volume; report the provisioned size.
-    let mut v = json!({"size": bytes, "format": "raw", "used": bytes, "ctime": doc.created});
+    // `used`: as in `list` (the agents' measurement, at most SPACE_EVERY old plus the write tolerance).
+    let used = UsedOf::read(ctx, sid)?.used(&doc.volname, bytes);
+    let mut v = json!({"size": bytes, "format": "raw", "used": used, "ctime": doc.created});
     if let Some(p) = &doc.parent {
         v["parent"] = json!(p);
     }

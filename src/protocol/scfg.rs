@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::error::Result;
 use crate::invalid;
-use crate::store::docs::{BackendKind, BackendSpec};
+use crate::store::docs::{BackendKind, BackendSpec, Resync, RESYNC_MAX_FLOOR_KIB, RESYNC_RATE_LIMIT_KIB};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StorageCfg {
@@ -13,6 +13,57 @@ pub struct StorageCfg {
     pub replicas: usize,
     /// `nodes` (None: every node).
     pub nodes: Option<Vec<String>>,
+}
+
+/// A rate as DRBD writes it, per second: digits and a unit K, M or G (KiB, MiB, GiB; either
+/// case); `0` alone is allowed. Returns KiB/s.
+pub fn parse_rate(k: &str, v: &str) -> Result<u64> {
+    let bad = || {
+        invalid!(
+            "storage property {k} '{}' is not a rate: write digits and a unit K, M or G per second (e.g. 500K, 100M, 1G), or 0",
+            v.escape_default()
+        )
+    };
+    if v == "0" {
+        return Ok(0);
+    }
+    let (num, unit) = v.split_at(v.len().saturating_sub(1));
+    let mult: u64 = match unit {
+        "K" | "k" => 1,
+        "M" | "m" => 1 << 10,
+        "G" | "g" => 1 << 20,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || num.len() > 10 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let kib = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    if kib > RESYNC_RATE_LIMIT_KIB {
+        return Err(invalid!("storage property {k} '{v}' is above DRBD's limit of 4G per second"));
+    }
+    Ok(kib)
+}
+
+/// The resync properties, checked against each other (max at least DRBD's 250K, min <= max).
+pub fn parse_resync(m: &Map<String, Value>) -> Result<Resync> {
+    let d = Resync::default();
+    let max_kib = match get(m, "drbdpool-resync-rate-max")? {
+        Some(v) => parse_rate("drbdpool-resync-rate-max", &v)?,
+        None => d.max_kib,
+    };
+    if max_kib < RESYNC_MAX_FLOOR_KIB {
+        return Err(invalid!("storage property drbdpool-resync-rate-max must be at least 250K (DRBD's lowest c-max-rate)"));
+    }
+    let min_kib = match get(m, "drbdpool-resync-rate-min")? {
+        Some(v) => parse_rate("drbdpool-resync-rate-min", &v)?,
+        None => d.min_kib,
+    };
+    if min_kib > max_kib {
+        return Err(invalid!(
+            "storage property drbdpool-resync-rate-min ({min_kib}K) is above drbdpool-resync-rate-max ({max_kib}K): lower the min or raise the max"
+        ));
+    }
+    Ok(Resync { max_kib, min_kib })
 }
 
 fn get(m: &Map<String, Value>, k: &str) -> Result<Option<String>> {
@@ -98,6 +149,36 @@ mod tests {
         assert_eq!((c.backend.kind, c.backend.dir.as_deref(), c.replicas), (BackendKind::File, Some("/var/lib/dp"), 3));
         let c = p(json!({"drbdpool-backend": "lvm", "vgname": "vg0", "nodes": {"a": 1}})).unwrap();
         assert_eq!((c.backend.kind, c.nodes), (BackendKind::Lvm, Some(vec!["a".to_string()])));
+    }
+
+    #[test]
+    fn resync_rates() {
+        let r = |v: Value| parse_resync(v.as_object().unwrap());
+        assert_eq!(r(json!({"vgname": "ssd", "thinpool": "data"})).unwrap(), Resync { max_kib: 4 << 20, min_kib: 0 });
+        assert_eq!(r(json!({"drbdpool-resync-rate-max": "110M", "drbdpool-resync-rate-min": "20m"})).unwrap(), Resync { max_kib: 110 * 1024, min_kib: 20 * 1024 });
+        assert_eq!(r(json!({"drbdpool-resync-rate-max": "4G", "drbdpool-resync-rate-min": "250k"})).unwrap(), Resync { max_kib: 4 << 20, min_kib: 250 });
+        assert_eq!(r(json!({"drbdpool-resync-rate-max": "250K", "drbdpool-resync-rate-min": 0})).unwrap(), Resync { max_kib: 250, min_kib: 0 });
+        assert_eq!(r(json!({"drbdpool-resync-rate-max": "250K", "drbdpool-resync-rate-min": "250K"})).unwrap(), Resync { max_kib: 250, min_kib: 250 });
+    }
+
+    #[test]
+    fn bad_resync_rates() {
+        for (v, want) in [
+            (json!({"drbdpool-resync-rate-max": "100"}), "is not a rate"),
+            (json!({"drbdpool-resync-rate-max": "100MB"}), "is not a rate"),
+            (json!({"drbdpool-resync-rate-max": "-5M"}), "is not a rate"),
+            (json!({"drbdpool-resync-rate-max": "1.5G"}), "is not a rate"),
+            (json!({"drbdpool-resync-rate-max": "5G"}), "above DRBD's limit"),
+            (json!({"drbdpool-resync-rate-max": "99999999999G"}), "is not a rate"),
+            (json!({"drbdpool-resync-rate-max": "100K"}), "at least 250K"),
+            (json!({"drbdpool-resync-rate-max": "0"}), "at least 250K"),
+            (json!({"drbdpool-resync-rate-max": "50M", "drbdpool-resync-rate-min": "60M"}), "above drbdpool-resync-rate-max"),
+            (json!({"drbdpool-resync-rate-min": "fast"}), "is not a rate"),
+        ] {
+            let e = parse_resync(v.as_object().unwrap()).unwrap_err();
+            assert_eq!(e.kind(), "invalid-input");
+            assert!(e.to_string().contains(want), "{v}: {e}");
+        }
     }
 
     #[test]

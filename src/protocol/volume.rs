@@ -357,6 +357,15 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         tracing::info!("{sid}:{volname} does not exist; nothing to free");
         return Ok(json!({}));
     };
+    if doc.base && doc.state != VolumeState::Deleting {
+        let clones = clones_of(ctx, sid, volname)?;
+        if !clones.is_empty() {
+            return Err(refused!(
+                "base volume {sid}:{volname} is still in use by linked clones ({}): remove those first (or make them full copies with a full clone / move disk)",
+                clones.join(", ")
+            ));
+        }
+    }
     let busy = in_use(ctx, &doc)?;
     if !busy.is_empty() {
         return Err(refused!(
@@ -396,6 +405,18 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         );
     }
     Ok(json!({}))
+}
+
+/// The linked clones of `base` that are not being removed, as PVE names them. From the
+/// list index (store/index.rs: one read per shard), not from every volume document.
+fn clones_of(ctx: &Ctx, sid: &str, base: &str) -> Result<Vec<String>> {
+    Ok(ctx
+        .store
+        .list_entries(sid, None)?
+        .into_iter()
+        .filter(|(_, e)| e.parent.as_deref() == Some(base) && e.state != VolumeState::Deleting)
+        .map(|(n, _)| format!("{sid}:{}", naming::pve_volname(&n, Some(base))))
+        .collect())
 }
 
 pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
@@ -488,7 +509,7 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     }
     let new = naming::parse_volname(&format!("base-{}", &volname["vm-".len()..]))?;
     store_rename(ctx, sid, &doc, &new)?;
-    Ok(json!({"volname": new.name}))
+    Ok(json!({"volname": naming::pve_volname(&new.name, doc.parent.as_deref())}))
 }
 
 pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
@@ -499,7 +520,8 @@ pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
     }
     let new = match a.opt_str("target_volname")? {
-        Some(n) => naming::check_alloc_name(n, target_vmid)?,
+        // PVE may hand a clone's target in its own form `<base>/<name>`: the name is what counts.
+        Some(n) => naming::check_alloc_name(naming::split_pve_volname(n)?.1, target_vmid)?,
         None => {
             let names = ctx.store.volume_names(sid)?;
             naming::parse_volname(&naming::next_disk_name(target_vmid, names.iter().map(String::as_str))?)?
@@ -509,7 +531,7 @@ pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         return Err(crate::invalid!("renaming {volname} to {} would change whether it is a template; use create_base for that", new.name));
     }
     store_rename(ctx, sid, &doc, &new)?;
-    Ok(json!({"volname": new.name}))
+    Ok(json!({"volname": naming::pve_volname(&new.name, doc.parent.as_deref())}))
 }
 
 /// Linked clone of a template: a new volume on the template's replica nodes whose backing
@@ -584,7 +606,8 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     poke_peers(ctx, &doc, "clone");
     tracing::info!("linked clone {sid}:{} of {name} allocated as {} (minor {}, port {})", doc.volname, doc.resource, doc.minor, doc.port);
     match finish_create(ctx, &doc, deadline) {
-        Ok(()) => Ok(json!({"volname": doc.volname})),
+        // PVE's name for it: `<base>/<name>`, so PVE sees the base is in use (naming::pve_volname).
+        Ok(()) => Ok(json!({"volname": naming::pve_volname(&doc.volname, doc.parent.as_deref())})),
         Err(e) => {
             roll_back_create(ctx, &doc, deadline);
             Err(e)

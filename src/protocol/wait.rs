@@ -45,6 +45,7 @@ pub fn until_done(
 ) -> Result<Vec<String>> {
     let start = Instant::now();
     let mut logged: Option<Vec<String>> = None;
+    let mut progress = Progress::new(start);
     loop {
         let p = pending()?;
         if p.is_empty() {
@@ -54,9 +55,69 @@ pub fn until_done(
             tracing::info!("waiting up to {}s for {what} on {}", timeout.as_secs(), p.join(", "));
             logged = Some(p.clone());
         }
+        if progress.due(Instant::now()) {
+            eprintln!("{}", progress_line(what, &p, start.elapsed(), timeout));
+        }
         if start.elapsed() >= timeout {
             return Ok(p);
         }
         std::thread::sleep(poll.min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(1)));
+    }
+}
+
+/// A wait that lasts is progress an admin wants in the task log (the shim passes plain
+/// lines through and drops routine INFO lines): first after PROGRESS_AFTER, then every
+/// PROGRESS_EVERY. Most waits (an alloc's peers) end well before.
+pub const PROGRESS_AFTER: Duration = Duration::from_secs(3);
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+struct Progress {
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new(start: Instant) -> Self {
+        Progress { start, last: None }
+    }
+
+    fn due(&mut self, now: Instant) -> bool {
+        let due = match self.last {
+            None => now.duration_since(self.start) >= PROGRESS_AFTER,
+            Some(t) => now.duration_since(t) >= PROGRESS_EVERY,
+        };
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+/// A plain line (not a log line: the shim shows it in the task log).
+fn progress_line(what: &str, pending: &[String], elapsed: Duration, timeout: Duration) -> String {
+    format!(
+        "drbdpool: still waiting for {what} on {} ({}s so far, at most {}s more)",
+        pending.join(", "),
+        elapsed.as_secs(),
+        timeout.saturating_sub(elapsed).as_secs()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_only_for_waits_that_last() {
+        let t0 = Instant::now();
+        let mut p = Progress::new(t0);
+        assert!(!p.due(t0 + Duration::from_millis(2900)), "a short wait prints nothing");
+        assert!(p.due(t0 + PROGRESS_AFTER));
+        assert!(!p.due(t0 + PROGRESS_AFTER + Duration::from_secs(9)));
+        assert!(p.due(t0 + PROGRESS_AFTER + PROGRESS_EVERY));
+        let l = progress_line("the replica of dp:vm-100-disk-0 to be ready", &["pve2".into()], Duration::from_secs(3), Duration::from_secs(45));
+        assert_eq!(l, "drbdpool: still waiting for the replica of dp:vm-100-disk-0 to be ready on pve2 (3s so far, at most 42s more)");
+        // Not in the helper's log format, which the shim drops below WARN.
+        assert!(!l.chars().next().unwrap().is_ascii_digit());
     }
 }

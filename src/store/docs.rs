@@ -203,3 +203,56 @@ pub struct NodeState {
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeObserved>,
 }
+
+/// Thin allocation of this node's replicas (`usage/<node>.json`), written by its agent
+/// (measured with the storage's space, one backend listing per storage, e.g. one `lvs`):
+/// what `list` and `size` report as `used`. Apart from NodeState so that `list` reads a
+/// few small files, not every node's state (megabytes at thousands of volumes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    #[serde(default = "format_v")]
+    pub format: u32,
+    pub node: String,
+    /// Unix seconds of the measurement.
+    pub updated: u64,
+    /// storeid -> volname -> bytes allocated in this node's backing device.
+    #[serde(default)]
+    pub storages: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// DRBD's upper limit of every resync rate option (drbd_limits.h: 4 GiB/s, in KiB/s).
+pub const RESYNC_RATE_LIMIT_KIB: u64 = 4 << 20;
+/// DRBD's lower limit of c-max-rate (drbd_limits.h, KiB/s).
+pub const RESYNC_MAX_FLOOR_KIB: u64 = 250;
+
+/// Resync speed of a storage's volumes: DRBD's dynamic resync controller (rendered by
+/// drbd/render.rs), from the storage's `drbdpool-resync-rate-max` / `-min` properties.
+/// KiB/s, as DRBD counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resync {
+    /// c-max-rate (and resync-rate): the most the resync may use.
+    pub max_kib: u64,
+    /// c-min-rate: while guests write to the sync source, the resync is slowed down to
+    /// this rate (0: never; it runs at the controller's rate, up to `max_kib`).
+    pub min_kib: u64,
+}
+
+impl Default for Resync {
+    /// Link speed even while guests write (issue 16: DRBD's own c-min-rate 250k held a rejoin
+    /// to ~300 KB/s in the lab): no floor to slow down to, and DRBD's ceiling as the cap.
+    fn default() -> Self {
+        Resync { max_kib: RESYNC_RATE_LIMIT_KIB, min_kib: 0 }
+    }
+}
+
+/// Storage-wide settings the agents need (`storages/<storeid>.json`): written by the helper
+/// from storage.cfg when `activate_storage` (pvestatd, every 10 s on every node) finds them
+/// changed, so a `pvesm set` reaches every replica without a storage.cfg on the agents' side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageDoc {
+    #[serde(default = "format_v")]
+    pub format: u32,
+    pub storeid: String,
+    #[serde(default)]
+    pub resync: Resync,
+}

@@ -39,6 +39,7 @@ close($log);
 my $replies = decode_json(slurp("$dir/replies.json") // '{}');
 my $r = $replies->{$method};
 if ($r) {
+    print STDERR $r->{stderr_first} if defined($r->{stderr_first}); # before any action (STDERR is unbuffered)
     if (my $act = $r->{action}) {
         if ($act eq 'sleep') { sleep($r->{seconds}); }
         elsif ($act eq 'garbage') { print "this is not json\n"; exit($r->{exit} // 0); }
@@ -46,6 +47,7 @@ if ($r) {
         elsif ($act eq 'raw') { print $r->{stdout}; exit($r->{exit} // 0); }
     }
     if (exists $r->{ok}) {
+        print STDERR $r->{stderr} if defined($r->{stderr});
         print encode_json({ version => 1, ok => $r->{ok}, ($r->{ok} ? (result => $r->{result}) : (error => $r->{error})) });
         exit($r->{ok} ? 0 : ($r->{exit} // 1));
     }

@@ -475,6 +475,8 @@ mod real_utils {
             "drbdsetup new-minor vm-100-disk-0 1000 0",
             "drbdsetup new-peer vm-100-disk-0 0 --_name=pve1 --fencing=resource-and-stonith --shared-secret=Zm9vYmFyYmF6cXV4 --cram-hmac-alg=sha256 --protocol=C",
             "drbdsetup new-path vm-100-disk-0 0 ipv4:10.99.1.2:7000 ipv4:10.99.1.1:7000",
+            // The resync controller (render.rs resync_lines): peer-device options in DRBD 9.
+            "drbdsetup peer-device-options vm-100-disk-0 0 0 --c-plan-ahead=20 --c-fill-target=1M --c-max-rate=4194304k --c-min-rate=0k --resync-rate=4194304k",
             "drbdmeta 1000 v09 /dev/pve/vm-100-disk-0 internal apply-al",
             "drbdsetup attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal --discard-zeroes-if-aligned=yes --rs-discard-granularity=65536 --al-updates=yes --al-extents=67",
             "drbdsetup connect vm-100-disk-0 0",
@@ -558,7 +560,8 @@ mod real_utils {
             "drbdsetup-84 new-resource vm-100-disk-0",
             "drbdsetup-84 new-minor vm-100-disk-0 1000 0",
             "drbdmeta 1000 v08 /dev/pve/vm-100-disk-0 internal apply-al",
-            "drbdsetup-84 attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal --discard-zeroes-if-aligned=yes --rs-discard-granularity=65536 --al-updates=yes --al-extents=67 --fencing=resource-and-stonith",
+            // The resync controller and the activity log: disk options of attach in 8.4.
+            "drbdsetup-84 attach 1000 /dev/pve/vm-100-disk-0 /dev/pve/vm-100-disk-0 internal --resync-rate=4194304k --c-min-rate=0k --c-max-rate=4194304k --c-fill-target=1M --c-plan-ahead=20 --discard-zeroes-if-aligned=yes --rs-discard-granularity=65536 --al-updates=yes --al-extents=67 --fencing=resource-and-stonith",
             "drbdsetup-84 connect vm-100-disk-0 ipv4:10.99.1.1:7000 ipv4:10.99.1.2:7000 --protocol=C --cram-hmac-alg=sha256 --shared-secret=Zm9vYmFyYmF6cXV4",
         ];
         assert_eq!(out.stdout.lines().collect::<Vec<_>>(), want);
@@ -596,6 +599,41 @@ mod real_utils {
             let attach = out.stdout.lines().find(|l| l.contains(" attach ")).unwrap();
             assert!(attach.contains("--al-extents=320") && !attach.contains("discard"), "{f:?}: {attach}");
         }
+    }
+
+    /// Issue 16: a capped resync (drbdpool-resync-rate-max 110M, -min 20M) in both dialects,
+    /// as the real parser passes it to the kernel; a value beyond DRBD's range is refused there,
+    /// so these lines are checked, not just copied.
+    #[test]
+    fn resync_controller_parsed_by_real_drbdadm() {
+        if !have_drbdadm() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = plan(2);
+        p.resync = crate::store::docs::Resync { max_kib: 110 * 1024, min_kib: 20 * 1024 };
+        let opts = "--c-plan-ahead=20 --c-fill-target=1M --c-max-rate=112640k --c-min-rate=20480k --resync-rate=112640k";
+        let out = dry_up(&write(dir.path(), &p, Flavor::V9), "pve1", Flavor::V9);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert!(out.stdout.lines().any(|l| l == format!("drbdsetup peer-device-options vm-100-disk-0 1 0 {opts}")), "{}", out.stdout);
+        let out = dry_up(&write(dir.path(), &p, Flavor::V84), "pve1", Flavor::V84);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let attach = out.stdout.lines().find(|l| l.starts_with("drbdsetup-84 attach ")).unwrap_or_default().to_string();
+        for o in opts.split(' ') {
+            assert!(attach.contains(o), "{o} in {attach}");
+        }
+        // Three replicas (DRBD 9): every peer device gets them.
+        let mut p3 = plan(3);
+        p3.resync = p.resync;
+        let out = dry_up(&write(dir.path(), &p3, Flavor::V9), "pve3", Flavor::V9);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert_eq!(out.stdout.lines().filter(|l| l.starts_with("drbdsetup peer-device-options") && l.ends_with(opts)).count(), 2, "{}", out.stdout);
+        // The parser checks ranges: 8G is above DRBD's c-max-rate limit.
+        let text = render::render(&p, Flavor::V9).unwrap().replace("c-max-rate 112640k;", "c-max-rate 8G;");
+        let bad = dir.path().join("bad.res");
+        std::fs::write(&bad, text).unwrap();
+        let out = dry_up(&bad, "pve1", Flavor::V9);
+        assert_ne!(out.status, 0, "drbdadm accepted c-max-rate 8G: {}", out.stdout);
     }
 
     #[test]

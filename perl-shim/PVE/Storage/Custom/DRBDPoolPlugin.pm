@@ -125,6 +125,18 @@ sub properties {
             minimum => 5,
             maximum => 3600,
         },
+        'drbdpool-resync-rate-max' => {
+            description => 'Most a resync (a replica rejoining or new) may use, per second, e.g. 100M'
+                . ' (DRBD c-max-rate; units K, M, G; 250K..4G; default 4G: the link is the limit).',
+            type => 'string',
+            maxLength => 16,
+        },
+        'drbdpool-resync-rate-min' => {
+            description => 'While guests write, a resync faster than this yields to them, e.g. 20M'
+                . ' (DRBD c-min-rate; units K, M, G, or 0; default 0: the resync never slows down for guests).',
+            type => 'string',
+            maxLength => 16,
+        },
     };
 }
 
@@ -136,6 +148,8 @@ sub options {
         'drbdpool-dir' => { optional => 1, fixed => 1 },
         'drbdpool-replicas' => { optional => 1 },
         'drbdpool-timeout' => { optional => 1 },
+        'drbdpool-resync-rate-max' => { optional => 1 },
+        'drbdpool-resync-rate-min' => { optional => 1 },
         nodes => { optional => 1 },
         disable => { optional => 1 },
         content => { optional => 1 },
@@ -159,6 +173,34 @@ sub _check_scfg {
     } else {
         die "drbdpool: unknown backend '$backend' (use lvmthin, lvm or file)\n";
     }
+    _check_resync($scfg);
+    return;
+}
+
+# A rate as DRBD writes it (the helper checks the same, src/protocol/scfg.rs): digits and
+# K, M or G per second, or 0. Returns KiB/s.
+my $RATE_LIMIT_KIB = 4 * 1024 * 1024; # DRBD's limit, 4G
+sub _rate_kib {
+    my ($key, $v) = @_;
+    return 0 if $v eq '0';
+    my ($n, $u) = $v =~ m/^(\d{1,10})([KkMmGg])$/
+        or die "drbdpool: $key '$v' is not a rate: write digits and a unit K, M or G per second"
+        . " (e.g. 500K, 100M, 1G), or 0\n";
+    my $kib = $n * { k => 1, m => 1024, g => 1024 * 1024 }->{ lc($u) };
+    die "drbdpool: $key '$v' is above DRBD's limit of 4G per second\n" if $kib > $RATE_LIMIT_KIB;
+    return $kib;
+}
+
+sub _check_resync {
+    my ($scfg) = @_;
+    my ($max, $min) = map { $scfg->{"drbdpool-resync-rate-$_"} } qw(max min);
+    my $max_kib = defined($max) ? _rate_kib('drbdpool-resync-rate-max', $max) : $RATE_LIMIT_KIB;
+    die "drbdpool: drbdpool-resync-rate-max must be at least 250K (DRBD's lowest c-max-rate)\n"
+        if $max_kib < 250;
+    my $min_kib = defined($min) ? _rate_kib('drbdpool-resync-rate-min', $min) : 0;
+    die "drbdpool: drbdpool-resync-rate-min ($min) is above drbdpool-resync-rate-max ("
+        . ($max // '4G') . "): lower the min or raise the max\n"
+        if $min_kib > $max_kib;
     return;
 }
 
@@ -183,14 +225,19 @@ sub on_update_hook_full {
 
 # --- validation and untainting --------------------------------------------
 
-my $VOLNAME_RE = qr/(?:vm|base)-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}/;
+my $OWN_VOLNAME_RE = qr/(?:vm|base)-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}/;
+# A linked clone is `<base>/<own name>` (base-100-disk-0/vm-101-disk-0), as in PVE's
+# ZFS and RBD plugins: PVE's volume_is_base_and_used finds a base's clones by the
+# base name parse_volname returns, and refuses to free the base while they exist.
+my $VOLNAME_RE = qr/(?:base-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}\/)?$OWN_VOLNAME_RE/;
 my $SNAPNAME_RE = qr/[A-Za-z][A-Za-z0-9_-]{0,63}/;
 
 sub _volname {
     my ($volname) = @_;
     die "drbdpool: missing volume name\n" if !defined($volname) || $volname eq '';
     my ($clean) = $volname =~ m/^($VOLNAME_RE)$/;
-    die "drbdpool: invalid volume name '$volname' (expected vm-<vmid>-<name> or base-<vmid>-<name>)\n"
+    die "drbdpool: invalid volume name '$volname' (expected vm-<vmid>-<name> or base-<vmid>-<name>,"
+        . " or <base>/<name> for a linked clone)\n"
         if !defined($clean) || $clean =~ m/\.\./;
     return $clean;
 }
@@ -375,6 +422,18 @@ sub _call {
     }
 
     my ($stdout, $stderr) = ('', '');
+    # Helper logs go where PVE shows them (task log / journal), not into results, and
+    # as they come (a long wait's progress is seen while it lasts); only what an admin
+    # needs there (_task_log). $err_line holds a line not complete yet.
+    my $err_line = '';
+    my $log_lines = sub {
+        my ($all) = @_;
+        return if $opt{quiet};
+        my $upto = $all ? length($err_line) : rindex($err_line, "\n") + 1;
+        return if $upto <= 0;
+        my $log = _task_log(substr($err_line, 0, $upto, ''));
+        print STDERR $log if $log ne '';
+    };
     my $to_write = $request;
     my $deadline = time() + $timeout;
     my $rsel = IO::Select->new($out_r, $err_r);
@@ -419,9 +478,13 @@ sub _call {
                 }
             } else {
                 $stderr .= $buf if length($stderr) < 1024 * 1024;
+                $err_line .= $buf if length($err_line) < 1024 * 1024;
+                $log_lines->(0);
             }
         }
     }
+
+    $log_lines->(1); # a last line without its newline
 
     if ($timed_out) {
         _kill_child($pid);
@@ -480,10 +543,32 @@ sub _call {
         die "$what reported success but exited with code $exit; not trusting the reply"
             . _stderr_tail($stderr) . "\n";
     }
-    # Helper logs go where PVE shows them (task log / journal), not into results.
-    print STDERR $stderr if $stderr ne '' && !$opt{quiet};
 
     return $reply->{result};
+}
+
+# What of the helper's stderr goes into the task log of every pvesm/qm/GUI task:
+# its WARN and ERROR lines, without the timestamp, and every line that is not a
+# log line (progress the helper prints plainly). Routine INFO, DEBUG and TRACE
+# lines are dropped; DRBDPOOL_TASK_LOG=all keeps everything (debugging).
+# The helper's log lines look like "2026-11-26T13:11:02.123456Z  WARN message"
+# (tracing's default format, src/main.rs).
+my $LOG_LINE_RE = qr/^\d{4}-\d\d-\d\dT[\d:.]+Z?\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(.*)$/s;
+
+sub _task_log {
+    my ($stderr) = @_;
+    return $stderr if ($ENV{DRBDPOOL_TASK_LOG} // '') eq 'all';
+    my $out = '';
+    for my $line (split(/^/m, $stderr)) {
+        if ($line =~ $LOG_LINE_RE) {
+            my ($level, $msg) = ($1, $2);
+            next if $level ne 'WARN' && $level ne 'ERROR';
+            $line = ($level eq 'WARN' ? 'drbdpool warning: ' : 'drbdpool error: ') . $msg;
+        }
+        $out .= $line;
+    }
+    $out .= "\n" if $out ne '' && $out !~ m/\n\z/;
+    return $out;
 }
 
 sub _stderr_tail {
@@ -500,10 +585,13 @@ sub _stderr_tail {
 sub parse_volname {
     my ($class, $volname) = @_;
 
-    if (defined($volname) && $volname =~ m/^((vm|base)-(\d+)-\S+)$/) {
-        my ($name, $prefix, $vmid) = ($1, $2, $3);
-        _volname($name); # our names are stricter than \S+ (no '/', no '..')
-        return ('images', $name, $vmid, undef, undef, $prefix eq 'base', 'raw');
+    # ($vtype, $name, $vmid, $basename, $basevmid, $isBase, $format), as the ZFS plugin:
+    # a linked clone `base-100-disk-0/vm-101-disk-0` has base name base-100-disk-0 and
+    # base vmid 100; $name is the clone's own name.
+    if (defined($volname) && $volname =~ m/^((base-(\d+)-[^\s\/]+)\/)?((vm|base)-(\d+)-\S+)$/) {
+        my ($basename, $basevmid, $name, $prefix, $vmid) = ($2, $3, $4, $5, $6);
+        _volname($volname); # our names are stricter than \S+ (one '/' at most, no '..')
+        return ('images', $name, $vmid, $basename, $basevmid, $prefix eq 'base', 'raw');
     }
     die "unable to parse drbdpool volume name '" . ($volname // '') . "'\n";
 }
@@ -874,7 +962,7 @@ sub create_base {
     die "drbdpool: create_base not possible with base image\n" if $isBase;
     my $res = $class->_call('create_base', $storeid, $scfg, { volname => _volname($volname) });
     my $new = _volname($res->{volname});
-    die "drbdpool: helper returned '$new' for a base volume\n" if $new !~ m/^base-/;
+    die "drbdpool: helper returned '$new' for a base volume\n" if $new !~ m/^(?:base-[^\/]+\/)?base-/;
     return $new;
 }
 
@@ -887,8 +975,9 @@ sub clone_image {
         snap => _snapname($snap),
     });
     my $new = _volname($res->{volname});
+    my (undef, undef, $owner) = $class->parse_volname($new);
     die "drbdpool: helper returned clone '$new' that is not owned by VM $vmid\n"
-        if $new !~ m/^vm-\Q$vmid\E-/;
+        if $owner != $vmid || $new !~ m/^base-[^\/]+\/vm-/;
     return $new;
 }
 

@@ -266,13 +266,36 @@ sub vdisk_alloc {
     });
 }
 
+# pve-storage 9.1.7's own code, unchanged but for indentation: it finds clones only
+# through the base name and vmid that parse_volname returns for each listed volid
+# (the `parent` field of list_images is not looked at).
 sub volume_is_base_and_used {
     my ($cfg, $volid) = @_;
-    my ($plugin, $scfg, $storeid, $volname) = _plugin_for($cfg, $volid);
-    my (undef, undef, undef, undef, undef, $isBase) = $plugin->parse_volname($volname);
-    return 0 if !$isBase;
-    my $images = $plugin->list_images($storeid, $scfg, undef, undef, {});
-    return scalar(grep { ($_->{parent} // '') eq $volname } @$images) ? 1 : 0;
+
+    my ($storeid, $volname) = parse_volume_id($volid);
+    my $scfg = storage_config($cfg, $storeid);
+    my $plugin = PVE::Storage::Plugin->lookup($scfg->{type});
+
+    my ($vtype, $name, $vmid, undef, undef, $isBase, undef) = $plugin->parse_volname($volname);
+
+    if ($isBase) {
+        my $vollist = $plugin->list_images($storeid, $scfg);
+        foreach my $info (@$vollist) {
+            my (undef, $tmpvolname) = parse_volume_id($info->{volid});
+            my $basename = undef;
+            my $basevmid = undef;
+
+            eval {
+                (undef, undef, undef, $basename, $basevmid) =
+                    $plugin->parse_volname($tmpvolname);
+            };
+
+            if ($basename && defined($basevmid) && $basevmid == $vmid && $basename eq $name) {
+                return 1;
+            }
+        }
+    }
+    return 0;
 }
 
 our @CLEANUP_WORKERS_RUN;
