@@ -176,8 +176,12 @@ sub simulate {
     my $t = "$self->{dir}/sim-" . ++$self->{sims};
     make_path($t);
     write_file("$t/cmdlist", encode_json($o{cmdlist}));
-    write_file("$t/hardware_status",
-        encode_json({ map { $_ => { power => 'off', network => 'off' } } @{ $self->{nodes} } }));
+    my $hw_status = { map { $_ => { power => 'off', network => 'off' } } @{ $self->{nodes} } };
+    # A 2-node drbdpool cluster has a QDevice as its third vote (README). The simulator counts
+    # quorum over its hardware entries, so the QDevice is an entry that is on from the start and
+    # is never powered on by a command: no CRM or LRM ever runs there.
+    $hw_status->{qdevice} = { power => 'on', network => 'on' } if $o{qdevice} // @{ $self->{nodes} } == 2;
+    write_file("$t/hardware_status", encode_json($hw_status));
     write_file("$t/manager_status", "{}");
     write_file("$t/service_config",
         encode_json({ map { $_ => { node => $self->{guests}->{$_}, state => 'started' } } keys %{ $self->{guests} } }));
