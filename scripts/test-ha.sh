@@ -57,4 +57,11 @@ fi
 
 export DRBDPOOL_PVE_HA_SRC=$cache/pve-ha-manager-5.2.0/src
 export PERL5LIB=$root/tests/ha/lib:$DRBDPOOL_PVE_HA_SRC:$cache/pve-common-9.2.1/src:$cache/pve-cluster-9.1.6/src:$cache/pve-apiclient-3.4.2/src${PERL5LIB:+:$PERL5LIB}
-exec prove "$@" tests/ha/t
+files=(tests/ha/t)
+for a in "$@"; do [[ $a == -* ]] || files=(); done   # test files given: run only those
+start=$(date +%s)
+set +e
+prove "$@" "${files[@]}"
+rc=$?
+echo "ha tier: $(( $(date +%s) - start )) s"
+exit $rc
