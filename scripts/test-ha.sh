@@ -33,11 +33,11 @@ for t in "${tarballs[@]}"; do
   fi
 done
 
-# What PVE::Tools, PVE::JSONSchema, PVE::CLIHandler and the HA manager load (their debian/control
-# Depends, less what is not needed to load the modules used here).
-pkgs=(perl libjson-perl libclone-perl libdevel-cycle-perl libfilesys-df-perl libtimedate-perl
-      libencode-locale-perl libhttp-message-perl liblinux-inotify2-perl libnet-ip-perl libnet-ssleay-perl
-      libyaml-libyaml-perl libstring-shellquote-perl liburi-perl libtest-mockmodule-perl)
+# The Debian packages of what the modules used here load (listed from %INC of the CLI and of the
+# simulator, each file's package by dpkg -S).
+pkgs=(perl libanyevent-perl libclone-perl libdevel-cycle-perl libencode-locale-perl libfilesys-df-perl
+      libhttp-message-perl libio-socket-ip-perl libjson-perl libjson-xs-perl liblinux-inotify2-perl libnet-ip-perl
+      libstring-shellquote-perl libtimedate-perl liburi-perl libyaml-libyaml-perl)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
