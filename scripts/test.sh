@@ -3,6 +3,8 @@
 # release binary, then runs every tier (docs/ARCHITECTURE.md "Testing tiers"):
 #   1-4  cargo test   unit, command sequences, real drbd-utils parser, loop devices + agents in netns
 #   6    prove        the Perl shim against a stand-in PVE base and the real binary
+#   ha   prove        the real Proxmox HA manager (rules checker, CLI, CRM/LRM simulator) on drbdpool's
+#                     rules (scripts/test-ha.sh; needs ../shared/third_party or DRBDPOOL_THIRD_PARTY)
 #   5    tests/vm     real kernel: qemu guests with DRBD 8.4 + LVM thin (skip with DRBDPOOL_SKIP_LAB=1)
 #   -    package      builds the .deb and inspects it
 # Ends with one line "summary: N passed, M failed" (counts of individual tests).
@@ -42,6 +44,16 @@ if [ -d perl-shim/t ]; then
   f=$(grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$logdir/prove.log" | awk '{split($2,a,"/"); s+=a[1]} END {print s+0}')
   if grep -q '^Result: PASS' "$logdir/prove.log"; then passed=$((passed + ${p:-0})); else
     failed=$((failed + (f > 0 ? f : 1))); passed=$((passed + ${p:-0} - f)); note_fail "prove"; fi
+fi
+
+if [ -x scripts/test-ha.sh ]; then
+  stage "HA manager tier (the real PVE::HA logic on drbdpool's rules)"
+  scripts/test-ha.sh 2>&1 | grep -v 'is experimental' | tee "$logdir/ha.log" | tail -25
+  p=$(sed -nE 's/^Files=[0-9]+, Tests=([0-9]+),.*/\1/p' "$logdir/ha.log" | tail -1)
+  f=$(grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$logdir/ha.log" | awk '{split($2,a,"/"); s+=a[1]} END {print s+0}')
+  if grep -q '^Result: PASS' "$logdir/ha.log"; then passed=$((passed + ${p:-0}))
+  elif grep -q '^SKIP: ha tier' "$logdir/ha.log"; then :
+  else failed=$((failed + (f > 0 ? f : 1))); passed=$((passed + ${p:-0} - f)); note_fail "ha"; fi
 fi
 
 if [ -x tests/vm/run.sh ] && [ "${DRBDPOOL_SKIP_LAB:-0}" != 1 ]; then

@@ -1,5 +1,5 @@
 //! The agent's HA step: keep Proxmox HA node-affinity rules pointing at nodes
-//! with UpToDate replicas (decisions in `crate::ha`). One agent in the cluster
+//! with good (UpToDate, not outdated) replicas (decisions in `crate::ha`). One agent in the cluster
 //! does it at a time (cluster lock `drbdpool-ha`, not waited for); it runs every
 //! `every` and writes only what changed.
 
@@ -75,7 +75,9 @@ impl HaSync {
         let resources = ha::read_optional(&self.dir.join("resources.cfg"))?;
         let rules = ha::read_optional(&self.dir.join("rules.cfg"))?;
         let guests = ha::ha_guests(&resources);
-        let (want, conflicts) = ha::desired_rules(&guests, &store.all_volumes()?, &store.node_states()?, self.strict);
+        let (want, mut conflicts) = ha::desired_rules(&guests, &store.all_volumes()?, &store.node_states()?, self.strict);
+        let (want, fit) = ha::fit_resource_affinity(want, &rules);
+        conflicts.extend(fit);
         ha::sync_rules(self.runner.as_ref(), &self.ha_manager, &rules, &want, conflicts)
     }
 }
