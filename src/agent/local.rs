@@ -505,6 +505,38 @@ impl NodeOps for LocalNode {
 }
 
 impl LocalNode {
+    /// Remove the backing device of `res`, a resource of this node that no volume document
+    /// wants any more (its volume was freed or rolled back while its replica here was not
+    /// listed in this node's published state, so the removal did not wait for this node).
+    /// Only under the local lock, with the store re-read under it: an alloc writes its
+    /// document before `ensure_replica` creates anything (under this same lock), so a
+    /// document seen absent here means no creation of `res` can be running. Never while
+    /// DRBD has the resource up, never when any document (of any name) owns `res`.
+    pub fn remove_orphan_backing(&self, res: &str, spec: &BackendSpec) -> Result<bool> {
+        let _lock = self.lock(res)?;
+        if self.status_of(res)?.is_some() {
+            return Ok(false);
+        }
+        for sid in self.store.storeids()? {
+            for name in self.store.volume_names(&sid)? {
+                // An unreadable document might be this one: keep the backing.
+                match self.store.volume(&sid, &name)? {
+                    Some(v) if v.resource == res => return Ok(false),
+                    _ => {}
+                }
+            }
+        }
+        let backend = self.backend(spec)?;
+        if backend.lookup(res)?.is_none() {
+            return Ok(false);
+        }
+        backend.remove(res)?;
+        tracing::warn!(resource = %res, "backing device of a volume that no longer exists removed");
+        Ok(true)
+    }
+}
+
+impl LocalNode {
     /// The clone's backing = a thin snapshot of the base's backing, which ends with the base's
     /// DRBD metadata: replaced by fresh metadata at once, so the clone is a new resource whose
     /// identical (base) data lets the initial sync be skipped as for a new thin volume.

@@ -186,20 +186,31 @@ impl Agent {
             // Re-read the documents after listing: an alloc writes its document before it
             // configures its replica, so whatever is configured by now has its document
             // visible now, while the list read at the start of the pass may predate it.
-            let wanted: Option<BTreeSet<String>> = if candidates.is_empty() {
+            let fresh: Option<Vec<VolumeDoc>> = if candidates.is_empty() {
                 None
             } else {
                 match self.read_docs()? {
-                    (fresh, true) => Some(fresh.into_iter().filter(|v| v.replica(&me).is_some()).map(|v| v.resource).collect()),
+                    (fresh, true) => Some(fresh),
                     _ => None,
                 }
             };
+            let wanted: Option<BTreeSet<String>> =
+                fresh.as_ref().map(|f| f.iter().filter(|v| v.replica(&me).is_some()).map(|v| v.resource.clone()).collect());
             for res in candidates {
                 if wanted.as_ref().is_none_or(|w| w.contains(&res)) {
                     continue; // wanted after all (picked up next pass), or the store could not be read in full
                 }
                 if let Some(o) = self.take_down_orphan(&res, status.get(&res)) {
                     volumes.insert(res, o);
+                } else if let Some(spec) = fresh.as_deref().and_then(|f| self.orphan_backend(&res, f)) {
+                    // Down now, and no document owns it: its volume was removed (a free or a
+                    // roll-back that did not wait for this node, whose published state did not
+                    // list the replica an alloc helper here had just made). Its backing is
+                    // nobody's data: remove it (re-checked under the local lock).
+                    match self.local.remove_orphan_backing(&res, &spec) {
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(resource = %res, error = %e, "cannot remove the backing of a removed volume; kept"),
+                    }
                 }
             }
         }
@@ -494,6 +505,22 @@ impl Agent {
                 ..Default::default()
             }),
         }
+    }
+
+    /// The backend of `res` when it is exactly a drbdpool resource name `<storeid>.<volname>`
+    /// of a storage that still has volumes here (their documents give the backend), and no
+    /// document in `docs` owns it. None: not provably ours; keep whatever it is.
+    fn orphan_backend(&self, res: &str, docs: &[VolumeDoc]) -> Option<crate::store::docs::BackendSpec> {
+        if docs.iter().any(|v| v.resource == res) {
+            return None;
+        }
+        docs.iter()
+            .find(|v| {
+                res.strip_prefix(v.storeid.as_str()).and_then(|r| r.strip_prefix('.')).is_some_and(|name| {
+                    crate::naming::parse_volname(name).is_ok() && crate::naming::resource_name(&v.storeid, name) == res
+                })
+            })
+            .map(|v| v.backend.clone())
     }
 
     /// Space of every storage that has volumes, as this node sees it.
