@@ -143,6 +143,69 @@ fn free_refuses_in_use_then_removes() {
     ok(call(&c, "free", "dp", json!({"volname": "vm-100-disk-0"})));
 }
 
+/// DRBD 9 shows a survivor Consistent for up to 1.2 s after it loses the Primary
+/// (tests/fixtures/drbd9-real/drbdsetup-events2-live.kill-and-promote.node2.out): activate
+/// waits that out (bounded by CONSISTENT_WAIT) instead of refusing; a disk that stays
+/// Consistent is refused after the bound.
+#[test]
+fn activate_waits_out_a_short_consistent_window() {
+    use drbdpool::protocol::activate::CONSISTENT_WAIT;
+    use std::time::{Duration, Instant};
+    let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let _a = FakeAgents::spawn(&s, &["pve2", "pve3"]);
+    let n = FakeNode::new("pve1", &s);
+    let mut c = ctx(&s, &n, 3000);
+    c.poll = Duration::from_millis(50);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    let res = "dp.vm-100-disk-0";
+    n.set(res, |o| o.disk = "Consistent".into());
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(600));
+            n.set(res, |o| o.disk = "UpToDate".into());
+        });
+        assert_eq!(ok(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"}))), json!({"path": "/dev/drbd1000"}));
+    });
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(550) && took < CONSISTENT_WAIT, "{took:?}");
+    assert_eq!(n.calls().iter().filter(|c| c.starts_with("promote")).count(), 1);
+    // Stays Consistent: refused once the bound is spent, nothing promoted.
+    ok(call(&c, "deactivate", "dp", json!({"volname": "vm-100-disk-0"})));
+    n.set(res, |o| o.disk = "Consistent".into());
+    let t0 = Instant::now();
+    let (k, m) = err(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    let took = t0.elapsed();
+    assert_eq!(k, "refused");
+    assert!(m.contains("is Consistent, not UpToDate"), "{m}");
+    assert!(took >= CONSISTENT_WAIT && took < CONSISTENT_WAIT + Duration::from_secs(1), "{took:?}");
+    assert_eq!(n.calls().iter().filter(|c| c.starts_with("promote")).count(), 1);
+    assert!(CONSISTENT_WAIT <= Duration::from_secs(3));
+}
+
+/// DRBD 9 refuses to promote without quorum; activate says so and where good data is.
+#[test]
+fn activate_without_quorum_says_quorum_is_lost_and_where_good_data_is() {
+    let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let _a = FakeAgents::spawn(&s, &["pve2", "pve3"]);
+    let n = FakeNode::new("pve1", &s);
+    let c = ctx(&s, &n, 3000);
+    ok(call(&c, "alloc", "dp", json!({"vmid": 100, "size_kib": 1024})));
+    // What DrbdAdm::promote makes of the real `(-25) No quorum` (src/drbd/real/tests.rs).
+    *n.promote_refusal.lock().unwrap() = Some(
+        "cannot make dp.vm-100-disk-0 Primary here: this node has lost DRBD quorum (1 of 3 nodes visible, need 2 for quorum)".into(),
+    );
+    let (k, m) = err(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!(k, "refused");
+    assert!(m.contains("lost DRBD quorum (1 of 3 nodes visible"), "{m}");
+    assert!(m.contains("Quorum is lost for dp:vm-100-disk-0 on pve1"), "{m}");
+    assert!(m.contains("UpToDate data is on pve2"), "{m}");
+    // Any other refusal comes through as it is.
+    *n.promote_refusal.lock().unwrap() = Some("something else".into());
+    let (k, m) = err(call(&c, "activate", "dp", json!({"volname": "vm-100-disk-0"})));
+    assert_eq!((k.as_str(), m.as_str()), ("refused", "something else"));
+}
+
 #[test]
 fn activate_decisions_and_migration_window() {
     let (_d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);

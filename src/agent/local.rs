@@ -17,18 +17,31 @@ pub type BackendFactory = Arc<dyn Fn(&BackendSpec) -> Result<Box<dyn Backend>> +
 
 /// Backing size for a DRBD device of `net_kib`: DRBD keeps its internal metadata
 /// at the end of the backing device (4 KiB superblock + 32 KiB activity log +
-/// a bitmap of 1 bit per 4 KiB per peer slot; 7 slots as LINSTOR's default,
-/// which also covers DRBD 8.4's single peer), rounded up to 64 KiB.
+/// a bitmap of 1 bit per 4 KiB per peer slot; crate::drbd::real::PEER_SLOTS (7) slots as
+/// LINSTOR's default, which DRBD 9 metadata is created with and which also covers DRBD 8.4's
+/// single peer), rounded up to 64 KiB.
 pub fn drbd_backing_kib(net_kib: u64) -> u64 {
-    let bitmap = (7 * net_kib).div_ceil(32768).div_ceil(4) * 4;
+    let bitmap = (u64::from(crate::drbd::real::PEER_SLOTS) * net_kib).div_ceil(32768).div_ceil(4) * 4;
     (net_kib + 36 + bitmap).div_ceil(64) * 64
 }
+
+/// How often demote looks at an open device before refusing (300 ms apart).
+const DEMOTE_OPEN_CHECKS: u32 = 3;
 
 pub struct LocalNode {
     store: Store,
     node: String,
     backends: BackendFactory,
     repl: Box<dyn Replication>,
+}
+
+/// " and open" (with who holds it, when the DRBD side says) for refusal messages.
+fn open_note(st: &ResourceStatus) -> Option<String> {
+    let d = st.devices.iter().find(|d| d.open == Some(true))?;
+    Some(match d.extra.get("opened-by") {
+        Some(by) => format!(" and open (by {by})"),
+        None => " and open".into(),
+    })
 }
 
 /// Disk states that mean "backing attached, metadata present".
@@ -291,15 +304,15 @@ impl NodeOps for LocalNode {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
         if let Some(st) = self.status_of(&vol.resource)? {
-            let open = st.devices.iter().any(|d| d.open == Some(true));
-            if st.role == "Primary" || open {
+            let open = open_note(&st);
+            if st.role == "Primary" || open.is_some() {
                 // Invariant 2: never delete a volume that is open or Primary.
                 return Err(Error::Refused(format!(
                     "{}: not removed on {}: the replica is {}{}; stop the guest using it first",
                     vol.resource,
                     self.node,
                     st.role,
-                    if open { " and open" } else { "" }
+                    open.unwrap_or_default()
                 )));
             }
         }
@@ -361,10 +374,18 @@ impl NodeOps for LocalNode {
     fn demote(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
-        if let Some(st) = self.status_of(&vol.resource)? {
-            if st.devices.iter().any(|d| d.open == Some(true)) {
-                return Err(Error::Refused(format!("{}: device is open on {}; not demoting", vol.resource, self.node)));
+        // A udev/blkid probe holds the device for a moment after a guest stops (the reason
+        // DrbdAdm::demote retries "held open"): look again before refusing.
+        for attempt in 1..=DEMOTE_OPEN_CHECKS {
+            let Some(st) = self.status_of(&vol.resource)? else { break };
+            let Some(open) = open_note(&st) else { break };
+            if attempt == DEMOTE_OPEN_CHECKS {
+                return Err(Error::Refused(format!(
+                    "{}: the replica on {} is {}{}; not demoting (stop the guest or process using it first)",
+                    vol.resource, self.node, st.role, open
+                )));
             }
+            std::thread::sleep(std::time::Duration::from_millis(300));
         }
         self.repl.demote(&vol.resource)
     }
@@ -568,14 +589,14 @@ impl LocalNode {
     /// Invariant 2: never change the data under a Primary or an open device.
     fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
         if let Some(st) = self.status_of(&vol.resource)? {
-            let open = st.devices.iter().any(|d| d.open == Some(true));
-            if st.role == "Primary" || open {
+            let open = open_note(&st);
+            if st.role == "Primary" || open.is_some() {
                 return Err(Error::Refused(format!(
                     "{}: not {what} on {}: the replica is {}{}; stop the guest using it first",
                     vol.resource,
                     self.node,
                     st.role,
-                    if open { " and open" } else { "" }
+                    open.unwrap_or_default()
                 )));
             }
         }

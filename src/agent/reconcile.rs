@@ -642,7 +642,7 @@ pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(S
     let healed = conn.is_some_and(|c| {
         c.connection == "Connected"
             && !c.peer_devices.is_empty()
-            && c.peer_devices.iter().all(|p| p.peer_disk == "UpToDate" && p.out_of_sync_kib == 0)
+            && c.peer_devices.iter().all(|p| crate::drbd::peer_in_sync(&p.replication, &p.peer_disk, p.out_of_sync_kib))
     });
     if healed {
         vec![(peer.node.clone(), peer.node_id)]

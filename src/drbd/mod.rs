@@ -89,6 +89,16 @@ pub struct PeerDeviceStatus {
     pub extra: BTreeMap<String, String>,
 }
 
+/// Is a connected peer's copy the same as ours, as far as DRBD says (ours UpToDate is checked
+/// by the caller)? The peer must be UpToDate, and the out-of-sync counter must be 0 unless
+/// replication is `Established`: then DRBD has nothing left to resync, whatever the counter
+/// says. DRBD 9.2.18 kept `out-of-sync:4044` for at least 6 s after a finished resync,
+/// Established and UpToDate (tests/fixtures/drbd9-real/drbdsetup-status-json-statistics.resync-done-6s-later.node3.out),
+/// so the counter is never trusted on its own.
+pub fn peer_in_sync(replication: &str, peer_disk: &str, out_of_sync_kib: u64) -> bool {
+    peer_disk == "UpToDate" && (out_of_sync_kib == 0 || replication == "Established")
+}
+
 pub trait Replication: Send + Sync {
     /// Render the resource file, test it with drbdadm, replace the live one atomically,
     /// create metadata if the backing device has none, and bring the resource up (or adjust it).
@@ -203,6 +213,7 @@ pub mod words {
 
 // The DRBD side proper (sim.rs is the simulated side, kept by the node side).
 pub mod events2;
+pub mod openers;
 pub mod proc_drbd;
 pub mod real;
 pub mod render;
@@ -214,4 +225,37 @@ pub mod version;
 pub(crate) fn fixture(name: &str) -> String {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/drbd84-real/");
     std::fs::read_to_string(format!("{p}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// Real outputs of DRBD 9.2.18 from the lab's guests (tests/fixtures/drbd9-real/README.md).
+#[cfg(test)]
+pub(crate) fn fixture9(name: &str) -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/drbd9-real/");
+    std::fs::read_to_string(format!("{p}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 9.2.18 kept a stale count after a finished resync (node3 towards node2: Established,
+    /// UpToDate, 4044 KiB): in sync by the state words. A resync in progress is not.
+    #[test]
+    fn a_stale_out_of_sync_count_alone_does_not_make_a_peer_unsynced() {
+        let done = status_json::parse(&fixture9("drbdsetup-status-json-statistics.resync-done-6s-later.node3.out")).unwrap();
+        let pds: Vec<&PeerDeviceStatus> = done[0].connections.iter().flat_map(|c| c.peer_devices.iter()).collect();
+        assert_eq!(pds.iter().map(|p| p.out_of_sync_kib).collect::<Vec<_>>(), vec![0, 4044], "fixture changed");
+        for p in &pds {
+            assert!(peer_in_sync(&p.replication, &p.peer_disk, p.out_of_sync_kib), "{p:?}");
+        }
+        let syncing = status_json::parse(&fixture9("drbdsetup-status-json-statistics.resync-synctarget.node3.out")).unwrap();
+        let pd = &syncing[0].connections[0].peer_devices[0];
+        assert!(pd.out_of_sync_kib > 0 && pd.replication != "Established", "fixture changed: {pd:?}");
+        assert!(!peer_in_sync(&pd.replication, &pd.peer_disk, pd.out_of_sync_kib));
+        // A count without a replication word is trusted; a peer not UpToDate never is in sync.
+        assert!(!peer_in_sync("", "UpToDate", 4044));
+        assert!(peer_in_sync("", "UpToDate", 0));
+        assert!(!peer_in_sync("Established", "Outdated", 0));
+        assert!(!peer_in_sync("SyncSource", "Inconsistent", 0));
+    }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::events2::{self, Events2State};
+use super::openers::{self, Opener};
 use super::render::{self, file_name};
 use super::version::{self, Flavor};
 use super::{proc_drbd, Applied, Replication, ResourcePlan, ResourceStatus};
@@ -26,6 +27,10 @@ pub const DEFAULT_RES_DIR: &str = "/etc/drbd.d";
 const UUID_JUST_CREATED: &str = "0000000000000004";
 /// Bring-up and reconfiguration may wait for the kernel (state changes, peers).
 const SLOW: Duration = Duration::from_secs(60);
+/// Peer slots in DRBD 9 metadata: room for peers added later (drbdadm would size it for the
+/// file's peers only, `max-peers 2` for 3 hosts: tests/fixtures/drbd9-real/drbdadm-dump-md.fresh-md.node1.out).
+/// agent::local::drbd_backing_kib reserves the bitmap of this many slots.
+pub const PEER_SLOTS: u32 = 7;
 
 pub struct DrbdAdm {
     runner: Arc<dyn Runner>,
@@ -38,6 +43,8 @@ pub struct DrbdAdm {
     env: Vec<(String, String)>,
     retry_delay: Duration,
     attempts: u32,
+    /// Where openers of a device are looked for (DRBD 9: see openers.rs).
+    open_roots: openers::Roots,
 }
 
 impl DrbdAdm {
@@ -61,6 +68,7 @@ impl DrbdAdm {
             env: Vec::new(),
             retry_delay: Duration::from_millis(500),
             attempts: 3,
+            open_roots: openers::Roots::default(),
         }
     }
     pub fn with_res_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -82,6 +90,11 @@ impl DrbdAdm {
     }
     pub fn with_env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    /// Look for openers under these roots instead of /proc and /sys/block (tests).
+    pub fn with_open_roots(mut self, roots: openers::Roots) -> Self {
+        self.open_roots = roots;
         self
     }
     pub fn with_retry(mut self, attempts: u32, delay: Duration) -> Self {
@@ -168,6 +181,32 @@ impl DrbdAdm {
         Ok(proc_drbd::to_status(&p, |m| minors.get(&m).cloned()))
     }
 
+    /// Who holds the devices of `resource` open, by the kernel's answers (openers.rs).
+    pub fn openers_of(&self, st: &ResourceStatus) -> Vec<Opener> {
+        let minors: Vec<u32> = st.devices.iter().map(|d| d.minor).collect();
+        openers::openers(&self.open_roots, &minors).into_values().flatten().collect()
+    }
+
+    /// DRBD 9's tools never say `open` (drbd9-real.md item 1): fill it, and who holds the
+    /// device (`extra["opened-by"]`), from the kernel's answers. 8.4 is left as it
+    /// reports: there a Secondary cannot be opened, so the Primary role already says it.
+    fn fill_open(&self, mut rs: Vec<ResourceStatus>) -> Result<Vec<ResourceStatus>> {
+        if self.flavor()? != Flavor::V9 {
+            return Ok(rs);
+        }
+        let minors: Vec<u32> =
+            rs.iter().flat_map(|r| r.devices.iter()).filter(|d| d.open.is_none()).map(|d| d.minor).collect();
+        let found = openers::openers(&self.open_roots, &minors);
+        for d in rs.iter_mut().flat_map(|r| r.devices.iter_mut()).filter(|d| d.open.is_none()) {
+            let by = found.get(&d.minor);
+            d.open = Some(by.is_some());
+            if let Some(by) = by {
+                d.extra.insert("opened-by".into(), by.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "));
+            }
+        }
+        Ok(rs)
+    }
+
     fn is_up(&self, resource: &str) -> Result<bool> {
         Ok(self.snapshot()?.resource(resource).is_some())
     }
@@ -229,6 +268,16 @@ impl DrbdAdm {
                 out.stderr.trim()
             )))
         }
+    }
+
+    /// `create-md --force` (only where has_metadata found none, or on a wipe); on DRBD 9
+    /// with PEER_SLOTS peer slots, so a peer added later has room in the bitmap.
+    fn create_md(&self, resource: &str) -> Result<()> {
+        let c = match self.flavor()? {
+            Flavor::V9 => self.adm().args(["--", "--force", &format!("--max-peers={PEER_SLOTS}"), "create-md", resource]),
+            Flavor::V84 => self.adm().args(["--", "--force", "create-md", resource]),
+        };
+        self.run_checked(c.timeout(SLOW)).map(|_| ())
     }
 
     fn run_checked(&self, cmd: Cmd) -> Result<Output> {
@@ -298,7 +347,7 @@ impl DrbdAdm {
         if !self.is_up(res)? {
             // A blank device (just made, reads zeroes) has none: saves get-gi + dump-md.
             if blank || !self.has_metadata(res)? {
-                self.run_checked(self.adm().args(["--", "--force", "create-md", res]).timeout(SLOW))?;
+                self.create_md(res)?;
                 applied.created_metadata = true;
             }
             let cmd = self.adm().args(["up", res]).timeout(SLOW);
@@ -356,7 +405,21 @@ impl Replication for DrbdAdm {
 
     fn down(&self, resource: &str) -> Result<()> {
         let live = self.res_path(resource);
-        if self.is_up(resource)? {
+        let snap = self.snapshot()?;
+        if let Some(st) = snap.resource(resource) {
+            // DRBD 9 with a read-only opener drops every connection first and only then fails
+            // `(-2) Need access to UpToDate data`, leaving the replica up without peers
+            // (tests/fixtures/drbd9-real/project.drbdadm-down-held-open-ro.node3.err): look first.
+            if self.flavor()? == Flavor::V9 {
+                let by = self.openers_of(&st);
+                if !by.is_empty() {
+                    let by: Vec<String> = by.iter().map(|o| o.to_string()).collect();
+                    return Err(Error::Refused(format!(
+                        "cannot take {resource} down: its device is open ({}); stop that first (nothing was changed)",
+                        by.join(", ")
+                    )));
+                }
+            }
             // Without its file drbdadm no longer knows the resource; drbdsetup does.
             let cmd = if live.exists() { self.adm() } else { self.setup() }.args(["down", resource]).timeout(SLOW);
             let out = self.runner.run(&cmd)?;
@@ -382,7 +445,7 @@ impl Replication for DrbdAdm {
     }
 
     fn status(&self) -> Result<Vec<ResourceStatus>> {
-        Ok(self.snapshot()?.resources())
+        self.fill_open(self.snapshot()?.resources())
     }
 
     fn promote(&self, resource: &str) -> Result<()> {
@@ -402,6 +465,16 @@ impl Replication for DrbdAdm {
                 return Err(Error::Refused(format!(
                     "cannot make {resource} Primary here: it is Primary on another node (two primaries are allowed only \
                      during a live migration); demote it there first. drbdadm said: {err}"
+                )));
+            }
+            // DRBD 9 quorum: tests/fixtures/drbd9-real/drbdadm-primary.no-quorum.node2.err.
+            if err.contains("(-25)") || err.contains("No quorum") {
+                let seen = err.lines().find(|l| l.contains("for quorum")).map(str::trim);
+                return Err(Error::Refused(format!(
+                    "cannot make {resource} Primary here: this node has lost DRBD quorum ({}): too few of its replicas are \
+                     reachable, and a minority must not write (split brain). drbdadm said: {}",
+                    seen.unwrap_or("a majority of the replicas is not reachable"),
+                    err.lines().next().unwrap_or(err).trim()
                 )));
             }
             if err.contains("UpToDate") || err.contains("Need access to UpToDate data") || err.contains("(-2)") {
@@ -521,7 +594,7 @@ impl Replication for DrbdAdm {
             return Err(Error::Refused(format!("{res}: still up; take it down before recreating its metadata")));
         }
         self.write_config(plan)?;
-        self.run_checked(self.adm().args(["--", "--force", "create-md", res]).timeout(SLOW)).map(|_| ())
+        self.create_md(res)
     }
 
     fn make_sync_source(&self, resource: &str) -> Result<()> {
@@ -530,7 +603,21 @@ impl Replication for DrbdAdm {
     }
 
     fn outdate(&self, resource: &str) -> Result<()> {
-        self.run_checked(self.adm().args(["outdate", resource]).timeout(SLOW)).map(|_| ())
+        let cmd = self.adm().args(["outdate", resource]).timeout(SLOW);
+        let out = self.runner.run(&cmd)?;
+        if out.success() {
+            return Ok(());
+        }
+        // DRBD 9 outdates only a replica it is not using: on a connected one drbdmeta says
+        // `Device '1000' is configured!` (exit 20, tests/fixtures/drbd9-real/project.drbdadm-outdate.node3.err).
+        if out.stderr.contains("is configured") {
+            return Err(Error::Refused(format!(
+                "cannot outdate {resource} here: it is up (DRBD outdates a replica that is up only through its \
+                 connected peers); take it down first. drbdadm said: {}",
+                out.stderr.lines().next().unwrap_or("").trim()
+            )));
+        }
+        Err(Error::Tool(format!("`{}` failed (exit {}): {}", cmd.display(), out.status, out.stderr.trim())))
     }
 
     /// Allow or forbid two primaries at runtime (live-migration window), without

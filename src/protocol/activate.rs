@@ -17,6 +17,12 @@ use super::{load, now, Args, Ctx};
 /// A Primary we are still connected to is seen in the local DRBD view anyway.
 pub const STALE_AFTER_SECS: u64 = 90;
 
+/// DRBD 9 shows a survivor `Consistent`, not UpToDate, for a moment after it loses the
+/// Primary (1.2 s in tests/fixtures/drbd9-real/drbdsetup-events2-live.kill-and-promote.node2.out,
+/// 0.1-1.2 s over the runs of docs in ../shared/reference/drbd9-real.md): activate waits at most
+/// this long for it to settle before deciding.
+pub const CONSISTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     AlreadyPrimary,
@@ -165,6 +171,55 @@ fn interrupted_resync(local_obs: Option<&VolumeObserved>, last: Option<(u64, &Vo
     )
 }
 
+/// Where good data is, for refusals: the other replicas that published UpToDate and are not marked outdated.
+pub fn where_good(doc: &VolumeDoc, local: &str, states: &[NodeState]) -> String {
+    let good: Vec<&str> = doc
+        .replicas
+        .iter()
+        .map(|r| r.node.as_str())
+        .filter(|n| *n != local && !doc.outdated.iter().any(|o| o == n))
+        .filter(|n| {
+            states.iter().find(|s| s.node == *n).and_then(|s| s.volumes.get(&doc.resource)).is_some_and(|v| v.disk == "UpToDate")
+        })
+        .collect();
+    if good.is_empty() {
+        "no other node reports an UpToDate replica; check `drbdpool status`".to_string()
+    } else {
+        format!("UpToDate data is on {}: start the guest there", good.join(", "))
+    }
+}
+
+/// The local view, waiting (at most CONSISTENT_WAIT) while DRBD shows the disk `Consistent`:
+/// the moment after a peer loss in which DRBD 9 has not yet settled it to UpToDate.
+fn settled_view(ctx: &Ctx, doc: &VolumeDoc) -> Result<Option<VolumeObserved>> {
+    let start = std::time::Instant::now();
+    let mut obs = ctx.node.observe(doc)?;
+    while obs.as_ref().is_some_and(|o| o.disk == "Consistent") && start.elapsed() < CONSISTENT_WAIT {
+        std::thread::sleep(ctx.poll.min(CONSISTENT_WAIT.saturating_sub(start.elapsed())));
+        obs = ctx.node.observe(doc)?;
+    }
+    Ok(obs)
+}
+
+/// A promotion DRBD refused for lost quorum: say where good data is (drbd9-real.md item 4).
+fn promote(ctx: &Ctx, doc: &VolumeDoc, local: &str) -> Result<()> {
+    ctx.node.promote(doc).map_err(|e| match e {
+        crate::error::Error::Refused(m) if m.contains("quorum") => {
+            let good = ctx.store.node_states().map(|s| where_good(doc, local, &s)).unwrap_or_else(|se| {
+                format!("the published states could not be read ({se}) to say where good data is")
+            });
+            crate::error::Error::Refused(format!(
+                "{m}. Quorum is lost for {}:{} on {local}: bring back enough of its other replicas ({}) for a majority, \
+                 or start the guest on a node that has quorum; by the last published states, {good}",
+                doc.storeid,
+                doc.volname,
+                doc.replicas.iter().map(|r| r.node.as_str()).filter(|n| *n != local).collect::<Vec<_>>().join(", ")
+            ))
+        }
+        e => e,
+    })
+}
+
 pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
     if let Some(snap) = a.opt_str("snapname")? {
@@ -176,7 +231,7 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     }
     let doc = load(ctx, sid, volname)?;
     let local = ctx.node.name().to_string();
-    let obs = if doc.replica(&local).is_some() { ctx.node.observe(&doc)? } else { None };
+    let obs = if doc.replica(&local).is_some() { settled_view(ctx, &doc)? } else { None };
     let states = ctx.store.node_states()?;
     let departed: Vec<String> = match crate::membership::Membership::of_store(ctx.store)? {
         Some(m) => doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local && m.departed(n)).collect(),
@@ -186,7 +241,7 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         Decision::AlreadyPrimary => {}
         Decision::Promote => {
             crate::failpoint!("activate.before-promote");
-            ctx.node.promote(&doc)?
+            promote(ctx, &doc, &local)?
         }
         Decision::PromoteForMigration { source } => {
             tracing::info!("opening the live-migration window for {} from {source} to {local}", doc.resource);
@@ -206,7 +261,7 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 return Err(e);
             }
             crate::failpoint!("activate.before-promote");
-            if let Err(e) = ctx.node.promote(&doc) {
+            if let Err(e) = promote(ctx, &doc, &local) {
                 close_window(ctx, sid, volname, &local)?;
                 return Err(e);
             }

@@ -629,7 +629,11 @@ fn not_identical(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
             None => out.push(format!("{n}: no state")),
             Some(o) if o.disk != "UpToDate" => out.push(format!("{n}: {}", o.disk)),
             Some(o) => {
-                for p in o.peers.iter().filter(|p| p.connection != "Connected" || p.out_of_sync_kib > 0) {
+                // A count is not trusted on its own: not in a state DRBD calls in sync (drbd::peer_in_sync).
+                for p in o.peers.iter().filter(|p| {
+                    p.connection != "Connected"
+                        || (p.out_of_sync_kib > 0 && !crate::drbd::peer_in_sync(&p.replication, &p.disk, p.out_of_sync_kib))
+                }) {
                     out.push(format!("{n} sees {} {} with {} KiB out of sync", p.node, p.connection, p.out_of_sync_kib));
                 }
             }

@@ -39,6 +39,8 @@ pub struct FakeNode {
     pub disk_after_create: Mutex<String>,
     /// Publish this node's NodeState (off when fake agents publish for this node too).
     pub publishes: bool,
+    /// The refusal `promote` returns instead of promoting (DRBD saying no).
+    pub promote_refusal: Mutex<Option<String>>,
 }
 
 impl FakeNode {
@@ -55,6 +57,7 @@ impl FakeNode {
             calls: Mutex::new(Vec::new()),
             disk_after_create: Mutex::new("UpToDate".into()),
             publishes: true,
+            promote_refusal: Mutex::new(None),
         }
     }
     /// A node whose NodeState is published by `FakeAgents` instead.
@@ -107,6 +110,9 @@ impl NodeOps for FakeNode {
     }
     fn promote(&self, vol: &VolumeDoc) -> Result<()> {
         self.log(format!("promote {}", vol.resource));
+        if let Some(m) = self.promote_refusal.lock().unwrap().clone() {
+            return Err(Error::Refused(m));
+        }
         self.set(&vol.resource, |o| o.role = "Primary".into());
         Ok(())
     }

@@ -19,7 +19,8 @@ fn wipe_metadata_writes_the_file_then_recreates_metadata_while_down() {
     let calls = r.calls();
     assert_eq!(calls[0], "drbdsetup events2 --now --statistics");
     assert!(calls[1].starts_with("drbdadm --config-to-test ") && calls[1].ends_with(" sh-nop"), "{calls:?}");
-    assert_eq!(calls[2..], ["drbdadm -- --force create-md vm-100-disk-0".to_string()]);
+    // DRBD 9: with room for peers added later (PEER_SLOTS).
+    assert_eq!(calls[2..], ["drbdadm -- --force --max-peers=7 create-md vm-100-disk-0".to_string()]);
     assert!(dir.path().join("drbdpool-vm-100-disk-0.res").exists());
 }
 

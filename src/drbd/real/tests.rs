@@ -5,7 +5,8 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::*;
-use crate::drbd::fixture;
+use crate::drbd::openers::Roots;
+use crate::drbd::{fixture, fixture9};
 use crate::drbd::render::tests::plan;
 use crate::exec::{Output, RecordingRunner};
 
@@ -31,7 +32,12 @@ struct T {
 fn setup(flavor: Flavor) -> T {
     let r = RecordingRunner::new();
     let dir = tempfile::tempdir().unwrap();
-    let adm = DrbdAdm::new_in(Arc::new(r.clone()), dir.path()).with_flavor(flavor).with_retry(3, Duration::ZERO);
+    // No openers unless a test makes a fake /proc (never this machine's).
+    let roots = Roots { proc: dir.path().join("no-proc"), sys_block: dir.path().join("no-sys") };
+    let adm = DrbdAdm::new_in(Arc::new(r.clone()), dir.path())
+        .with_flavor(flavor)
+        .with_retry(3, Duration::ZERO)
+        .with_open_roots(roots);
     T { r, dir, adm }
 }
 
@@ -46,6 +52,16 @@ impl T {
         let arg = cmds.first().and_then(|c| c.args.iter().find(|a| a.ends_with(".tmp"))).expect("a candidate was tested");
         assert!(arg.starts_with(&prefix), "{arg} should start with {prefix}");
         arg.clone()
+    }
+    /// A fake /proc in which `comm` (pid 539) holds /dev/drbd<minor>, read-only or read-write.
+    fn opened_by(&self, minor: u32, comm: &str, write: bool) {
+        let p = self.dir.path().join("no-proc/539");
+        std::fs::create_dir_all(p.join("fd")).unwrap();
+        std::fs::create_dir_all(p.join("fdinfo")).unwrap();
+        std::fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
+        std::os::unix::fs::symlink(format!("/dev/drbd{minor}"), p.join("fd/3")).unwrap();
+        let flags = if write { "0100002" } else { "0100000" };
+        std::fs::write(p.join("fdinfo/3"), format!("pos:\t0\nflags:\t{flags}\n")).unwrap();
     }
     fn events(&self, text: &str) {
         self.r.on(&["drbdsetup", "events2", "--now", "--statistics"], Output::ok(text));
@@ -72,11 +88,17 @@ fn apply_fresh_creates_metadata_and_brings_up() {
             "drbdsetup events2 --now --statistics".into(),
             "drbdadm get-gi vm-100-disk-0".into(),
             "drbdadm dump-md vm-100-disk-0".into(),
-            "drbdadm -- --force create-md vm-100-disk-0".into(),
+            "drbdadm -- --force --max-peers=7 create-md vm-100-disk-0".into(),
             "drbdadm up vm-100-disk-0".into(),
         ]
     );
     assert_eq!(std::fs::read_to_string(t.live()).unwrap(), render::render(&plan(2), Flavor::V9).unwrap());
+    // 8.4 metadata has one peer and no --max-peers: unchanged.
+    let t = setup(Flavor::V84);
+    t.events(DOWN);
+    no_md(&t.r);
+    t.adm.apply(&plan(2)).unwrap();
+    assert!(t.r.calls().contains(&"drbdadm -- --force create-md vm-100-disk-0".to_string()), "{:?}", t.r.calls());
     assert!(!Path::new(&t.tmp()).exists(), "candidate cleaned up");
 }
 
@@ -417,6 +439,87 @@ fn flavor_is_detected_once() {
     assert_eq!(r.calls(), vec!["drbdadm --version"]);
 }
 
+/// Real 9.2.18: `drbdadm primary` with 1 of 3 nodes visible (drbd9-real.md item 4).
+#[test]
+fn promote_without_quorum_is_a_refusal_that_says_so() {
+    let t = setup(Flavor::V9);
+    t.r.on(&["drbdadm", "primary"], Output::fail(11, fixture9("drbdadm-primary.no-quorum.node2.err")));
+    let e = t.adm.promote(RES).unwrap_err();
+    assert_eq!((e.kind(), e.exit_code()), ("refused", 4));
+    let m = e.to_string();
+    assert!(m.contains("lost DRBD quorum (1 of 3 nodes visible, need 2 for quorum)"), "{m}");
+    assert!(m.contains("(-25) No quorum"), "{m}");
+    assert_eq!(t.r.calls().len(), 1, "no retry for a real refusal");
+}
+
+/// drbd-utils 9.22 never prints `open` (drbd9-real.md item 1): on DRBD 9 status fills it from
+/// the kernel's answers (openers.rs); 8.4 keeps what it reports (nothing).
+#[test]
+fn status_on_9_knows_an_open_device_without_the_open_key() {
+    let ev = fixture9("drbdsetup-events2-now-statistics.3node-primary.node1.out");
+    assert!(!ev.contains("open:"), "fixture changed: the tools say open now");
+    let t = setup(Flavor::V9);
+    t.events(&ev);
+    let d = &t.adm.status().unwrap()[0].devices[0];
+    assert_eq!((d.minor, d.open), (0, Some(false)));
+    t.opened_by(0, "qemu-system-x86", true);
+    let d = t.adm.status().unwrap()[0].devices[0].clone();
+    assert_eq!(d.open, Some(true));
+    assert_eq!(d.extra["opened-by"], "qemu-system-x86 (pid 539, read-write)");
+    assert_eq!(t.adm.resource_status("r0").unwrap().unwrap().devices[0].open, Some(true));
+    let t = setup(Flavor::V84);
+    t.events(&ev);
+    t.opened_by(0, "qemu-system-x86", true);
+    assert_eq!(t.adm.status().unwrap()[0].devices[0].open, None, "8.4 unchanged");
+}
+
+/// Real 9.2.18 `down` with a read-only opener drops every connection, then fails
+/// (project.drbdadm-down-held-open-ro.node3.err; the replica stays up with quorum:no,
+/// project.drbdadm-status.after-failed-down-ro.node3.out). So nothing is run while it is open.
+#[test]
+fn down_on_9_with_an_opener_runs_nothing() {
+    assert!(fixture9("project.drbdadm-down-held-open-ro.node3.err").contains("(-2) Need access to UpToDate data"));
+    assert!(fixture9("project.drbdadm-status.after-failed-down-ro.node3.out").contains("quorum:no"));
+    for write in [false, true] {
+        let t = setup(Flavor::V9);
+        std::fs::write(t.live(), "x").unwrap();
+        t.events(&up_state("UpToDate", "Connected", "Established", "UpToDate"));
+        t.opened_by(1000, "blkid", write);
+        let e = t.adm.down(RES).unwrap_err();
+        assert_eq!(e.kind(), "refused");
+        assert!(e.to_string().contains("blkid (pid 539"), "{e}");
+        assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics"], "no drbdadm down");
+        assert!(t.live().exists(), "resource file kept");
+    }
+    // The kernel's own refusal, should an opener come between the look and `down`.
+    let t = setup(Flavor::V9);
+    std::fs::write(t.live(), "x").unwrap();
+    t.events(&up_state("UpToDate", "Connected", "Established", "UpToDate"));
+    t.r.on(&["drbdadm", "down"], Output::fail(11, fixture9("project.drbdadm-down-held-open-rw.node1.err")));
+    assert_eq!(t.adm.down(RES).unwrap_err().kind(), "refused");
+    // 8.4: unchanged, drbdadm decides.
+    let t = setup(Flavor::V84);
+    std::fs::write(t.live(), "x").unwrap();
+    t.r.once(&["drbdsetup", "events2"], Output::ok(up_state("UpToDate", "Connected", "Established", "UpToDate")));
+    t.r.on(&["drbdsetup", "events2"], Output::ok(DOWN));
+    t.opened_by(1000, "blkid", false);
+    t.adm.down(RES).unwrap();
+    assert_eq!(t.r.calls()[1], "drbdadm down vm-100-disk-0");
+}
+
+/// Real 9.2.18 `drbdadm outdate` on a connected Secondary (drbd9-real.md item 8).
+#[test]
+fn outdate_of_an_up_replica_is_a_refusal() {
+    let t = setup(Flavor::V9);
+    t.r.on(&["drbdadm", "outdate"], Output::fail(20, fixture9("project.drbdadm-outdate.node3.err")));
+    let e = t.adm.outdate(RES).unwrap_err();
+    assert_eq!(e.kind(), "refused");
+    assert!(e.to_string().contains("Device '1000' is configured!"), "{e}");
+    let t = setup(Flavor::V9);
+    t.r.on(&["drbdadm", "outdate"], Output::fail(10, "something else\n"));
+    assert_eq!(t.adm.outdate(RES).unwrap_err().kind(), "tool");
+}
+
 // ---------------------------------------------------------------------------
 // Tier 3: the real drbd-utils parser (drbdadm -d with a pretend node name and
 // module version; needs no kernel module, no /etc/drbd.conf, no /var/lib/drbd).
@@ -471,7 +574,7 @@ mod real_utils {
         let out = dry_up(&file, "pve2", Flavor::V9);
         assert_eq!(out.status, 0, "{}", out.stderr);
         let want = [
-            "drbdsetup new-resource vm-100-disk-0 1",
+            "drbdsetup new-resource vm-100-disk-0 1 --auto-promote=no",
             "drbdsetup new-minor vm-100-disk-0 1000 0",
             "drbdsetup new-peer vm-100-disk-0 0 --_name=pve1 --fencing=resource-and-stonith --shared-secret=Zm9vYmFyYmF6cXV4 --cram-hmac-alg=sha256 --protocol=C",
             "drbdsetup new-path vm-100-disk-0 0 ipv4:10.99.1.2:7000 ipv4:10.99.1.1:7000",
@@ -507,7 +610,10 @@ mod real_utils {
         let out = dry_up(&file, "pve3", Flavor::V9);
         assert_eq!(out.status, 0, "{}", out.stderr);
         let lines: Vec<&str> = out.stdout.lines().collect();
-        assert_eq!(lines[0], "drbdsetup new-resource vm-100-disk-0 2 --quorum=majority --on-no-quorum=io-error");
+        assert_eq!(
+            lines[0],
+            "drbdsetup new-resource vm-100-disk-0 2 --auto-promote=no --quorum=majority --on-no-quorum=io-error"
+        );
         assert!(
             lines.contains(&"drbdsetup new-path vm-100-disk-0 0 ipv4:10.99.1.3:7000 ipv4:10.99.1.1:7000"),
             "{lines:?}"
@@ -543,8 +649,57 @@ mod real_utils {
         assert!(!text.contains("connection") && !text.contains("fencing") && !text.contains("quorum"), "{text}");
         let out = dry_up(&file, "pve1", Flavor::V9);
         assert_eq!(out.status, 0, "{}", out.stderr);
-        assert_eq!(out.stdout.lines().next(), Some("drbdsetup new-resource vm-100-disk-0 0"));
+        assert_eq!(out.stdout.lines().next(), Some("drbdsetup new-resource vm-100-disk-0 0 --auto-promote=no"));
         assert!(out.stdout.contains("drbdsetup attach 1000 /dev/pve/vm-100-disk-0"), "{}", out.stdout);
+    }
+
+    /// drbd9-real.md item 2: every DRBD 9 file we render turns auto-promote off, as the real
+    /// drbdadm reads it (the default is on: drbdsetup-show-defaults.r0.node1.out).
+    #[test]
+    fn v9_every_file_turns_auto_promote_off_for_real_drbdadm() {
+        assert!(fixture9("drbdsetup-show-defaults.r0.node1.out").contains("auto-promote    \tyes; # default"));
+        assert!(!fixture9("project-rendered.3node.res").contains("auto-promote"), "the file before the fix");
+        if !have_drbdadm() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for n in 1..=4 {
+            for dual in [false, true] {
+                let mut p = plan(n);
+                p.dual_primary = dual;
+                let file = write(dir.path(), &p, Flavor::V9);
+                let out = dry_up(&file, "pve1", Flavor::V9);
+                assert_eq!(out.status, 0, "{n} hosts: {}", out.stderr);
+                let first = out.stdout.lines().next().unwrap_or_default().to_string();
+                assert!(
+                    first.starts_with("drbdsetup new-resource vm-100-disk-0 0 --auto-promote=no"),
+                    "{n} hosts, dual {dual}: {first}"
+                );
+            }
+        }
+    }
+
+    /// drbd9-real.md item 9: DRBD 9 metadata gets PEER_SLOTS slots, whatever the file's peers.
+    #[test]
+    fn v9_create_md_with_peer_slots_is_accepted() {
+        assert!(fixture9("drbdadm-dump-md.fresh-md.node1.out").contains("max-peers 2;"), "what drbdadm makes alone");
+        if !have_drbdadm() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for n in [2, 3] {
+            let file = write(dir.path(), &plan(n), Flavor::V9);
+            let out = RealRunner
+                .run(
+                    &Cmd::new("drbdadm")
+                        .args(["-d", "-c", &file.to_string_lossy(), "--", "--force", "--max-peers=7", "create-md", RES])
+                        .env("__DRBD_NODE__", "pve1")
+                        .env("DRBD_DRIVER_VERSION_OVERRIDE", "9.2.0"),
+                )
+                .unwrap();
+            assert_eq!(out.status, 0, "{}", out.stderr);
+            assert_eq!(out.stdout.trim(), "drbdmeta 1000 v09 /dev/pve/vm-100-disk-0 internal create-md 7 --force");
+        }
     }
 
     #[test]
@@ -755,13 +910,16 @@ mod real_metadata {
         }
     }
 
+    /// Net size of the test's DRBD device, KiB; the loop device is sized as the agent sizes backings.
+    const NET: u64 = 64 << 10;
+
     fn loop_device() -> Option<Loop> {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("SKIPPED: not root, cannot attach a loop device for the real drbdmeta test");
             return None;
         }
         let img = tempfile::NamedTempFile::new().ok()?;
-        img.as_file().set_len(64 << 20).ok()?;
+        img.as_file().set_len(crate::agent::drbd_backing_kib(NET) * 1024).ok()?;
         let out = RealRunner.run(&Cmd::new("losetup").args(["-f", "--show", &img.path().to_string_lossy()])).ok()?;
         if !out.success() {
             eprintln!("SKIPPED: losetup failed: {}", out.stderr.trim());
@@ -798,6 +956,26 @@ mod real_metadata {
         assert_eq!(a, Applied { created_metadata: true, changed_config: false });
         assert!(adm.has_metadata(RES).unwrap());
         assert!(adm.fresh_metadata(RES).unwrap(), "just-created metadata");
+        if f == Flavor::V9 {
+            // PEER_SLOTS slots, and the data area still holds the net size drbd_backing_kib was
+            // asked for (the loop device is drbd_backing_kib(NET) KiB).
+            let dump = RealRunner
+                .run(
+                    &Cmd::new("drbdadm")
+                        .args(["-c", &conf.to_string_lossy(), "dump-md", RES])
+                        .env("__DRBD_NODE__", "pve1")
+                        .env("DRBD_DRIVER_VERSION_OVERRIDE", version),
+                )
+                .unwrap();
+            assert!(dump.stdout.contains("max-peers 7;"), "{}", dump.stdout);
+            let bm_offset: u64 = dump
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("# bm_offset "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no bm_offset in {}", dump.stdout));
+            assert!(bm_offset / 1024 >= NET, "data area {} KiB < {NET} KiB", bm_offset / 1024);
+        }
         // Second run (e.g. after a reboot, resource down): metadata exists, so no create-md.
         rec.clear();
         let a = adm.apply(&p).unwrap();
