@@ -618,3 +618,160 @@ impl Drop for Cluster {
         }
     }
 }
+
+// ---- child processes: this test binary re-run inside a node, calling drbdpool's library ----
+
+/// Run the test binary's `child` test inside node `n` as `kind` (see `child_main`), with piped stdio.
+pub fn spawn_child(c: &Cluster, n: usize, kind: &str, env: &[(&str, &str)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = c.command(n, &[exe.to_str().unwrap(), "--exact", "child", "--nocapture", "--test-threads=1"]);
+    for (k, v) in &c.env {
+        cmd.env(k, v);
+    }
+    cmd.env("DRBDPOOL_TEST_CHILD", kind);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap()
+}
+
+/// A process on a node holding drbdpool locks, taken with drbdpool's own lock code (`Store::lock`).
+pub struct Holder {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    /// Take `locks` on node `n` (blocks until held or panics with the child's report).
+    pub fn take(c: &Cluster, n: usize, locks: &[&str], env: &[(&str, &str)]) -> Holder {
+        let joined = locks.join(",");
+        let mut e = vec![("HOLD_LOCKS", joined.as_str())];
+        e.extend_from_slice(env);
+        let mut child = spawn_child(c, n, "hold", &e);
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut h = Holder { child, out };
+        let l = h.line();
+        assert!(l.starts_with("held"), "lock holder on {}: {l}", host_name(n));
+        h
+    }
+    /// The child's next line of its own (libtest's "running 1 test" lines skipped); "" at EOF.
+    fn line(&mut self) -> String {
+        loop {
+            let mut s = String::new();
+            if std::io::BufRead::read_line(&mut self.out, &mut s).unwrap() == 0 {
+                return String::new();
+            }
+            // libtest prints "test child ... " without a newline before the child's first line.
+            let s = s.trim().trim_start_matches("test child ... ");
+            if s.starts_with("held") || s.starts_with("released") || s.starts_with("error") {
+                return s.to_string();
+            }
+        }
+    }
+    /// Drop the guards (drbdpool's unlock) and wait for the process to end.
+    pub fn release(mut self) {
+        let _ = self.child.stdin.as_mut().unwrap().write_all(b"release\n");
+        let l = self.line();
+        assert_eq!(l, "released", "lock holder: {l}");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Child mode (DRBDPOOL_TEST_CHILD): a no-op in a normal test run.
+/// - `hold`: take the locks in HOLD_LOCKS (comma-separated) with `Store::lock`, print `held`, wait for a
+///   line on stdin, drop the guards, print `released`.
+/// - `rewrite`: rewrite volume REWRITE_VOL of storage REWRITE_SID and this node's NodeDoc REWRITE_COUNT
+///   times each with `put_volume` / `put_node`, while a thread reads both documents on this node (as
+///   this node's own agent and CLI do); prints `done <seconds>`.
+/// - `write-loop`: `put_node` of this node's NodeDoc until the file WRITE_STOP exists; one JSON line per
+///   write on stdout: {start_ms, ms, ok, kind, exit, message}.
+pub fn child_main() {
+    let Ok(kind) = std::env::var("DRBDPOOL_TEST_CHILD") else { return };
+    use drbdpool::store::docs::NodeDoc;
+    let store = drbdpool::store::Store::open(STORE).expect("open the store");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let mut stdout = std::io::stdout();
+    match kind.as_str() {
+        "hold" => {
+            let names = std::env::var("HOLD_LOCKS").unwrap();
+            let mut guards = vec![];
+            for n in names.split(',') {
+                match store.lock_timeout(n, Duration::from_secs(20)) {
+                    Ok(g) => guards.push(g),
+                    Err(e) => {
+                        println!("error taking {n}: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            println!("held");
+            stdout.flush().unwrap();
+            let mut l = String::new();
+            let _ = std::io::stdin().read_line(&mut l);
+            drop(guards);
+            println!("released");
+        }
+        "rewrite" => {
+            let sid = std::env::var("REWRITE_SID").unwrap();
+            let vol = std::env::var("REWRITE_VOL").unwrap();
+            let count: usize = std::env::var("REWRITE_COUNT").unwrap().parse().unwrap();
+            let mut doc = store.volume(&sid, &vol).unwrap().expect("the volume to rewrite");
+            let node = store.node(&host).unwrap().expect("this node's NodeDoc");
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reader = {
+                let (store, stop, sid, vol, host) = (store.clone(), stop.clone(), sid.clone(), vol.clone(), host.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = store.volume(&sid, &vol);
+                        let _ = store.node(&host);
+                    }
+                })
+            };
+            let t = Instant::now();
+            for _ in 0..count {
+                doc.generation += 1;
+                store.put_volume(&doc).expect("put_volume");
+                store.put_node(&node).expect("put_node");
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            reader.join().unwrap();
+            println!("done {:.3}", t.elapsed().as_secs_f64());
+        }
+        "write-loop" => {
+            let stop = PathBuf::from(std::env::var("WRITE_STOP").unwrap());
+            let addr = std::env::var("WRITE_ADDR").unwrap();
+            while !stop.exists() {
+                let start = now_ms();
+                let t = Instant::now();
+                let r = store.put_node(&NodeDoc { format: 1, name: host.clone(), address: addr.clone() });
+                let line = match r {
+                    Ok(()) => serde_json::json!({"start_ms": start, "ms": t.elapsed().as_millis() as u64, "ok": true}),
+                    Err(e) => serde_json::json!({"start_ms": start, "ms": t.elapsed().as_millis() as u64, "ok": false,
+                        "kind": e.kind(), "exit": e.exit_code(), "message": e.to_string()}),
+                };
+                println!("{line}");
+                stdout.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        k => panic!("unknown child kind {k}"),
+    }
+}
+
+impl Cluster {
+    /// Host `n`'s directory on this machine (log/, images/, overlay upper dirs).
+    pub fn host_dir(&self, n: usize) -> PathBuf {
+        self.hosts[n - 1].dir.clone()
+    }
+}
