@@ -8,6 +8,10 @@
 # it needs on a fresh Debian 12 machine (first run: a few minutes to build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "$0: run as root (loop devices, namespaces, qemu): on a Proxmox node you are root already; elsewhere su - or sudo" >&2
+  exit 2
+fi
 bash scripts/install-deps.sh
 cargo build --release --locked
 export DRBDPOOL_BIN=$PWD/target/release/drbdpool DRBDPOOL_SHIM=$PWD/perl-shim

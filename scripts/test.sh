@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs, builds the
-# release binary, then runs every tier (see ../shared/DESIGN.md "Testing tiers"):
+# release binary, then runs every tier (docs/ARCHITECTURE.md "Testing tiers"):
 #   1-4  cargo test   unit, command sequences, real drbd-utils parser, loop devices + agents in netns
 #   6    prove        the Perl shim against a stand-in PVE base and the real binary
 #   5    tests/vm     real kernel: qemu guests with DRBD 8.4 + LVM thin (skip with DRBDPOOL_SKIP_LAB=1)
@@ -8,6 +8,10 @@
 # Ends with one line "summary: N passed, M failed" (counts of individual tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "$0: run as root (loop devices, namespaces, qemu): on a Proxmox node you are root already; elsewhere su - or sudo" >&2
+  exit 2
+fi
 root=$PWD
 logdir=$(mktemp -d /tmp/drbdpool-test.XXXXXX)
 passed=0; failed=0; stage_fail=()

@@ -1,6 +1,6 @@
 //! Failpoints: named places where a test can make the process die, to prove
 //! that a crash between any two steps leaves a store the next call or the
-//! agent completes or rolls back (DESIGN.md Invariant 4).
+//! agent completes or rolls back (docs/ARCHITECTURE.md, invariant 4).
 //!
 //! `DRBDPOOL_FAILPOINTS=name[=action][,name[=action]...]`, read once per process.
 //! Actions:

@@ -28,8 +28,22 @@ pub struct Decision {
     pub message: String,
 }
 
-/// Find the volume whose DRBD resource is `resource`.
+/// Find the volume whose DRBD resource is `resource`. Resource names are
+/// `<storeid>.<volname>` unless that was too long (naming::resource_name), so the
+/// document is looked up directly first; only a hashed name needs the full scan
+/// (the handler runs while I/O is frozen: it must not cost a read per volume).
 pub fn volume_by_resource(store: &Store, resource: &str) -> Result<VolumeDoc> {
+    for (i, _) in resource.match_indices('.') {
+        let (sid, vol) = (&resource[..i], &resource[i + 1..]);
+        if crate::naming::check_storeid(sid).is_err() || crate::naming::parse_volname(vol).is_err() {
+            continue;
+        }
+        if let Some(d) = store.volume(sid, vol)? {
+            if d.resource == resource {
+                return Ok(d);
+            }
+        }
+    }
     store
         .all_volumes()?
         .into_iter()
@@ -38,8 +52,8 @@ pub fn volume_by_resource(store: &Store, resource: &str) -> Result<VolumeDoc> {
 }
 
 /// fence-peer: outdate every other replica of `resource` in the store, unless we were outdated first.
-pub fn fence_peer(store: &Store, local: &str, resource: &str, lock_timeout: Duration) -> Decision {
-    match try_fence(store, local, resource, lock_timeout) {
+pub fn fence_peer(store: &Store, local: &str, resource: &str) -> Decision {
+    match try_fence(store, local, resource) {
         Ok(d) => d,
         Err(e) => Decision {
             exit: EXIT_FROZEN,
@@ -51,33 +65,46 @@ pub fn fence_peer(store: &Store, local: &str, resource: &str, lock_timeout: Dura
     }
 }
 
-fn try_fence(store: &Store, local: &str, resource: &str, lock_timeout: Duration) -> Result<Decision> {
-    let probe = volume_by_resource(store, resource)?;
-    let _guard = store.lock_timeout(&crate::store::lock::vol_lock_name(resource), lock_timeout)?;
-    // Re-read under the lock: the peer may have fenced us a moment ago.
-    let mut doc = store
-        .volume(&probe.storeid, &probe.volname)?
-        .ok_or_else(|| Error::NotFound(format!("volume {} vanished while fencing", probe.volname)))?;
+/// No volume lock here (store/marks.rs says why): the marks are exclusive creates,
+/// and two handlers racing (both sides of a broken link, both quorate) are told
+/// apart by looking after writing: each writes its marks, then reads all marks of
+/// the resource. Writes are totally ordered, so at least one of the two sees the
+/// other's; whoever sees itself marked yields (removes its own, exit 6). Both may
+/// yield, then neither side is promoted: safe, never two writers.
+fn try_fence(store: &Store, local: &str, resource: &str) -> Result<Decision> {
+    if let Some(m) = crate::membership::Membership::of_store(store)? {
+        if !m.quorate {
+            return Err(Error::Store(format!("{local} is not in the quorate cluster membership ({})", m.source.display())));
+        }
+    }
+    let doc = volume_by_resource(store, resource)?;
     if doc.replica(local).is_none() {
         return Err(Error::Refused(format!("{local} holds no replica of {resource}")));
     }
-    if doc.outdated.iter().any(|n| n == local) {
+    let we_are_outdated = |d: &VolumeDoc| d.outdated.iter().any(|n| n == local);
+    if we_are_outdated(&doc) {
         return Ok(Decision {
             exit: EXIT_WE_ARE_OUTDATED,
             message: format!("{resource}: {local} was already recorded outdated by its peer; outdating the local disk"),
         });
     }
     let peers: Vec<String> = doc.replicas.iter().filter(|r| r.node != local).map(|r| r.node.clone()).collect();
-    let mut added = Vec::new();
-    for p in &peers {
-        if !doc.outdated.contains(p) {
-            doc.outdated.push(p.clone());
-            added.push(p.clone());
-        }
+    let mut ours = Vec::new();
+    for p in peers.iter().filter(|p| !doc.outdated.contains(p)) {
+        ours.push(store.add_fence_mark(resource, p, local)?); // fails without quorum: that is the safety
     }
-    if !added.is_empty() {
-        doc.generation += 1;
-        store.put_volume(&doc)?; // fails without quorum: that is the safety
+    if !ours.is_empty() {
+        // Look after writing: did the peer mark us meanwhile?
+        let now = store.volume(&doc.storeid, &doc.volname)?;
+        if now.as_ref().is_some_and(|d| we_are_outdated(d)) {
+            for m in &ours {
+                store.remove_fence_mark(m)?;
+            }
+            return Ok(Decision {
+                exit: EXIT_WE_ARE_OUTDATED,
+                message: format!("{resource}: {local}'s peer recorded {local} outdated at the same moment; {local} yields and outdates its disk"),
+            });
+        }
     }
     Ok(Decision {
         exit: EXIT_PEER_OUTDATED,
@@ -106,10 +133,13 @@ pub fn unfence_if(
 ) -> Result<Option<String>> {
     let probe = volume_by_resource(store, resource)?;
     let _guard = store.lock_timeout(&crate::store::lock::vol_lock_name(resource), lock_timeout)?;
+    // The marks to drop are those that exist before DRBD is asked: a mark the
+    // fence-peer handler writes after that check (it takes no lock) stays.
+    let marks = store.fence_marks_of(resource)?;
     if !still_healed()? {
         return Ok(None);
     }
-    let Some(mut doc) = store.volume(&probe.storeid, &probe.volname)? else { return Ok(None) };
+    let Some(doc) = store.volume(&probe.storeid, &probe.volname)? else { return Ok(None) };
     let target = match peer_node_id {
         Some(id) => doc
             .replicas
@@ -122,8 +152,14 @@ pub fn unfence_if(
     if !doc.outdated.contains(&target) {
         return Ok(None);
     }
-    doc.outdated.retain(|n| *n != target);
-    doc.generation += 1;
-    store.put_volume(&doc)?;
+    // The document's own list first (under the lock), then the marks.
+    if let Some(mut w) = store.volume_as_written(&probe.storeid, &probe.volname)?.filter(|w| w.outdated.contains(&target)) {
+        w.outdated.retain(|n| *n != target);
+        w.generation += 1;
+        store.put_volume(&w)?;
+    }
+    for m in marks.iter().filter(|m| m.target == target) {
+        store.remove_fence_mark(m)?;
+    }
     Ok(Some(target))
 }

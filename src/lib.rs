@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod failpoint;
+pub mod fsio;
 pub mod exec;
 pub mod naming;
 pub mod placement;
@@ -10,6 +11,7 @@ pub mod node;
 pub mod ha;
 pub mod doctor;
 pub mod fence;
+pub mod membership;
 pub mod check;
 pub mod store;
 pub mod protocol;

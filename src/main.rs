@@ -234,7 +234,7 @@ fn run(o: &Opts) -> Result<()> {
         Cmd::FencePeer { resource } => {
             let store = open_store(o)?;
             let node = cli::node_name(o.node.as_deref(), None)?;
-            let d = drbdpool::fence::fence_peer(&store, &node, resource, Duration::from_secs(10));
+            let d = drbdpool::fence::fence_peer(&store, &node, resource);
             // DRBD logs the exit code; the reason goes to the journal via stderr.
             eprintln!("drbdpool fence-peer: {}", d.message);
             std::process::exit(d.exit);

@@ -56,14 +56,81 @@ fn primary_outdates_its_peer_and_the_peer_then_loses() {
     assert!(msg.contains("pve2 recorded outdated"), "{msg}");
     let doc = store.volume("dp", "vm-100-disk-0").unwrap().unwrap();
     assert_eq!(doc.outdated, vec!["pve2"]);
-    assert_eq!(doc.generation, 2);
+    // A mark of its own (store/marks.rs), not a desired-state change: the generation stays.
+    assert_eq!(doc.generation, 1);
+    let marks = store.fence_marks_of(&v.resource).unwrap();
+    assert_eq!(marks.len(), 1);
+    assert_eq!((marks[0].target.as_str(), marks[0].by.as_str()), ("pve2", "pve1"));
     // Idempotent: a second call changes nothing.
     assert_eq!(fence(&store, "pve1", &v.resource).0, 4);
-    assert_eq!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().generation, 2);
+    assert_eq!(store.fence_marks_of(&v.resource).unwrap().len(), 1);
     // The peer, racing to promote, learns it lost: DRBD then outdates its own disk.
     let (rc, msg) = fence(&store, "pve2", &v.resource);
     assert_eq!(rc, 6, "{msg}");
     assert_eq!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated, vec!["pve2"]);
+}
+
+/// The lost node may have held the volume's lock at the cut (pmxcfs reaps it only
+/// after 120 s): fence-peer on the survivor must not wait for it.
+#[test]
+fn a_lock_left_by_the_lost_node_does_not_hold_fence_peer() {
+    let (_d, store, v) = setup();
+    let _held_by_the_lost_node = store.lock(&drbdpool::store::lock::vol_lock_name(&v.resource)).unwrap();
+    let _alloc_too = store.lock(drbdpool::store::lock::ALLOC_LOCK).unwrap();
+    let t = std::time::Instant::now();
+    let (rc, msg) = fence(&store, "pve2", &v.resource);
+    assert_eq!(rc, 4, "{msg}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "fence-peer took {:?}", t.elapsed());
+    assert_eq!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated, vec!["pve1"]);
+}
+
+/// Both sides of a broken replication link fence at once (both quorate, e.g. in a
+/// live migration's two-primaries window): never may both be told to go on.
+#[test]
+fn racing_handlers_never_both_win() {
+    for round in 0..20 {
+        let (_d, store, v) = setup();
+        let (s1, s2) = (store.clone(), store.clone());
+        let (r1, r2) = (v.resource.clone(), v.resource.clone());
+        let a = std::thread::spawn(move || fence(&s1, "pve1", &r1));
+        let b = std::thread::spawn(move || fence(&s2, "pve2", &r2));
+        let ((ra, ma), (rb, mb)) = (a.join().unwrap(), b.join().unwrap());
+        assert!(!(ra == 4 && rb == 4), "round {round}: both won: {ma} / {mb}");
+        assert!([4, 6].contains(&ra) && [4, 6].contains(&rb), "round {round}: {ma} / {mb}");
+        let outdated = store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated;
+        // The winner's peer is marked; a side that yielded left no mark of its own.
+        if ra == 4 {
+            assert_eq!(outdated, vec!["pve2"], "round {round}");
+        } else if rb == 4 {
+            assert_eq!(outdated, vec!["pve1"], "round {round}");
+        } else {
+            assert!(outdated.is_empty(), "round {round}: {outdated:?}");
+        }
+    }
+}
+
+/// pmxcfs publishes the membership: without quorum the handler fails at once,
+/// instead of a write that would block for the membership change.
+#[test]
+fn without_quorum_in_the_membership_it_fails_fast() {
+    let (d, store, v) = setup();
+    let members = d.path().join("members.json");
+    std::fs::write(
+        &members,
+        r#"{"nodename": "pve1", "version": 3, "cluster": { "name": "c", "version": 2, "nodes": 2, "quorate": 0 },
+"nodelist": { "pve1": { "id": 1, "online": 1}, "pve2": { "id": 2, "online": 0} } }"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--store", store.root().to_str().unwrap(), "--node", "pve1", "fence-peer"])
+        .env("DRBD_RESOURCE", &v.resource)
+        .env("DRBDPOOL_MEMBERS", &members)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(msg.contains("quorate") && msg.contains("keeping I/O frozen"), "{msg}");
+    assert!(store.fence_marks().unwrap().is_empty());
 }
 
 #[test]
@@ -77,6 +144,7 @@ fn resync_target_drops_its_mark() {
         .unwrap();
     assert!(st.success());
     assert!(store.volume("dp", "vm-100-disk-0").unwrap().unwrap().outdated.is_empty());
+    assert!(store.fence_marks().unwrap().is_empty());
 }
 
 #[test]

@@ -279,7 +279,7 @@ impl DrbdAdm {
     }
 
     fn write_live(&self, resource: &str, data: &[u8]) -> Result<()> {
-        crate::store::write_atomic(&self.res_path(resource), data)
+        crate::fsio::write_atomic(&self.res_path(resource), data)
             .map_err(|e| Error::Tool(format!("cannot write the resource file of {resource}: {e}")))
     }
 }

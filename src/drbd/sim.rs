@@ -171,7 +171,7 @@ impl SimDrbd {
     fn save(&self, r: &SimRes) -> Result<()> {
         let p = self.path(&r.node, &r.resource);
         let data = serde_json::to_vec_pretty(r).map_err(|e| serr("encode", &p, e))?;
-        crate::store::write_atomic(&p, &data)?;
+        crate::fsio::write_atomic(&p, &data)?;
         crate::failpoint!("agent.after-resource-file"); // sim: resource file written, metadata not yet
         write_md(&r.backing, &r.md)
     }

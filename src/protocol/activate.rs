@@ -26,12 +26,15 @@ pub enum Decision {
 }
 
 /// May `local` become Primary for `doc`? `local_obs` is what DRBD here reports;
-/// `states` what every node published; `now` unix seconds.
+/// `states` what every node published; `departed` the nodes that have left this
+/// node's quorate cluster membership (membership.rs; empty where none is
+/// published); `now` unix seconds.
 pub fn decide(
     doc: &VolumeDoc,
     local: &str,
     local_obs: Option<&VolumeObserved>,
     states: &[NodeState],
+    departed: &[String],
     migrated_from: Option<&str>,
     now: u64,
 ) -> Result<Decision> {
@@ -80,9 +83,11 @@ pub fn decide(
     let connected: Vec<&str> = local_obs
         .map(|o| o.peers.iter().filter(|p| p.connection == "Connected").map(|p| p.node.as_str()).collect())
         .unwrap_or_default();
-    // Claims of peers DRBD cannot see here: (node, age of its last report).
+    // Claims of peers DRBD cannot see here: (node, age of its last report). A peer
+    // that has also left the quorate membership is dead, or cut off without quorum
+    // (its fence-peer fails, its I/O stays frozen): its claim need not grow stale.
     let mut unseen_claims: Vec<(String, u64)> = Vec::new();
-    for n in replica_nodes.iter().filter(|n| **n != local && !connected.contains(n)) {
+    for n in replica_nodes.iter().filter(|n| **n != local && !connected.contains(n) && !departed.iter().any(|d| d == *n)) {
         if let Some((s, v)) = published(n) {
             let age = now.saturating_sub(s.updated);
             if v.role == "Primary" && age <= STALE_AFTER_SECS && !others.iter().any(|o| o == n) {
@@ -125,7 +130,11 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let local = ctx.node.name().to_string();
     let obs = if doc.replica(&local).is_some() { ctx.node.observe(&doc)? } else { None };
     let states = ctx.store.node_states()?;
-    match decide(&doc, &local, obs.as_ref(), &states, migrated_from, now())? {
+    let departed: Vec<String> = match crate::membership::Membership::of_store(ctx.store)? {
+        Some(m) => doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local && m.departed(n)).collect(),
+        None => Vec::new(),
+    };
+    match decide(&doc, &local, obs.as_ref(), &states, &departed, migrated_from, now())? {
         Decision::AlreadyPrimary => {}
         Decision::Promote => {
             crate::failpoint!("activate.before-promote");
@@ -261,7 +270,7 @@ mod tests {
 
     #[test]
     fn not_a_replica_names_replica_nodes() {
-        let e = decide(&doc(), "c", None, &[], None, NOW).unwrap_err();
+        let e = decide(&doc(), "c", None, &[], &[], None, NOW).unwrap_err();
         assert_eq!(e.kind(), "refused");
         assert!(e.to_string().contains("replicas are on a, b"), "{e}");
     }
@@ -270,9 +279,9 @@ mod tests {
     fn not_ready_volume() {
         let mut d = doc();
         d.state = VolumeState::Creating;
-        assert!(decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], None, NOW).unwrap_err().to_string().contains("being created"));
+        assert!(decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], &[], None, NOW).unwrap_err().to_string().contains("being created"));
         d.state = VolumeState::Deleting;
-        assert!(decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], None, NOW).unwrap_err().to_string().contains("deleted"));
+        assert!(decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], &[], None, NOW).unwrap_err().to_string().contains("deleted"));
     }
 
     #[test]
@@ -280,7 +289,7 @@ mod tests {
         let mut d = doc();
         d.outdated = vec!["a".into()];
         let states = [state("b", NOW, obs("Secondary", "UpToDate", &[]))];
-        let e = decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &states, None, NOW).unwrap_err();
+        let e = decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &states, &[], None, NOW).unwrap_err();
         assert!(e.to_string().contains("outdated") && e.to_string().contains("UpToDate data is on b"), "{e}");
     }
 
@@ -288,37 +297,37 @@ mod tests {
     fn local_disk_must_be_uptodate() {
         let states = [state("b", NOW, obs("Secondary", "UpToDate", &[]))];
         for disk in ["Outdated", "Inconsistent", "DUnknown", "Diskless", ""] {
-            let e = decide(&doc(), "a", Some(&obs("Secondary", disk, &[])), &states, None, NOW).unwrap_err();
+            let e = decide(&doc(), "a", Some(&obs("Secondary", disk, &[])), &states, &[], None, NOW).unwrap_err();
             assert_eq!(e.kind(), "refused");
             assert!(e.to_string().contains("UpToDate data is on b"), "{disk}: {e}");
         }
-        let e = decide(&doc(), "a", None, &[], None, NOW).unwrap_err();
+        let e = decide(&doc(), "a", None, &[], &[], None, NOW).unwrap_err();
         assert!(e.to_string().contains("is unknown") && e.to_string().contains("no other node"), "{e}");
         // An outdated peer is not offered as the place of good data.
         let mut d = doc();
         d.outdated = vec!["b".into()];
-        let e = decide(&d, "a", Some(&obs("Secondary", "Outdated", &[])), &states, None, NOW).unwrap_err();
+        let e = decide(&d, "a", Some(&obs("Secondary", "Outdated", &[])), &states, &[], None, NOW).unwrap_err();
         assert!(e.to_string().contains("no other node"), "{e}");
     }
 
     #[test]
     fn promote_when_alone_and_idempotent_when_primary() {
         let states = [state("b", NOW, obs("Secondary", "UpToDate", &[]))];
-        assert_eq!(decide(&doc(), "a", Some(&obs("Secondary", "UpToDate", &[("b", "Secondary")])), &states, None, NOW).unwrap(), Decision::Promote);
-        assert_eq!(decide(&doc(), "a", Some(&obs("Primary", "UpToDate", &[("b", "Secondary")])), &states, None, NOW).unwrap(), Decision::AlreadyPrimary);
+        assert_eq!(decide(&doc(), "a", Some(&obs("Secondary", "UpToDate", &[("b", "Secondary")])), &states, &[], None, NOW).unwrap(), Decision::Promote);
+        assert_eq!(decide(&doc(), "a", Some(&obs("Primary", "UpToDate", &[("b", "Secondary")])), &states, &[], None, NOW).unwrap(), Decision::AlreadyPrimary);
     }
 
     #[test]
     fn other_primary_refused_unless_migrating_from_it() {
         let local = obs("Secondary", "UpToDate", &[("b", "Primary")]);
-        let e = decide(&doc(), "a", Some(&local), &[], None, NOW).unwrap_err();
+        let e = decide(&doc(), "a", Some(&local), &[], &[], None, NOW).unwrap_err();
         assert!(e.to_string().contains("Primary on b"), "{e}");
-        let e = decide(&doc(), "a", Some(&local), &[], Some("c"), NOW).unwrap_err();
+        let e = decide(&doc(), "a", Some(&local), &[], &[], Some("c"), NOW).unwrap_err();
         assert!(e.to_string().contains("Primary on b"), "{e}");
-        assert_eq!(decide(&doc(), "a", Some(&local), &[], Some("b"), NOW).unwrap(), Decision::PromoteForMigration { source: "b".into() });
+        assert_eq!(decide(&doc(), "a", Some(&local), &[], &[], Some("b"), NOW).unwrap(), Decision::PromoteForMigration { source: "b".into() });
         // Already primary during the window (activate repeated): still the migration decision, idempotent.
         let both = obs("Primary", "UpToDate", &[("b", "Primary")]);
-        assert_eq!(decide(&doc(), "a", Some(&both), &[], Some("b"), NOW).unwrap(), Decision::PromoteForMigration { source: "b".into() });
+        assert_eq!(decide(&doc(), "a", Some(&both), &[], &[], Some("b"), NOW).unwrap(), Decision::PromoteForMigration { source: "b".into() });
     }
 
     #[test]
@@ -326,10 +335,25 @@ mod tests {
         // Disconnected peer (not in the local view) that still publishes Primary: refuse (split brain).
         let local = obs("Secondary", "UpToDate", &[]);
         let fresh = [state("b", NOW - 10, obs("Primary", "UpToDate", &[]))];
-        assert!(decide(&doc(), "a", Some(&local), &fresh, None, NOW).unwrap_err().to_string().contains("Primary on b"));
+        assert!(decide(&doc(), "a", Some(&local), &fresh, &[], None, NOW).unwrap_err().to_string().contains("Primary on b"));
         // A dead node's last word is not trusted forever (HA recovery).
         let stale = [state("b", NOW - STALE_AFTER_SECS - 1, obs("Primary", "UpToDate", &[]))];
-        assert_eq!(decide(&doc(), "a", Some(&local), &stale, None, NOW).unwrap(), Decision::Promote);
+        assert_eq!(decide(&doc(), "a", Some(&local), &stale, &[], None, NOW).unwrap(), Decision::Promote);
+    }
+
+    #[test]
+    fn a_fresh_claim_of_a_peer_that_left_the_quorate_membership_does_not_hold_the_failover() {
+        let local = obs("Secondary", "UpToDate", &[]);
+        let fresh = [state("b", NOW - 3, obs("Primary", "UpToDate", &[]))];
+        let departed = ["b".to_string()];
+        assert_eq!(decide(&doc(), "a", Some(&local), &fresh, &departed, None, NOW).unwrap(), Decision::Promote);
+        // Still a member (the replication link alone is cut): the claim holds.
+        let e = decide(&doc(), "a", Some(&local), &fresh, &["c".to_string()], None, NOW).unwrap_err();
+        assert!(e.to_string().contains("Primary on b"), "{e}");
+        // DRBD here still sees it Primary: membership does not overrule the kernel.
+        let connected = obs("Secondary", "UpToDate", &[("b", "Primary")]);
+        let e = decide(&doc(), "a", Some(&connected), &fresh, &departed, None, NOW).unwrap_err();
+        assert!(e.to_string().contains("Primary on b"), "{e}");
     }
 
     #[test]
@@ -337,6 +361,6 @@ mod tests {
         // b just demoted: DRBD here sees it Connected Secondary, its agent has not republished yet.
         let local = obs("Secondary", "UpToDate", &[("b", "Secondary")]);
         let lagging = [state("b", NOW - 1, obs("Primary", "UpToDate", &[]))];
-        assert_eq!(decide(&doc(), "a", Some(&local), &lagging, None, NOW).unwrap(), Decision::Promote);
+        assert_eq!(decide(&doc(), "a", Some(&local), &lagging, &[], None, NOW).unwrap(), Decision::Promote);
     }
 }

@@ -25,9 +25,9 @@ pub struct StateHead {
 
 /// `None` if the file does not exist. A newer format is refused, as `read_doc` does.
 pub fn read_state_head(path: &Path) -> Result<Option<StateHead>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let f = match crate::fsio::open_settled(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
     };
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(16 * 1024, f));

@@ -39,11 +39,25 @@ pub fn lifetime() -> Duration {
     env_secs("DRBDPOOL_LOCK_LIFETIME_SECS").unwrap_or(DEFAULT_LIFETIME)
 }
 
-/// Held lock; the directory is removed on drop.
+/// Held lock; the directory is removed on drop, if it can still be ours.
 #[derive(Debug)]
 pub struct LockGuard {
     path: PathBuf,
-    ino: u64,
+    /// The inode we made (plain directories only: pmxcfs has no stable st_ino).
+    ino: Option<u64>,
+    taken: Instant,
+    life: Duration,
+}
+
+/// How much younger than its lifetime a lock must be for its holder to remove it.
+/// Others judge a lock's age by its mtime, which pmxcfs keeps in whole seconds
+/// (and our clock may differ from the reaping node's by a little).
+fn release_margin(life: Duration, pmxcfs: bool) -> Duration {
+    if pmxcfs {
+        Duration::from_secs(5)
+    } else {
+        (life / 10).min(Duration::from_secs(2))
+    }
 }
 
 impl LockGuard {
@@ -52,16 +66,37 @@ impl LockGuard {
     }
 }
 
+impl LockGuard {
+    /// May the directory at our path still be ours? Only while the lock is younger
+    /// than its lifetime: after that pmxcfs (or a breaker on a plain directory) may
+    /// have removed it and another node made it anew under the same name — with
+    /// the same st_ino on pmxcfs, so the inode cannot tell (docs/RELIABILITY.md).
+    fn still_ours(&self) -> bool {
+        let pmxcfs = self.ino.is_none();
+        if self.taken.elapsed() + release_margin(self.life, pmxcfs) >= self.life {
+            return false;
+        }
+        match (self.ino, fs::metadata(&self.path)) {
+            (Some(ino), Ok(m)) => m.ino() == ino,
+            (None, Ok(_)) => true,
+            (_, Err(_)) => false,
+        }
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        // Only remove the directory we made: if ours expired and was broken, the
-        // directory there now belongs to someone else.
-        if let Ok(m) = fs::metadata(&self.path) {
-            if m.ino() == self.ino {
-                if let Err(e) = fs::remove_dir(&self.path) {
-                    tracing::warn!("cannot remove lock {}: {e}", self.path.display());
-                }
-            }
+        if !self.still_ours() {
+            tracing::warn!(
+                "not removing lock {}: held {:.1}s, past its {}s lifetime, so it may be another holder's now (an expired lock is reaped)",
+                self.path.display(),
+                self.taken.elapsed().as_secs_f64(),
+                self.life.as_secs()
+            );
+            return;
+        }
+        if let Err(e) = crate::fsio::with_write_retries(|| fs::remove_dir(&self.path)) {
+            tracing::warn!("cannot remove lock {}: {e}", self.path.display());
         }
     }
 }
@@ -85,12 +120,16 @@ impl Store {
         let start = Instant::now();
         let life = lifetime();
         let mut sleep = Duration::from_millis(20);
+        let mut made_dir = false;
         loop {
+            let attempt = Instant::now();
             match fs::create_dir(&path) {
                 Ok(()) => {
-                    let ino = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+                    let ino = if pmxcfs { None } else { Some(fs::metadata(&path).map(|m| m.ino()).unwrap_or(0)) };
                     tracing::debug!("took lock {}", path.display());
-                    return Ok(LockGuard { path, ino });
+                    // The lifetime counts from the mkdir's start: a mkdir that blocked
+                    // (membership change) used up part of it.
+                    return Ok(LockGuard { path, ino, taken: attempt, life });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     if pmxcfs {
@@ -100,9 +139,26 @@ impl Store {
                         break_if_expired(&path, life);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !pmxcfs => {
-                    // Lock directory removed under us (test cleanup): recreate and retry.
-                    let _ = fs::create_dir_all(&dir);
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !made_dir => {
+                    // No lock directory yet: a fresh cluster has no priv/lock until PVE's
+                    // first cfs_lock makes it (or a test removed it). Make it, once.
+                    made_dir = true;
+                    match fs::create_dir(&dir) {
+                        Ok(()) => tracing::info!("created the lock directory {}", dir.display()),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(_) if !pmxcfs => {
+                            fs::create_dir_all(&dir)
+                                .map_err(|e| Error::Store(format!("cannot create lock directory {}: {e}", dir.display())))?;
+                        }
+                        Err(e) => {
+                            return Err(Error::Store(crate::fsio::describe_write_error("create the lock directory", &dir, &e)));
+                        }
+                    }
+                    continue;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {
+                    // pmxcfs resyncing after a membership change: retry within the timeout.
+                    tracing::debug!("lock {}: {e}; retrying", path.display());
                 }
                 Err(e) => {
                     return Err(Error::Store(format!(
@@ -204,6 +260,38 @@ mod tests {
         assert_eq!(s.lock_timeout(ALLOC_LOCK, Duration::from_millis(100)).unwrap_err().kind(), "timeout");
         drop(g);
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_holder_past_the_lifetime_leaves_the_lock_alone() {
+        // pmxcfs keeps st_ino per path, so only the age can tell: a holder that
+        // outlived the lifetime must not remove a lock another node made since.
+        let (_d, s) = store();
+        let mut g = s.lock(ALLOC_LOCK).unwrap();
+        g.ino = None; // as on pmxcfs
+        g.life = Duration::from_millis(200);
+        std::thread::sleep(Duration::from_millis(250));
+        // Reaped and taken by someone else meanwhile.
+        fs::remove_dir(g.path()).unwrap();
+        fs::create_dir(g.path()).unwrap();
+        let p = g.path().to_path_buf();
+        drop(g);
+        assert!(p.is_dir(), "the late holder removed another holder's lock");
+        // A holder within its lifetime releases as before.
+        fs::remove_dir(&p).unwrap();
+        let mut g = s.lock(ALLOC_LOCK).unwrap();
+        g.ino = None;
+        drop(g);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_missing_lock_directory_is_created() {
+        let (_d, s) = store();
+        let dir = s.lock_dir();
+        let _ = fs::remove_dir_all(&dir);
+        let g = s.lock_timeout(ALLOC_LOCK, Duration::from_secs(1)).unwrap();
+        assert!(g.path().is_dir());
     }
 
     #[test]

@@ -8,9 +8,9 @@ pub mod docs;
 pub mod head;
 pub mod index;
 pub mod lock;
+pub mod marks;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -72,7 +72,22 @@ impl Store {
 
     // ---- volumes ----
 
+    /// A volume's document, with the fence-peer handler's outdated marks merged
+    /// into `outdated` (store/marks.rs).
     pub fn volume(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
+        let mut d = self.volume_doc(storeid, volname)?;
+        if let Some(d) = d.as_mut() {
+            marks::merge_into(d, &self.fence_marks()?);
+        }
+        Ok(d)
+    }
+
+    /// The document alone, as written (no marks merged).
+    pub fn volume_as_written(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
+        self.volume_doc(storeid, volname)
+    }
+
+    fn volume_doc(&self, storeid: &str, volname: &str) -> Result<Option<VolumeDoc>> {
         let mut d: Option<VolumeDoc> = read_versioned(&self.volume_path(storeid, volname), |d: &VolumeDoc| d.format)?;
         if let Some(d) = d.as_mut() {
             // The file name is authoritative: a crash inside `rename_volume` + `put_volume`
@@ -108,9 +123,18 @@ impl Store {
     }
 
     pub fn remove_volume(&self, storeid: &str, volname: &str) -> Result<()> {
+        let resource = match self.volume_doc(storeid, volname) {
+            Ok(Some(d)) => d.resource,
+            _ => crate::naming::resource_name(storeid, volname),
+        };
         self.mark_changed(storeid, volname)?;
         remove_doc(&self.volume_path(storeid, volname))?;
-        self.mark_changed(storeid, volname)
+        self.mark_changed(storeid, volname)?;
+        // A volume made later under the same name must not inherit old marks.
+        for m in self.fence_marks_of(&resource)? {
+            self.remove_fence_mark(&m)?;
+        }
+        Ok(())
     }
 
     /// Volume names of one storage, from the directory listing alone (no document reads).
@@ -120,9 +144,11 @@ impl Store {
 
     /// All volume documents of one storage.
     pub fn volumes(&self, storeid: &str) -> Result<Vec<VolumeDoc>> {
+        let marks = self.fence_marks()?;
         let mut out = Vec::new();
         for name in self.volume_names(storeid)? {
-            if let Some(v) = self.volume(storeid, &name)? {
+            if let Some(mut v) = self.volume_doc(storeid, &name)? {
+                marks::merge_into(&mut v, &marks);
                 out.push(v);
             }
         }
@@ -225,9 +251,16 @@ fn list_names(dir: &Path) -> Result<Vec<String>> {
             if !stem.starts_with('.') {
                 out.push(stem.to_string());
             }
+        } else if let Some(target) = crate::fsio::in_flight_target(dir, &n) {
+            // A replace in flight: on pmxcfs the document itself may be missing
+            // for a moment (fsio.rs); it is there, listing it is right.
+            if let Some(stem) = target.strip_suffix(".json").filter(|s| !s.starts_with('.')) {
+                out.push(stem.to_string());
+            }
         }
     }
     out.sort();
+    out.dedup();
     Ok(out)
 }
 
@@ -239,9 +272,9 @@ struct FormatOnly {
 
 /// Read a document; `None` if it does not exist. A newer format is refused.
 pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let data = match crate::fsio::read_settled(path) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
     };
     let f: FormatOnly = serde_json::from_slice(&data)
@@ -262,9 +295,9 @@ pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 /// parsed as `T` and its format checked afterwards; only a document that does not
 /// parse is looked at again, to tell a newer format from a broken file.
 pub fn read_versioned<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -> u32) -> Result<Option<T>> {
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let data = match crate::fsio::read_settled(path) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
     };
     let newer = |f: u32| {
@@ -289,24 +322,13 @@ pub fn write_doc<T: Serialize>(path: &Path, doc: &T) -> Result<()> {
     write_atomic(path, &data)
 }
 
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Store(format!("{} has no parent directory", path.display())))?;
-    let serr = |what: &str, e: std::io::Error| Error::Store(format!("cannot {what} {}: {e}", path.display()));
-    // Dot-prefixed so listings never mistake it for a document.
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(|e| serr("create a temp file for", e))?;
-    tmp.write_all(data).map_err(|e| serr("write", e))?;
-    tmp.as_file().sync_all().map_err(|e| serr("fsync", e))?;
-    tmp.persist(path).map_err(|e| serr("rename into place", e.error))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all(); // pmxcfs does not support fsync on directories; best effort
-    }
-    Ok(())
-}
+/// Atomic writes live in crate::fsio (shared with drbd/); kept here for the store's callers.
+pub use crate::fsio::write_atomic;
 
 fn remove_doc(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+    match crate::fsio::with_write_retries(|| fs::remove_file(path)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Store(format!("cannot remove {}: {e}", path.display()))),
+        Err(e) => Err(Error::Store(crate::fsio::describe_write_error("remove", path, &e))),
     }
 }
