@@ -49,10 +49,12 @@ pub fn in_flight_target(dir: &Path, entry_name: &str) -> Option<String> {
     if target.is_empty() || random.is_empty() {
         return None;
     }
-    let fresh = fs::symlink_metadata(dir.join(entry_name))
-        .and_then(|m| m.modified())
-        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() < IN_FLIGHT)
-        .unwrap_or(false);
+    // Gone since the directory was listed: it was renamed into place just now (seen on the
+    // real pmxcfs: a listing with the temp file and without its target).
+    let fresh = match fs::symlink_metadata(dir.join(entry_name)).and_then(|m| m.modified()) {
+        Ok(t) => SystemTime::now().duration_since(t).unwrap_or_default() < IN_FLIGHT,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
     fresh.then(|| target.to_string())
 }
 
@@ -102,9 +104,21 @@ fn settled<T>(path: &Path, mut get: impl FnMut() -> std::io::Result<T>) -> std::
     }
 }
 
+/// The errno of an I/O error, also when it is wrapped (tempfile wraps the
+/// error of creating a temp file with its path).
+pub fn errno(e: &std::io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        // tempfile's PathError shows the inner error as "<message> (os error N) at path ...";
+        // its type is not public, so the number is read from there.
+        let inner = e.get_ref()?.to_string();
+        let rest = &inner[inner.find("(os error ")? + "(os error ".len()..];
+        rest[..rest.find(')')?].parse().ok()
+    })
+}
+
 /// What went wrong with a write, for a person: EACCES/EPERM on /etc/pve mean no quorum.
 pub fn describe_write_error(what: &str, path: &Path, e: &std::io::Error) -> String {
-    let hint = match e.raw_os_error() {
+    let hint = match errno(e) {
         Some(libc::EACCES) | Some(libc::EPERM) if path.starts_with("/etc/pve") => {
             " (the cluster file system refuses writes: this node has no corosync quorum; check `pvecm status`)"
         }
@@ -125,7 +139,7 @@ pub fn with_write_retries<T>(mut step: impl FnMut() -> std::io::Result<T>) -> st
         match step() {
             Ok(v) => return Ok(v),
             Err(e) => {
-                let retry = match e.raw_os_error() {
+                let retry = match errno(&e) {
                     Some(libc::EBUSY) => start.elapsed() < BUSY_RETRY,
                     Some(libc::EPERM) => {
                         eperm += 1;
@@ -260,5 +274,10 @@ mod tests {
         assert_eq!(n, 1);
         let m = describe_write_error("write", Path::new("/etc/pve/priv/drbdpool/x"), &std::io::Error::from_raw_os_error(libc::EACCES));
         assert!(m.contains("no corosync quorum"), "{m}");
+        // tempfile wraps the errno of a failed temp-file create with its path: still seen
+        // (found on the real pmxcfs: the quorum hint was missing).
+        let d = tempfile::tempdir().unwrap();
+        let wrapped = tempfile::Builder::new().tempfile_in(d.path().join("no/such/dir")).unwrap_err();
+        assert_eq!(errno(&wrapped), Some(libc::ENOENT), "{wrapped:?}");
     }
 }

@@ -54,7 +54,7 @@ pub struct LockGuard {
 /// (and our clock may differ from the reaping node's by a little).
 fn release_margin(life: Duration, pmxcfs: bool) -> Duration {
     if pmxcfs {
-        Duration::from_secs(5)
+        (life / 4).min(Duration::from_secs(5))
     } else {
         (life / 10).min(Duration::from_secs(2))
     }
@@ -156,7 +156,7 @@ impl Store {
                     }
                     continue;
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {
+                Err(e) if matches!(crate::fsio::errno(&e), Some(libc::EBUSY) | Some(libc::EINTR)) => {
                     // pmxcfs resyncing after a membership change: retry within the timeout.
                     tracing::debug!("lock {}: {e}; retrying", path.display());
                 }
