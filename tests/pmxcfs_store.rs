@@ -408,3 +408,80 @@ fn writes_after_a_heal_without_the_qdevice_ride_out_the_resync() {
         }
     }
 }
+
+/// A node's observed state at `n` replicas in the 3-node shape (two peers each), as its agent publishes it.
+fn big_state(node: &str, n: usize) -> NodeState {
+    let peer = |p: &str| PeerObserved {
+        node: p.into(),
+        connection: "Connected".into(),
+        role: "Secondary".into(),
+        disk: "UpToDate".into(),
+        replication: "Established".into(),
+        out_of_sync_kib: 0,
+        sync_percent: None,
+    };
+    let peers: Vec<&str> = ["pve1", "pve2", "pve3"].into_iter().filter(|p| *p != node).collect();
+    let volumes = (0..n)
+        .map(|i| {
+            let o = VolumeObserved {
+                ready: true,
+                generation: 3,
+                role: "Secondary".into(),
+                disk: "UpToDate".into(),
+                open: false,
+                size_kib: 33554432,
+                peers: peers.iter().map(|p| peer(p)).collect(),
+                error: None,
+                snapshots: vec![],
+            };
+            (format!("dp.vm-{}-disk-{}", 100 + i / 4, i % 4), o)
+        })
+        .collect();
+    let storages = [(SID.to_string(), Space { total: 4 << 40, avail: 3 << 40, used: 1 << 40 })].into();
+    NodeState::new(node, 1_764_000_000, storages, volumes)
+}
+
+/// Issue 13.5: at 10,000 volumes each node's state stays within pmxcfs's 1 MiB per file (memdb.h):
+/// each node publishes 10,000 replicas (two peers each, the 3-node shape) through its own /etc/pve,
+/// the other node reads them back whole, and the one-file layout of before is what pmxcfs refuses.
+#[test]
+fn ten_thousand_replicas_per_node_publish_and_read_back_on_pmxcfs() {
+    if in_child() {
+        return;
+    }
+    let Some(c) = Cluster::start(Opts::default()) else { return };
+    let states: Vec<NodeState> = (1..=2).map(|n| big_state(pvecluster::host_name(n), 10_000)).collect();
+    let t0 = Instant::now();
+    for (i, s) in states.iter().enumerate() {
+        c.store(i + 1).put_node_state(s).unwrap_or_else(|e| panic!("{} publishing 10,000 replicas on pmxcfs: {e}", s.node));
+    }
+    eprintln!("published 2 x 10,000 replicas on pmxcfs in {:.2}s", t0.elapsed().as_secs_f64());
+    for (i, s) in states.iter().enumerate() {
+        let other = 2 - i;
+        wait_until(&format!("{}'s state whole on pve{other}", s.node), Duration::from_secs(20), || {
+            c.store(other).node_state(&s.node).ok().flatten().as_ref() == Some(s)
+        });
+    }
+    let one = c.store(2).node_state_of("pve1", "dp.vm-2599-disk-3").unwrap().unwrap();
+    assert_eq!(one.volumes.len(), 1, "one resource from the head and one shard");
+    let largest = walk(&c.path(1, "/etc/pve/priv/drbdpool/state")).into_iter().max().unwrap();
+    assert!(largest < 1 << 20, "a state file of {largest} bytes");
+    // Contrast: the same state in one file (the layout before the shards) is refused by pmxcfs.
+    let one_file = NodeState { format: 1, ..states[0].clone() };
+    let e = drbdpool::store::write_doc(&c.path(1, "/etc/pve/priv/drbdpool/one-file.json"), &one_file).unwrap_err().to_string();
+    assert!(e.contains("File too large") || e.contains("os error 27"), "{e}");
+}
+
+/// Sizes of the files under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(m.len());
+        }
+    }
+    out
+}

@@ -585,16 +585,10 @@ impl Agent {
     /// Write the NodeState only when its content changed, or for the heartbeat.
     /// Publish at once that this node is about to create a replica of `res`.
     fn announce(&mut self, res: &str) -> Result<()> {
-        let mut s = self.last.clone().unwrap_or_else(|| NodeState {
-            format: FORMAT,
-            node: self.node().to_string(),
-            updated: 0,
-            storages: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-        });
+        let mut s = self.last.clone().unwrap_or_else(|| NodeState::new(self.node(), 0, BTreeMap::new(), BTreeMap::new()));
         s.volumes.insert(res.to_string(), VolumeObserved { role: "Unknown".into(), disk: "Unconfigured".into(), ..Default::default() });
         s.updated = now();
-        self.store.put_node_state(&s)?;
+        self.store.put_node_state_since(self.last.as_ref(), &s)?;
         self.last = Some(s);
         Ok(())
     }
@@ -607,8 +601,8 @@ impl Agent {
                 return Ok(());
             }
         }
-        let s = NodeState { format: FORMAT, node: self.node().to_string(), updated: t, storages, volumes };
-        self.store.put_node_state(&s)?;
+        let s = NodeState::new(self.node(), t, storages, volumes);
+        self.store.put_node_state_since(self.last.as_ref(), &s)?;
         tracing::debug!(node = %s.node, "node state published");
         self.last = Some(s);
         Ok(())

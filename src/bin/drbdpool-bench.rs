@@ -209,8 +209,7 @@ fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Re
     for name in &nodes {
         let volumes: BTreeMap<String, VolumeObserved> =
             docs.iter().filter(|v| v.replica(name).is_some()).map(|v| (v.resource.clone(), observed(v, name))).collect();
-        let st = NodeState { format: FORMAT, node: name.clone(), updated: t, storages: BTreeMap::from([(storeid.to_string(), space.clone())]), volumes };
-        write_json(&store_dir.join("state").join(format!("{name}.json")), &st)?;
+        store.put_node_state(&NodeState::new(name, t, BTreeMap::from([(storeid.to_string(), space.clone())]), volumes))?;
     }
     let docs_secs = t0.elapsed().as_secs_f64();
 
@@ -274,7 +273,10 @@ fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Re
         "volnames": all,
         "active": active,
         "sim_replicas": sim_count,
-        "state_bytes": std::fs::metadata(store_dir.join("state").join(format!("{LOCAL}.json")))?.len(),
+        "state_bytes": dir_bytes(&store_dir.join("state"))?,
+        "store_bytes": dir_bytes(&store_dir)?,
+        "store_files": file_count(&store_dir)?,
+        "largest_file_bytes": largest_file(&store_dir)?,
     });
     write_json(&dir.join("manifest.json"), &manifest)?;
     eprintln!(
@@ -470,4 +472,36 @@ fn agent_rss(dir: &Path, passes: usize) -> Result<()> {
         bail!("{errors} volumes have reconcile errors: the measurement is not of a healthy node");
     }
     Ok(())
+}
+
+/// Bytes of every file under `dir` (the store's size as pmxcfs would count it, without overhead).
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut sum = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        sum += if m.is_dir() { dir_bytes(&e.path())? } else { m.len() };
+    }
+    Ok(sum)
+}
+
+/// The largest file under `dir`: pmxcfs refuses any over 1 MiB (memdb.h).
+fn largest_file(dir: &Path) -> Result<u64> {
+    let mut max = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        max = max.max(if m.is_dir() { largest_file(&e.path())? } else { m.len() });
+    }
+    Ok(max)
+}
+
+/// Files (and directories, which pmxcfs counts as inodes too) under `dir`.
+fn file_count(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        n += 1 + if e.metadata()?.is_dir() { file_count(&e.path())? } else { 0 };
+    }
+    Ok(n)
 }

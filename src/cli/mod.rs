@@ -262,7 +262,7 @@ pub fn volume_show(store: &Store, id: &str) -> Result<String> {
     v["secret"] = json!("(hidden)");
     let mut obs = serde_json::Map::new();
     for r in &d.replicas {
-        let o = store.node_state(&r.node)?.and_then(|s| s.volumes.get(&d.resource).cloned());
+        let o = store.node_state_of(&r.node, &d.resource)?.and_then(|s| s.volumes.get(&d.resource).cloned());
         obs.insert(r.node.clone(), serde_json::to_value(o).unwrap_or(Value::Null));
     }
     v["observed"] = Value::Object(obs);
@@ -305,12 +305,13 @@ pub fn node_remove(store: &Store, name: &str) -> Result<String> {
         ));
     }
     store.remove_node(name)?;
+    store.remove_node_state(name)?;
     Ok(format!("removed node {name}"))
 }
 
 pub fn node_list(store: &Store, as_json: bool) -> Result<String> {
     let nodes = store.nodes()?;
-    let states: BTreeMap<String, NodeState> = store.node_states()?.into_iter().map(|s| (s.node.clone(), s)).collect();
+    let states: BTreeMap<String, NodeState> = store.node_heads()?.into_iter().map(|s| (s.node.clone(), s)).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if as_json {
         let v: Vec<Value> = nodes

@@ -205,7 +205,7 @@ fn settled_view(ctx: &Ctx, doc: &VolumeDoc) -> Result<Option<VolumeObserved>> {
 fn promote(ctx: &Ctx, doc: &VolumeDoc, local: &str) -> Result<()> {
     ctx.node.promote(doc).map_err(|e| match e {
         crate::error::Error::Refused(m) if m.contains("quorum") => {
-            let good = ctx.store.node_states().map(|s| where_good(doc, local, &s)).unwrap_or_else(|se| {
+            let good = ctx.store.node_states_of(&doc.resource).map(|s| where_good(doc, local, &s)).unwrap_or_else(|se| {
                 format!("the published states could not be read ({se}) to say where good data is")
             });
             crate::error::Error::Refused(format!(
@@ -232,7 +232,7 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let doc = load(ctx, sid, volname)?;
     let local = ctx.node.name().to_string();
     let obs = if doc.replica(&local).is_some() { settled_view(ctx, &doc)? } else { None };
-    let states = ctx.store.node_states()?;
+    let states = ctx.store.node_states_of(&doc.resource)?;
     let departed: Vec<String> = match crate::membership::Membership::of_store(ctx.store)? {
         Some(m) => doc.replicas.iter().map(|r| r.node.clone()).filter(|n| *n != local && m.departed(n)).collect(),
         None => Vec::new(),

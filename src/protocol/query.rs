@@ -98,16 +98,7 @@ pub fn status(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> 
 }
 
 /// What `list` needs of a node's published state: role and disk per resource
-/// (not peers and sizes, which are most of the document).
-#[derive(Deserialize)]
-struct RolesOnly {
-    #[serde(default = "one")]
-    format: u32,
-    node: String,
-    #[serde(default)]
-    volumes: HashMap<String, RoleDisk>,
-}
-
+/// (not peers and sizes, which are most of the state).
 #[derive(Deserialize)]
 struct RoleDisk {
     #[serde(default)]
@@ -115,6 +106,8 @@ struct RoleDisk {
     #[serde(default)]
     disk: String,
 }
+
+type RolesOnly = crate::store::state::Published<RoleDisk>;
 
 fn one() -> u32 {
     crate::store::docs::FORMAT
@@ -264,7 +257,7 @@ pub fn listing(ctx: &Ctx, sid: &str, a: &Args) -> Result<Listing> {
 }
 
 fn list_with_roles(ctx: &Ctx, sid: &str, vmid: Option<u32>, wanted: Option<&BTreeSet<&str>>) -> Result<Value> {
-    let states = ctx.store.node_states_as(|s: &RolesOnly| s.format)?;
+    let states: Vec<RolesOnly> = ctx.store.all_published_as(None)?;
     let used = UsedOf::read(ctx, sid)?;
     let mut out = Vec::new();
     for name in ctx.store.volume_names(sid)? {

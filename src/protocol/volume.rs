@@ -106,7 +106,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
         let placed = placement::place(
             &placement::Request { storeid: sid, replicas: cfg.replicas, local: &local, size_bytes: size_kib * 1024, allowed: cfg.nodes.as_deref() },
             &ctx.store.nodes()?,
-            &ctx.store.node_states()?,
+            &ctx.store.node_heads()?,
         )?;
         let al = allocate(&all, &placed, &Ranges::default())?;
         let doc = VolumeDoc {
@@ -161,7 +161,7 @@ fn exists_conflict(ctx: &Ctx, sid: &str, volname: &str) -> Error {
     if doc.state != VolumeState::Deleting {
         return plain;
     }
-    let states = ctx.store.node_states().unwrap_or_default();
+    let states = ctx.store.node_states_of(&doc.resource).unwrap_or_default();
     let t = now();
     // The document goes once no node's published state lists the resource any more.
     let waiting: Vec<String> = doc

@@ -13,7 +13,7 @@ use crate::store::Store;
 pub fn published(store: &Store, nodes: &[String], resource: &str) -> Result<BTreeMap<String, Option<VolumeObserved>>> {
     let mut out = BTreeMap::new();
     for n in nodes {
-        let v = store.node_state(n)?.and_then(|s: NodeState| s.volumes.get(resource).cloned());
+        let v = store.node_state_of(n, resource)?.and_then(|s: NodeState| s.volumes.get(resource).cloned());
         out.insert(n.clone(), v);
     }
     Ok(out)

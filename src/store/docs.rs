@@ -189,7 +189,8 @@ pub struct VolumeObserved {
     pub snapshots: Vec<String>,
 }
 
-/// Observed state of one node (`state/<node>.json`), written by its agent.
+/// Observed state of one node, written by its agent: the head `state/<node>.json`, its
+/// volumes in shards `state/<node>/NN.json` (store/state.rs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     #[serde(default = "format_v")]

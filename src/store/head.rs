@@ -1,9 +1,10 @@
 //! The head of a NodeState without its volumes: what `status` needs (pvestatd
-//! asks every 10 s on every node). The agent writes `format`, `node`, `updated`
-//! and `storages` before the `volumes` map, which is ~420 bytes per replica
-//! (2.8 MB at 6,667 replicas); reading stops as soon as the head is complete,
-//! so `status` costs the same at 10 and at 10,000 volumes (docs/BENCHMARKS.md).
-//! A document in another field order is still read correctly, only to its end.
+//! asks every 10 s on every node). Since the shards (store/state.rs) the head file
+//! holds no volumes; a format-1 state written before them has its `volumes` map
+//! (~420 bytes per replica) after `format`, `node`, `updated` and `storages`, and
+//! reading stops as soon as the head is complete, so `status` costs the same at 10 and
+//! at 10,000 volumes either way (docs/BENCHMARKS.md). A document in another field
+//! order is still read correctly, only to its end.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,7 +14,8 @@ use std::path::Path;
 
 use serde::de::{Deserializer as _, Error as _, IgnoredAny, MapAccess, Visitor};
 
-use super::docs::{Space, FORMAT};
+use super::docs::Space;
+use super::state::STATE_FORMAT as FORMAT;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +89,7 @@ impl<'de> Visitor<'de> for HeadVisitor<'_> {
         }
         // The whole map was read (no format, or an unusual field order): NodeState's defaults.
         let updated = updated.ok_or_else(|| A::Error::missing_field("updated"))?;
-        *self.out.borrow_mut() = Some(StateHead { format: format.unwrap_or(FORMAT), updated, storages: storages.unwrap_or_default() });
+        *self.out.borrow_mut() = Some(StateHead { format: format.unwrap_or(1), updated, storages: storages.unwrap_or_default() });
         Ok(())
     }
 }
@@ -123,7 +125,7 @@ mod tests {
         // volumes first, no format: read to the end, defaults applied
         let p = write(d.path(), "a.json", r#"{"volumes":{"r":{"x":[1,2]}},"node":"a","storages":{"dp":{"total":1,"avail":1,"used":0}},"updated":7}"#);
         let h = read_state_head(&p).unwrap().unwrap();
-        assert_eq!((h.format, h.updated, h.storages.len()), (FORMAT, 7, 1));
+        assert_eq!((h.format, h.updated, h.storages.len()), (1, 7, 1));
         // no storages at all: empty
         let p = write(d.path(), "b.json", r#"{"format":1,"node":"b","updated":9,"volumes":{}}"#);
         assert!(read_state_head(&p).unwrap().unwrap().storages.is_empty());

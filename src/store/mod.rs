@@ -9,6 +9,7 @@ pub mod head;
 pub mod index;
 pub mod lock;
 pub mod marks;
+pub mod state;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use docs::{NodeDoc, NodeState, NodeUsage, StorageDoc, VolumeDoc, FORMAT};
+use docs::{NodeDoc, NodeUsage, StorageDoc, VolumeDoc, FORMAT};
 
 pub const DEFAULT_ROOT: &str = "/etc/pve/priv/drbdpool";
 
@@ -202,27 +203,7 @@ impl Store {
         Ok(out)
     }
 
-    // ---- observed state ----
-
-    pub fn node_state(&self, node: &str) -> Result<Option<NodeState>> {
-        read_versioned(&self.root.join("state").join(format!("{node}.json")), |d: &NodeState| d.format)
-    }
-
-    pub fn put_node_state(&self, s: &NodeState) -> Result<()> {
-        write_doc(&self.root.join("state").join(format!("{}.json", s.node)), s)
-    }
-
-    /// Every node's state read into a lighter type `T` (only the fields the caller
-    /// needs: `list` wants role and disk, not peers); `format_of` gives its format.
-    pub fn node_states_as<T: DeserializeOwned>(&self, format_of: fn(&T) -> u32) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        for name in list_names(&self.root.join("state"))? {
-            if let Some(n) = read_versioned(&self.root.join("state").join(format!("{name}.json")), format_of)? {
-                out.push(n);
-            }
-        }
-        Ok(out)
-    }
+    // ---- observed state: store/state.rs ----
 
     /// A storage's settings for the agents (None: never written; the defaults apply).
     pub fn storage_doc(&self, storeid: &str) -> Result<Option<StorageDoc>> {
@@ -256,16 +237,6 @@ impl Store {
         for name in list_names(&self.root.join("usage"))? {
             if let Some(u) = read_versioned(&self.root.join("usage").join(format!("{name}.json")), format_of)? {
                 out.push(u);
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn node_states(&self) -> Result<Vec<NodeState>> {
-        let mut out = Vec::new();
-        for name in list_names(&self.root.join("state"))? {
-            if let Some(n) = self.node_state(&name)? {
-                out.push(n);
             }
         }
         Ok(out)
@@ -332,6 +303,11 @@ pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 /// parsed as `T` and its format checked afterwards; only a document that does not
 /// parse is looked at again, to tell a newer format from a broken file.
 pub fn read_versioned<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -> u32) -> Result<Option<T>> {
+    read_versioned_upto(path, format_of, FORMAT)
+}
+
+/// `read_versioned` for a document with its own format line (store/state.rs), up to `max`.
+pub fn read_versioned_upto<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -> u32, max: u32) -> Result<Option<T>> {
     let data = match crate::fsio::read_settled(path) {
         Ok(Some(d)) => d,
         Ok(None) => return Ok(None),
@@ -339,15 +315,15 @@ pub fn read_versioned<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -
     };
     let newer = |f: u32| {
         Error::Store(format!(
-            "{} has format {f} but this drbdpool understands up to {FORMAT}: it was written by a newer drbdpool; upgrade this node",
+            "{} has format {f} but this drbdpool understands up to {max}: it was written by a newer drbdpool; upgrade this node",
             path.display()
         ))
     };
     match serde_json::from_slice::<T>(&data) {
-        Ok(d) if format_of(&d) > FORMAT => Err(newer(format_of(&d))),
+        Ok(d) if format_of(&d) > max => Err(newer(format_of(&d))),
         Ok(d) => Ok(Some(d)),
         Err(e) => match serde_json::from_slice::<FormatOnly>(&data) {
-            Ok(f) if f.format > FORMAT => Err(newer(f.format)),
+            Ok(f) if f.format > max => Err(newer(f.format)),
             _ => Err(Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display()))),
         },
     }
