@@ -49,6 +49,9 @@ enum Cmd {
         nodes: usize,
         #[arg(long, default_value = "dp")]
         storeid: String,
+        /// Replicas per volume (at most --nodes)
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
         /// Also bring the local node's replicas (and their peers) up in the simulated DRBD
         #[arg(long)]
         sim: bool,
@@ -92,7 +95,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Opts::parse().cmd {
-        Cmd::Populate { dir, volumes, nodes, storeid, sim } => populate(&dir, volumes, nodes, &storeid, sim),
+        Cmd::Populate { dir, volumes, nodes, storeid, replicas, sim } => populate(&dir, volumes, nodes, replicas, &storeid, sim),
         Cmd::Time { count, warmup, stdin, label, check, cmd } => time(count, warmup, stdin.as_deref(), &label, check, &cmd),
         Cmd::AgentRss { dir, passes } => agent_rss(&dir, passes),
         Cmd::ReadDocs { dir, storeid, count } => read_docs(&dir, &storeid, count),
@@ -112,12 +115,10 @@ fn node_names(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("bench{i}")).collect()
 }
 
-/// Volume i: 4 disks per VM, replicas on nodes (i mod n, i+1 mod n).
-fn volume_doc(i: usize, storeid: &str, nodes: &[String], images: &Path, t: u64) -> VolumeDoc {
+/// Volume i: 4 disks per VM, replicas on nodes (i mod n, i+1 mod n, ...).
+fn volume_doc(i: usize, storeid: &str, nodes: &[String], replicas: usize, images: &Path, t: u64) -> VolumeDoc {
     let vmid = 100 + (i / 4) as u32;
     let volname = format!("vm-{vmid}-disk-{}", i % 4);
-    let a = i % nodes.len();
-    let b = (i + 1) % nodes.len();
     VolumeDoc {
         format: FORMAT,
         storeid: storeid.into(),
@@ -129,7 +130,7 @@ fn volume_doc(i: usize, storeid: &str, nodes: &[String], images: &Path, t: u64) 
         // The allocator keeps ports unique among volumes sharing a node (7000-7999):
         // more than 1,000 volumes on 3 nodes is beyond it; the bench only needs the files.
         port: 7000 + (i % 1000) as u16,
-        replicas: vec![Replica { node: nodes[a].clone(), node_id: 0 }, Replica { node: nodes[b].clone(), node_id: 1 }],
+        replicas: (0..replicas).map(|k| Replica { node: nodes[(i + k) % nodes.len()].clone(), node_id: k as u8 }).collect(),
         backend: BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(images.to_string_lossy().into_owned()) },
         secret: format!("{:032x}", (i as u128).wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc835)),
         state: VolumeState::Ready,
@@ -178,9 +179,9 @@ fn write_json<T: serde::Serialize>(path: &Path, doc: &T) -> Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(doc)?).with_context(|| format!("write {}", path.display()))
 }
 
-fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Result<()> {
-    if nnodes < 2 {
-        bail!("--nodes must be at least 2 (2 replicas per volume)");
+fn populate(dir: &Path, n: usize, nnodes: usize, replicas: usize, storeid: &str, sim: bool) -> Result<()> {
+    if replicas < 2 || replicas > nnodes {
+        bail!("--replicas {replicas} with --nodes {nnodes}: give 2 to {nnodes} replicas (and at least 2 nodes)");
     }
     drbdpool::naming::check_storeid(storeid)?;
     let t0 = Instant::now();
@@ -198,7 +199,7 @@ fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Re
     let t = now();
     let vdir = store_dir.join("volumes").join(storeid);
     std::fs::create_dir_all(&vdir)?;
-    let docs: Vec<VolumeDoc> = (0..n).map(|i| volume_doc(i, storeid, &nodes, &images, t)).collect();
+    let docs: Vec<VolumeDoc> = (0..n).map(|i| volume_doc(i, storeid, &nodes, replicas, &images, t)).collect();
     for v in &docs {
         write_json(&vdir.join(format!("{}.json", v.volname)), v)?;
     }
@@ -210,6 +211,9 @@ fn populate(dir: &Path, n: usize, nnodes: usize, storeid: &str, sim: bool) -> Re
         let volumes: BTreeMap<String, VolumeObserved> =
             docs.iter().filter(|v| v.replica(name).is_some()).map(|v| (v.resource.clone(), observed(v, name))).collect();
         store.put_node_state(&NodeState::new(name, t, BTreeMap::from([(storeid.to_string(), space.clone())]), volumes))?;
+        // and the thin allocation of each replica (agent/reconcile.rs, `used` in list).
+        let used: BTreeMap<String, u64> = docs.iter().filter(|v| v.replica(name).is_some()).map(|v| (v.volname.clone(), (v.size_kib << 10) / 3)).collect();
+        store.put_node_usage(&NodeUsage { format: FORMAT, node: name.clone(), updated: t, storages: BTreeMap::from([(storeid.to_string(), used)]) })?;
     }
     let docs_secs = t0.elapsed().as_secs_f64();
 
