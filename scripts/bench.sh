@@ -9,6 +9,9 @@
 #   BENCH_WARMUP=20               warm-up calls        BENCH_DIR=...    work directory (default in /dev/shm)
 #   BENCH_BIN_DIR=DIR             use drbdpool + drbdpool-bench from DIR, skip the build (lab guests)
 #   BENCH_KEEP=1                  keep the work directory
+#   BENCH_PMXCFS=1                also the pmxcfs mode: the same calls with the store on the real pmxcfs
+#                                 of the tier-4 cluster (tests/pmxcfs_bench.rs; root, ../shared beside the
+#                                 repository for the pmxcfs build), sizes BENCH_PMXCFS_SIZES="1000 10000"
 # Output: the table on stdout, raw JSON lines in $BENCH_DIR/results.jsonl
 # (kept with BENCH_KEEP=1). Needs: cargo (unless BENCH_BIN_DIR), gcc with a
 # static libc (libc6-dev), perl.
@@ -59,6 +62,8 @@ for n in $sizes; do
     for m in status path list activate; do
         "$bench" time --count "$count" --warmup "$warmup" --check --label "bare-$m" --stdin "$d/req-$m.json" -- "$helper" plugin "$m" | tag "$n"
     done
+    "$bench" time --count "$count" --warmup "$warmup" --check --label cli-status -- "$helper" status | tag "$n"
+    "$bench" time --count "$count" --warmup "$warmup" --check --label cli-volume-list -- "$helper" volume list | tag "$n"
     "$bench" read-docs --dir "$d" --count 20 | tag "$n"
     DRBDPOOL_BIN=$helper perl -I "$root/perl-shim" -I "$root/perl-shim/t/lib" "$root/scripts/bench/driver.pl" \
         --manifest "$d/manifest.json" --floor "$work/true-static" --count "$count" --warmup "$warmup" | tag "$n"
@@ -67,6 +72,13 @@ for n in $sizes; do
         "$bench" agent-rss --dir "$d" --passes 5 | tag "$n"
     fi
 done
+
+if [ "${BENCH_PMXCFS:-0}" = 1 ]; then
+    echo "pmxcfs mode: starting the tier-4 cluster..." >&2
+    unset DRBDPOOL_STORE DRBDPOOL_NODE DRBDPOOL_DRBD DRBDPOOL_SIM_DIR DRBDPOOL_RUN_DIR
+    BENCH_RESULTS=$results BENCH_COUNT=$count BENCH_WARMUP=$warmup \
+        cargo test --release --locked --test pmxcfs_bench -- --ignored --nocapture --exact pmxcfs_bench >&2
+fi
 
 {
     echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -45,6 +45,16 @@ for my $n (sort { $a <=> $b } grep { $_ > 0 } keys %r) {
             defined($t) ? "< $t ms" : '-', $pass;
     }
 }
+# Activation O(1) in the number of volumes (issue 13): at 10,000 at most 1.5x its time at 100.
+if (my ($lo, $hi) = map { $r{$_} && $r{$_}{'shim-activate'} } (100, 10000)) {
+    if ($lo && $hi) {
+        my $x = $hi->{median_ms} / $lo->{median_ms};
+        my $ok = $x <= 1.5;
+        $fail++ if !$ok;
+        printf "\nactivate at 10,000 volumes against 100 (shim medians): %.2f / %.2f ms = %.2fx (target <= 1.5x) %s\n",
+            $hi->{median_ms}, $lo->{median_ms}, $x, $ok ? 'PASS' : 'FAIL';
+    }
+}
 print "\nfloor of `list` for one file per volume (read every document, no parsing, in one process): ";
 print join(', ', map { "$_ vols: " . $f->($r{$_}{'floor-read-docs'}{median_ms}) . " ms" } grep { $r{$_}{'floor-read-docs'} } sort { $a <=> $b } keys %r), "\n";
 print "floor (Perl fork+exec+waitpid of static true, same process): ";
@@ -61,5 +71,30 @@ if (my $a = $r{1000}{agent}) {
     $fail++ if !$ok;
     printf "| agent, %d passes, %d replicas published (VmHWM) | %.1f MiB | < 30 MiB | %s |\n", $a->{passes}, $a->{volumes_published}, $mib, $ok ? 'PASS' : 'FAIL';
     printf "\nagent pass times (ms): %s\n", join(', ', map { sprintf('%.0f', $_) } @{ $a->{pass_ms} });
+}
+# tmpfs against the real pmxcfs (BENCH_PMXCFS=1), medians in ms; targets of issue 13 on pmxcfs.
+my %ptarget = (
+    'shim-status' => { 1000 => 5 }, 'shim-path' => { 1000 => 5 }, 'shim-list' => { 10000 => 50 },
+    'cli-status' => { 1000 => 50 }, 'cli-volume-list' => { 1000 => 50 },
+);
+my @pn = sort { $a <=> $b } grep { grep { /^pmxcfs-/ } keys %{ $r{$_} } } keys %r;
+if (@pn) {
+    print "\n| volumes | call | tmpfs median | pmxcfs median | pmxcfs p99 | pmxcfs/tmpfs | target on pmxcfs (median) | pass |\n";
+    print "|--:|--|--:|--:|--:|--:|--|--|\n";
+    for my $n (@pn) {
+        for my $l (qw(shim-status shim-path shim-list shim-activate bare-status bare-path bare-list bare-activate cli-status cli-volume-list floor-shim)) {
+            my $p = $r{$n}{"pmxcfs-$l"} or next;
+            my $t = $r{$n}{$l};
+            my $g = $ptarget{$l}{$n};
+            my $pass = '';
+            if (defined($g)) {
+                my $ok = $p->{median_ms} < $g;
+                $fail++ if !$ok;
+                $pass = $ok ? 'PASS' : 'FAIL';
+            }
+            printf "| %d | %s | %s | %s | %s | %s | %s | %s |\n", $n, $l, $f->($t && $t->{median_ms}), $f->($p->{median_ms}), $f->($p->{p99_ms}),
+                $t ? sprintf('%.1fx', $p->{median_ms} / $t->{median_ms}) : '-', defined($g) ? "< $g ms" : '-', $pass;
+        }
+    }
 }
 print "\n", ($fail ? "$fail target(s) missed\n" : "all targets met\n");
