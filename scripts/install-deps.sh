@@ -9,6 +9,7 @@ pkgs=(
   perl libjson-pp-perl libjson-xs-perl     # the Perl shim and its prove tests (XS decoder as on PVE nodes)
   qemu-system-x86 cpio busybox-static       # the real-kernel lab (tests/vm)
   dpkg-dev debhelper fakeroot lintian help2man       # building and checking the .deb
+  strace                                    # scripts/bench.sh BENCH_PMXCFS=1: the store writes of one alloc
 )
 missing=()
 for p in "${pkgs[@]}"; do

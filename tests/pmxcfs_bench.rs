@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pvecluster::{Cluster, Opts, STORE};
+use pvecluster::{host_name, ip, Cluster, Opts, STORE};
 use serde_json::Value;
 
 #[test]
@@ -51,6 +51,8 @@ fn pmxcfs_bench() {
         j["volumes"] = n.into();
         writeln!(out, "{j}").unwrap();
     };
+
+    alloc_writes(&c, &mut emit);
 
     for n in sizes {
         // Populate inside pve1, then copy the store into its /etc/pve, as the agents and helpers would
@@ -127,4 +129,67 @@ fn pmxcfs_bench() {
         }
         std::fs::remove_dir_all(host(&d)).unwrap();
     }
+}
+
+/// Alloc's store writes (issue 13: "counted and as few as the invariants allow"): both nodes registered
+/// and their agents running, one warm-up alloc, then one alloc on pve1 under strace; every call of the
+/// helper that changes something under /etc/pve is counted by kind (pmxcfs sends each to every node).
+/// Emits `pmxcfs-alloc-writes` (volumes 0) with the counts and the traced alloc's wall time.
+fn alloc_writes(c: &Cluster, emit: &mut impl FnMut(&str, usize)) {
+    for n in 1..=2 {
+        let o = c.drbdpool(n, &["node", "add", host_name(n), "--address", &ip(n)], &[]);
+        assert!(o.ok(), "node add: {o}");
+        c.spawn_agent(n);
+    }
+    let (o, v) = c.plugin(1, "alloc", "dp", serde_json::json!({"vmid": 100, "size_kib": 4096}));
+    assert!(v["ok"] == true, "warm-up alloc: {o}");
+    let req = serde_json::json!({"version": 1, "storeid": "dp", "node": host_name(1), "scfg": c.scfg(), "args": {"vmid": 101, "size_kib": 4096}}).to_string();
+    let trace = "/var/lib/drbdpool-bench-alloc.strace";
+    let b = pvecluster::bin();
+    let argv = [
+        "strace", "-f", "-y", "-qq", "-o", trace, "-e",
+        "trace=openat,open,creat,write,pwrite64,rename,renameat,renameat2,mkdir,mkdirat,rmdir,unlink,unlinkat,utimensat,fsync,fdatasync",
+        b.to_str().unwrap(), "plugin", "alloc",
+    ];
+    let mut cmd = c.command(1, &argv);
+    for (k, v) in &c.env {
+        cmd.env(k, v);
+    }
+    let t = Instant::now();
+    let mut ch = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    ch.stdin.take().unwrap().write_all(req.as_bytes()).unwrap();
+    let o = ch.wait_with_output().unwrap();
+    let took = t.elapsed();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"ok\":true"), "traced alloc: {}", String::from_utf8_lossy(&o.stdout));
+    let text = std::fs::read_to_string(c.path(1, trace)).unwrap();
+    let mut kinds: std::collections::BTreeMap<&str, u64> = Default::default();
+    for l in text.lines() {
+        // `<pid> call(args) = result`; failed calls change nothing.
+        let Some((call, rest)) = l.split_once(' ').map(|(_, r)| r).and_then(|r| r.split_once('(')) else { continue };
+        if rest.contains(") = -1") {
+            continue;
+        }
+        let pve = rest.contains("\"/etc/pve/") || rest.contains("</etc/pve/");
+        let kind = match call {
+            "openat" | "open" | "creat" if rest.contains("O_CREAT") => "create",
+            "write" | "pwrite64" => "write",
+            "rename" | "renameat" | "renameat2" => "rename",
+            "mkdir" | "mkdirat" => "mkdir",
+            "rmdir" => "rmdir",
+            "unlink" | "unlinkat" => "unlink",
+            "utimensat" => "utime",
+            "fsync" | "fdatasync" => "fsync",
+            _ => continue,
+        };
+        if pve {
+            *kinds.entry(kind).or_default() += 1;
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!("  {kind}: {}", l.chars().take(200).collect::<String>());
+            }
+        }
+    }
+    let changes: u64 = kinds.iter().filter(|(k, _)| **k != "fsync").map(|(_, v)| v).sum();
+    eprintln!("pmxcfs bench: one alloc changed /etc/pve {changes} times ({kinds:?}) in {:.0} ms", took.as_secs_f64() * 1000.0);
+    let line = serde_json::json!({"label": "alloc-writes", "changes": changes, "kinds": kinds, "median_ms": took.as_secs_f64() * 1000.0, "n": 1});
+    emit(&line.to_string(), 0);
 }

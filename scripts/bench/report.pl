@@ -97,4 +97,8 @@ if (@pn) {
         }
     }
 }
+if (my $a = $r{0}{'pmxcfs-alloc-writes'}) {
+    printf "\none alloc on pmxcfs (agents running, traced with strace): %d changes under /etc/pve (%s), %.0f ms\n", $a->{changes},
+        join(', ', map { "$_ $a->{kinds}{$_}" } sort keys %{ $a->{kinds} }), $a->{median_ms};
+}
 print "\n", ($fail ? "$fail target(s) missed\n" : "all targets met\n");
