@@ -17,16 +17,28 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 
 ID=1
+DRBD=84
 for a in $(cat /proc/cmdline); do
-    case "$a" in lab.id=*) ID=${a#lab.id=} ;; esac
+    case "$a" in
+        lab.id=*) ID=${a#lab.id=} ;;
+        lab.drbd=*) DRBD=${a#lab.drbd=} ;;
+    esac
 done
 hostname "node$ID"
 echo "node$ID" >/etc/hostname
 
 t0=$(cut -d' ' -f1 /proc/uptime)
 while read -r m; do
+    # The DRBD 9 flavour (lab.drbd=9): the kernel's own drbd (8.4) stays unloaded; the modules built by
+    # tests/vm/build-drbd9.sh come in the harness's second cpio under /usr/lib/drbd9.
+    [ "$DRBD" = 9 ] && [ "${m##*/}" = drbd.ko ] && continue
     insmod "$m" 2>/tmp/insmod.err || echo "lab-init: insmod $m failed: $(cat /tmp/insmod.err)"
 done </etc/lab-modules
+if [ "$DRBD" = 9 ]; then
+    for m in handshake drbd drbd_transport_tcp; do
+        insmod "/usr/lib/drbd9/$m.ko" 2>/tmp/insmod.err || echo "lab-init: insmod /usr/lib/drbd9/$m.ko failed: $(cat /tmp/insmod.err)"
+    done
+fi
 echo "lab-init: modules loaded at ${t0}s..$(cut -d' ' -f1 /proc/uptime)s"
 
 # What a Debian boot does through udev (pvscan autoactivation): activate the VGs on the disk, so a guest

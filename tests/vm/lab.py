@@ -28,6 +28,7 @@ kernels), LAB_QEMU (qemu binary), LAB_SMP (vCPUs per guest, default 1), LAB_MEM 
 """
 import base64
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,10 @@ def _load_builder():
 
 
 builder = _load_builder()
+
+
+class LabSkip(Exception):
+    """A part the scenario needs is not on this machine (said why); the runner reports SKIP."""
 
 
 class LabError(Exception):
@@ -237,7 +242,7 @@ class Guest:
 
 class Lab:
     def __init__(self, n=2, name=None, disk_size="4G", store=True, extra_files=None, drbdpool=False,
-                 mem=None, smp=None):
+                 mem=None, smp=None, drbd=84):
         """n guests. extra_files: {guest path: host path (file or directory) or bytes (content, mode 755)},
         added as a second cpio at every boot.
         drbdpool=True adds the drbdpool binary (env DRBDPOOL_BIN or target/release/drbdpool) as
@@ -258,6 +263,9 @@ class Lab:
         self.extra = dict(extra_files or {})
         if drbdpool:
             self.extra.update(drbdpool_files())
+        if drbd not in (84, 9):
+            raise LabError(f"drbd={drbd!r}: the lab has the flavours 84 (the kernel's own module) and 9")
+        self.drbd = drbd
         self.guests = {}
         self.ports = {}
         self.timeline = Timeline()
@@ -330,6 +338,9 @@ class Lab:
         self.timeline.mark(f"lab {self.name}: building/reusing the guest")
         gdir = builder.build()
         self.kernel = os.path.join(gdir, "vmlinuz")
+        if self.drbd == 9:
+            self.extra.update(drbd9_files(gdir))
+            self.append = f"{self.append} lab.drbd=9".strip()
         self.initrd = self._initrd(gdir)
         # /share in every guest: logs and acknowledgements that must outlive a killed guest
         self.share = os.path.join(self.dir, "share")
@@ -457,6 +468,20 @@ def parse_size(s):
     s = str(s)
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1].upper())
     return int(s[:-1]) * mult if mult else int(s)
+
+
+def drbd9_files(gdir):
+    """The DRBD 9 modules for the guest's kernel (tests/vm/build-drbd9.sh, cached), as extra files under
+    /usr/lib/drbd9, which init.sh loads instead of the kernel's own drbd when booted with lab.drbd=9."""
+    with open(os.path.join(gdir, "manifest.json")) as fh:
+        kver = json.load(fh)["kernel"]
+    p = subprocess.run([os.path.join(HERE, "build-drbd9.sh"), kver], stdout=subprocess.PIPE, text=True)
+    if p.returncode == 77:
+        raise LabSkip("no DRBD 9 source (../shared/third_party/drbd-9.*.tar.gz or DRBDPOOL_THIRD_PARTY)")
+    if p.returncode != 0:
+        raise LabError(f"build-drbd9.sh {kver} failed (exit {p.returncode})")
+    mdir = p.stdout.strip().splitlines()[-1]
+    return {f"/usr/lib/drbd9/{m}.ko": os.path.join(mdir, f"{m}.ko") for m in ("handshake", "drbd", "drbd_transport_tcp")}
 
 
 def drbdpool_files():
