@@ -145,7 +145,7 @@ def io_compare(lab, devs, reps=2):
 def main():
     t_all = time.time()
     lab = Lab(2, name=os.environ.get("LAB_RUN_NAME"), drbdpool=True, disk_size="16G",
-              extra_files={"/root/pve.pl": PVE_PL.encode()})
+              extra_files={"/root/pve.pl": PVE_PL})
     tl = lab.timeline
     lab.start()
     table = []

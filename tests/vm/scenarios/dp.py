@@ -17,56 +17,14 @@ from lab import Lab, LabError  # noqa: E402,F401
 ENV = ". /etc/drbdpool.env; "
 STOREID = "dp"
 
-# What PVE does, in PVE's own order, through the real plugin class (perl -T like pvedaemon): storage.cfg
-# entry {type drbdpool, vgname ssd, thinpool data, content images,rootdir}. One JSON line out.
-PVE_PL = r"""#!/usr/bin/perl -T
-use strict;
-use warnings;
-use lib '/opt/perl-shim', '/opt/perl-shim/t/lib';
-BEGIN { $ENV{PATH} = '/usr/sbin:/usr/bin:/sbin:/bin'; delete @ENV{qw(IFS CDPATH ENV BASH_ENV)}; }
-use JSON::PP;
-use Time::HiRes qw(time);
-use PVE::Storage;
-use PVE::Storage::Custom::DRBDPoolPlugin;
-
-my $P = 'PVE::Storage::Custom::DRBDPoolPlugin';
-my $storeid = 'dp';
-my $scfg = { type => 'drbdpool', vgname => 'ssd', thinpool => 'data',
-             content => { images => 1, rootdir => 1 }, shared => 1 };
-my ($m, @a) = @ARGV;
-$m //= '';
-my $t0 = time;
-my $r = {};
-if ($m eq 'alloc') {            # pct create: vdisk_alloc -> activate_storage + alloc_image
-    $P->activate_storage($storeid, $scfg, {});
-    $r->{volname} = $P->alloc_image($storeid, $scfg, $a[0], 'raw', undef, $a[1]);
-} elsif ($m eq 'activate') {    # pct start / HA recovery: activate_volumes -> activate_storage + activate_volume
-    $P->activate_storage($storeid, $scfg, {});
-    $P->activate_volume($storeid, $scfg, $a[0], undef, {});
-    ($r->{path}) = $P->path($scfg, $a[0], $storeid);
-} elsif ($m eq 'deactivate') {
-    $P->deactivate_volume($storeid, $scfg, $a[0], undef, {});
-} elsif ($m eq 'path') {
-    ($r->{path}) = $P->path($scfg, $a[0], $storeid);
-} elsif ($m eq 'resize') {      # pct resize: volume_resize(scfg, storeid, volname, bytes, running)
-    $P->volume_resize($scfg, $storeid, $a[0], $a[1], $a[2] // 0);
-} elsif ($m eq 'size') {
-    $r->{size} = 0 + $P->volume_size_info($scfg, $storeid, $a[0], 5);
-} elsif ($m eq 'free') {
-    $P->free_image($storeid, $scfg, $a[0], 0, 'raw');
-} else {
-    die "usage: pve.pl alloc VMID KIB | activate VOL | deactivate VOL | path VOL | resize VOL BYTES | size VOL"
-        . " | free VOL\n";
-}
-$r->{seconds} = 0 + sprintf('%.2f', time - $t0);
-print JSON::PP->new->canonical->encode($r), "\n";
-"""
+# The driver for PVE calls (tests/vm/pve.pl), /root/pve.pl in every guest.
+PVE_PL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pve.pl")
 
 
 def make_lab(n=2):
     """A lab with the drbdpool binary, the shim and the PVE driver script (/root/pve.pl) in every guest,
     also after a restart (they travel in the second cpio)."""
-    return Lab(n, name=os.environ.get("LAB_RUN_NAME"), drbdpool=True, extra_files={"/root/pve.pl": PVE_PL.encode()})
+    return Lab(n, name=os.environ.get("LAB_RUN_NAME"), drbdpool=True, extra_files={"/root/pve.pl": PVE_PL})
 
 
 def setup_nodes(lab, pool="3G"):
