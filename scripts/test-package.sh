@@ -19,6 +19,7 @@ fail=0
 check() { if "$@"; then echo "ok: ${desc}"; else echo "FAIL: ${desc}"; fail=1; fi; }
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/drbdpool ./usr/share/perl5/PVE/Storage/Custom/DRBDPoolPlugin.pm \
+         ./usr/share/perl5/PVE/Storage/Custom/DRBDPool/Helper.pm \
          ./lib/systemd/system/drbdpool-agent.service ./usr/share/doc/drbdpool/examples/lvm-global-filter.conf; do
   desc="package contains $f"; check grep -q " $f\$" <<<"$contents"
 done

@@ -624,7 +624,7 @@ fn alloc_gives_up_at_its_budget_from_the_start_of_the_call() {
 /// and a loaded node (issue 18: a 45 s wait made a failed alloc take 47-48 s against 55 s).
 #[test]
 fn alloc_defaults_fit_inside_the_shim_limit() {
-    let shim = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/perl-shim/PVE/Storage/Custom/DRBDPoolPlugin.pm")).unwrap();
+    let shim = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/perl-shim/PVE/Storage/Custom/DRBDPool/Helper.pm")).unwrap();
     let limit: u64 = shim
         .lines()
         .find_map(|l| l.trim().strip_prefix("alloc => ").map(|v| v.trim_end_matches(',').trim().parse().unwrap()))

@@ -96,9 +96,10 @@ my %bench = (
 for my $what (split(/,/, $o{methods})) {
     if ($what eq 'floor') {
         my $floor = $o{floor} or die "--floor is required for the floor measurement\n";
-        # 1) The shim's own exec path (_call: pipes, fork, exec, select loop,
-        #    waitpid) with a trivial static binary as the helper: it answers
-        #    nothing, so _call dies after the exec, which is what we time.
+        # 1) The shim's own exec path (call_helper in DRBDPool/Helper.pm: pipes,
+        #    fork, exec, select loop, waitpid) with a trivial static binary as the
+        #    helper: it answers nothing, so call_helper dies after the exec, which
+        #    is what we time.
         {
             local $ENV{DRBDPOOL_BIN} = $floor;
             measure('floor-shim', sub {

@@ -108,7 +108,7 @@ pub struct Ctx<'a> {
 }
 
 /// The longest an alloc (or clone) works before it gives up, from the start of the call. The
-/// Perl shim kills the helper after 55 s (`%TIMEOUT` in perl-shim/PVE/Storage/Custom/DRBDPoolPlugin.pm)
+/// Perl shim kills the helper after 55 s (`%TIMEOUT` in perl-shim/PVE/Storage/Custom/DRBDPool/Helper.pm)
 /// and PVE's storage lock allows 60 s; a failed alloc still has to roll back after this (the
 /// document marked `deleting`, the local replica removed), which takes seconds on a loaded node.
 pub const ALLOC_BUDGET: Duration = Duration::from_secs(30);

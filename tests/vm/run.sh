@@ -3,8 +3,8 @@
 # Installs the host packages if missing and builds the guest if its cache does not match (seconds when it
 # does). Builds nothing of the project: the drbdpool scenarios use DRBDPOOL_BIN (default
 # target/release/drbdpool) and DRBDPOOL_SHIM (default perl-shim/), which must exist already.
-# Each scenario's output goes to the terminal and to tests/vm/work/<run>-<scenario>.out; the exit code is
-# non-zero if any scenario failed.
+# Each scenario's output goes to the terminal and to tests/vm/work/<run>-<scenario>.out; a scenario passed
+# if its script exited 0 (tests/vm/cluster.py), and the exit code is non-zero if any scenario failed.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -22,8 +22,10 @@ for s in "$@"; do
         exit 2
     fi
     t0=$(date +%s)
-    LAB_RUN_NAME="$run-$s" python3 "scenarios/$s.py" 2>&1 | tee "work/$run-$s.out"
-    rc=$(tail -1 "work/$run-$s.out" | grep -q ": PASS$" && echo 0 || echo 1)
+    # The verdict is the scenario's exit code (cluster.py's main: 0 for PASS), kept past the tee.
+    rcf=$(mktemp)
+    { LAB_RUN_NAME="$run-$s" python3 "scenarios/$s.py"; echo $? >"$rcf"; } 2>&1 | tee "work/$run-$s.out"
+    rc=$(cat "$rcf"); rm -f "$rcf"
     t=$(( $(date +%s) - t0 ))
     if [ "$rc" = 0 ]; then summary="$summary\n  PASS  $s (${t}s)"; else summary="$summary\n  FAIL  $s (${t}s)"; failed="$failed $s"; fi
 done

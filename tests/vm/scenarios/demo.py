@@ -15,8 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import (LabError, elapsed, make_lab, minor_of, print_figures, proc_drbd, pve, pve_try,  # noqa: E402
-                setup_nodes, start_agent, wait_agents)
+from dp import LabError, Result, elapsed, main, minor_of, proc_drbd, pve, pve_try  # noqa: E402
 
 VMIDS = (101, 102, 103)
 SIZE_KIB = 256 * 1024
@@ -42,130 +41,116 @@ def record(n):
     return f"record {n:08d} {'x' * 40}"
 
 
-def main():
-    figures = {}
-    t_all = time.time()
-    lab = make_lab(2)
-    tl = lab.timeline
-    lab.start()
-    figures["boot both guests (parallel), s"] = lab.boot_seconds
-    try:
-        t = time.time()
-        setup_nodes(lab)
-        for i in (1, 2):
-            start_agent(lab, i)
-        wait_agents(lab, (1, 2))
-        figures["VG + thin pool + node add + agents up, s"] = elapsed(t)
-        tl.mark("both nodes registered, VG ssd / thin pool data ready, agents running")
+def test(cluster):
+    figures = {"boot both guests (parallel), s": cluster.boot_seconds}
+    tl = cluster.timeline
+    figures["VG + thin pool + node add + agents up, s"] = cluster.setup_seconds
+    tl.mark("both nodes registered, VG ssd / thin pool data ready, agents running")
 
-        vols, sums = {}, {}
-        for vmid in VMIDS:
-            t = time.time()
-            r = pve(lab, 1, "alloc", vmid, SIZE_KIB, timeout=120)
-            vol = r["volname"]
-            figures[f"create {vol} (alloc_image through the shim), s"] = elapsed(t)
-            p1, p2 = proc_drbd(lab, 1), proc_drbd(lab, 2)
-            path = pve(lab, 1, "path", vol)["path"]
-            minor = minor_of(path)
-            if minor not in p1 or minor not in p2:
-                raise LabError(f"{vol}: minor {minor} not configured on both nodes after alloc:\n{p1}\n{p2}")
-            synced = p1[minor]["ns"] + p1[minor]["nr"] + p2[minor]["ns"] + p2[minor]["nr"]
-            figures[f"KiB resynced at creation of {vol}"] = synced
-            vols[vmid] = (vol, path)
-            tl.mark(f"{vol} created in {r['seconds']}s as {path}: {p1[minor]['cs']} "
-                    f"{p1[minor]['ds']}, {synced} KiB resynced")
-        for vmid, (vol, path) in vols.items():
-            t = time.time()
-            r = pve(lab, 1, "activate", vol)
-            if r["path"] != path:
-                raise LabError(f"{vol}: activate returned {r['path']}, path returned {path}")
-            lab.check(1, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p /mnt/{vmid} && mount {path} /mnt/{vmid}", 120)
-            sums[vmid] = lab.check(1, f"cd /mnt/{vmid} && for n in 1 2; do dd if=/dev/urandom of=f$n bs=1M "
+    vols, sums = {}, {}
+    for vmid in VMIDS:
+        t = time.time()
+        r = pve(cluster, 1, "alloc", vmid, SIZE_KIB, timeout=120)
+        vol = r["volname"]
+        figures[f"create {vol} (alloc_image through the shim), s"] = elapsed(t)
+        p1, p2 = proc_drbd(cluster, 1), proc_drbd(cluster, 2)
+        path = pve(cluster, 1, "path", vol)["path"]
+        minor = minor_of(path)
+        if minor not in p1 or minor not in p2:
+            raise LabError(f"{vol}: minor {minor} not configured on both nodes after alloc:\n{p1}\n{p2}")
+        synced = p1[minor]["ns"] + p1[minor]["nr"] + p2[minor]["ns"] + p2[minor]["nr"]
+        figures[f"KiB resynced at creation of {vol}"] = synced
+        vols[vmid] = (vol, path)
+        tl.mark(f"{vol} created in {r['seconds']}s as {path}: {p1[minor]['cs']} "
+                f"{p1[minor]['ds']}, {synced} KiB resynced")
+    for vmid, (vol, path) in vols.items():
+        t = time.time()
+        r = pve(cluster, 1, "activate", vol)
+        if r["path"] != path:
+            raise LabError(f"{vol}: activate returned {r['path']}, path returned {path}")
+        cluster.check(1, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p /mnt/{vmid} && mount {path} /mnt/{vmid}", 120)
+        sums[vmid] = cluster.check(1, f"cd /mnt/{vmid} && for n in 1 2; do dd if=/dev/urandom of=f$n bs=1M "
                                       "count=4 status=none || exit 1; done && sync && sha256sum f1 f2", 120)
-            figures[f"activate + mkfs.ext4 -O mmp + mount + write 8 MiB {vol}, s"] = elapsed(t)
-        tl.mark("3 disks Primary on node1, ext4 (MMP) mounted, files written and checksummed")
+        figures[f"activate + mkfs.ext4 -O mmp + mount + write 8 MiB {vol}, s"] = elapsed(t)
+    tl.mark("3 disks Primary on node1, ext4 (MMP) mounted, files written and checksummed")
 
-        lab.write_file(1, "/root/logger.pl", LOGGER, 0o755)
-        lab.check(1, f"setsid perl /root/logger.pl /mnt/{VMIDS[0]}/journal.log /share/acks "
+    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
+    cluster.check(1, f"setsid perl /root/logger.pl /mnt/{VMIDS[0]}/journal.log /share/acks "
                      ">/share/logger.err 2>&1 </dev/null &")
-        acks_path = os.path.join(lab.share, "acks")
-        deadline = time.time() + 60
-        while acked(acks_path) < 50:
-            if time.time() > deadline:
-                raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s; "
-                               f"see {lab.share}/logger.err")
-            time.sleep(0.5)
-        tl.mark(f"append-only log running ({acked(acks_path)} records acknowledged so far)")
+    acks_path = os.path.join(cluster.share, "acks")
+    deadline = time.time() + 60
+    while acked(acks_path) < 50:
+        if time.time() > deadline:
+            raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s; "
+                           f"see {cluster.share}/logger.err")
+        time.sleep(0.5)
+    tl.mark(f"append-only log running ({acked(acks_path)} records acknowledged so far)")
 
-        tl.zero("node1 powered off (SIGKILL of its qemu) while the log is written")
-        lab.kill(1)
-        n_acked = acked(acks_path)
-        tl.mark(f"{n_acked} log records were acknowledged (fsync returned) before the power-off")
-        lab.wait_until(2, "cat /proc/drbd", lambda o: "cs:Connected" not in o, 60, every=0.2,
+    tl.zero("node1 powered off (SIGKILL of its qemu) while the log is written")
+    cluster.kill(1)
+    n_acked = acked(acks_path)
+    tl.mark(f"{n_acked} log records were acknowledged (fsync returned) before the power-off")
+    cluster.wait_until(2, "cat /proc/drbd", lambda o: "cs:Connected" not in o, 60, every=0.2,
                        what="peer loss on every resource")
-        figures["peer loss noticed by node2, s"] = tl.mark("node2 noticed the peer loss")
+    figures["peer loss noticed by node2, s"] = tl.mark("node2 noticed the peer loss")
 
-        for vmid, (vol, path) in vols.items():
-            t = time.time()
-            tries, last = 0, ""
-            while True:
-                tries += 1
-                ok, r = pve_try(lab, 2, "activate", vol)
-                if ok:
-                    break
-                last = r
-                if time.time() - t > 240:
-                    raise LabError(f"{vol}: activation on the survivor still refused after 240 s: {last}")
-                time.sleep(2)
-            figures[f"activate {vol} on the survivor, s"] = elapsed(t)
-            if tries > 1:
-                figures[f"activate {vol}: refused first ({tries - 1}x), last refusal"] = last[-300:]
-            tl.mark(f"{vol} activated on node2 (Primary) after {tries} attempt(s)")
-        p2 = proc_drbd(lab, 2)
-        for vmid, (vol, path) in vols.items():
-            d = p2[minor_of(path)]
-            if not d["ro"].startswith("Primary") or not d["ds"].startswith("UpToDate"):
-                raise LabError(f"{vol} on node2 is {d['ro']} {d['ds']} after activation")
-
-        # Mount all three at once: each mount first waits out MMP (the dead node's MMP block is stale) and
-        # replays the journal; the waits overlap.
+    for vmid, (vol, path) in vols.items():
         t = time.time()
-        mounts = " ".join(f"(mkdir -p /mnt/{v} && mount {vols[v][1]} /mnt/{v}) &" for v in VMIDS)
-        lab.check(2, f"{mounts} wait; for v in {' '.join(map(str, VMIDS))}; do mountpoint -q /mnt/$v || "
+        tries, last = 0, ""
+        while True:
+            tries += 1
+            ok, r = pve_try(cluster, 2, "activate", vol)
+            if ok:
+                break
+            last = r
+            if time.time() - t > 240:
+                raise LabError(f"{vol}: activation on the survivor still refused after 240 s: {last}")
+            time.sleep(2)
+        figures[f"activate {vol} on the survivor, s"] = elapsed(t)
+        if tries > 1:
+            figures[f"activate {vol}: refused first ({tries - 1}x), last refusal"] = last[-300:]
+        tl.mark(f"{vol} activated on node2 (Primary) after {tries} attempt(s)")
+    p2 = proc_drbd(cluster, 2)
+    for vmid, (vol, path) in vols.items():
+        d = p2[minor_of(path)]
+        if not d["ro"].startswith("Primary") or not d["ds"].startswith("UpToDate"):
+            raise LabError(f"{vol} on node2 is {d['ro']} {d['ds']} after activation")
+
+    # Mount all three at once: each mount first waits out MMP (the dead node's MMP block is stale) and
+    # replays the journal; the waits overlap.
+    t = time.time()
+    mounts = " ".join(f"(mkdir -p /mnt/{v} && mount {vols[v][1]} /mnt/{v}) &" for v in VMIDS)
+    cluster.check(2, f"{mounts} wait; for v in {' '.join(map(str, VMIDS))}; do mountpoint -q /mnt/$v || "
                      "{ echo /mnt/$v not mounted >&2; exit 1; }; done", 240)
-        figures["mount 3 file systems on node2 (MMP wait + journal replay, parallel), s"] = elapsed(t)
-        tl.mark("3 file systems mounted on node2 (journal replayed)")
+    figures["mount 3 file systems on node2 (MMP wait + journal replay, parallel), s"] = elapsed(t)
+    tl.mark("3 file systems mounted on node2 (journal replayed)")
 
-        for vmid in VMIDS:
-            got = lab.check(2, f"cd /mnt/{vmid} && sha256sum f1 f2")
-            if got != sums[vmid]:
-                raise LabError(f"vm {vmid}: checksums differ after failover:\n{sums[vmid]}\n{got}")
-        tl.mark("every checksum equal on node2")
+    for vmid in VMIDS:
+        got = cluster.check(2, f"cd /mnt/{vmid} && sha256sum f1 f2")
+        if got != sums[vmid]:
+            raise LabError(f"vm {vmid}: checksums differ after failover:\n{sums[vmid]}\n{got}")
+    tl.mark("every checksum equal on node2")
 
-        log = lab.check(2, f"cat /mnt/{VMIDS[0]}/journal.log", 120).split("\n")
-        missing = [n for n in range(1, n_acked + 1) if n > len(log) or log[n - 1] != record(n)]
-        if missing:
-            raise LabError(f"{len(missing)} acknowledged log records missing or damaged, first: "
-                           f"{missing[:5]} (acknowledged {n_acked}, log has {len(log)} lines)")
-        extra = len([x for x in log if x]) - n_acked
-        figures["log records acknowledged before the power-off"] = n_acked
-        figures["log records present after failover (acknowledged + in flight)"] = n_acked + max(extra, 0)
-        tl.mark(f"all {n_acked} acknowledged log records present ({max(extra, 0)} more were in flight)")
+    log = cluster.check(2, f"cat /mnt/{VMIDS[0]}/journal.log", 120).split("\n")
+    missing = [n for n in range(1, n_acked + 1) if n > len(log) or log[n - 1] != record(n)]
+    if missing:
+        raise LabError(f"{len(missing)} acknowledged log records missing or damaged, first: "
+                       f"{missing[:5]} (acknowledged {n_acked}, log has {len(log)} lines)")
+    extra = len([x for x in log if x]) - n_acked
+    figures["log records acknowledged before the power-off"] = n_acked
+    figures["log records present after failover (acknowledged + in flight)"] = n_acked + max(extra, 0)
+    tl.mark(f"all {n_acked} acknowledged log records present ({max(extra, 0)} more were in flight)")
 
-        t = time.time()
-        lab.check(2, "umount " + " ".join(f"/mnt/{v}" for v in VMIDS), 60)
-        for vmid, (vol, path) in vols.items():
-            rc, out, err = lab.run_full(2, f"e2fsck -f -n {path}", 180)
-            if rc != 0:
-                raise LabError(f"{vol}: e2fsck -f -n on node2 is not clean (rc {rc}):\n{out}\n{err}")
-        figures["umount + e2fsck -f -n of 3 file systems, s"] = elapsed(t)
-        figures["failover: power-off to all disks verified, s"] = tl.mark(
-            "all disks verified: fsck clean, checksums equal, no acknowledged write lost")
-    finally:
-        lab.stop()
-    figures["whole scenario, s"] = elapsed(t_all)
-    print_figures("demo figures", figures)
-    print("demo: PASS")
+    t = time.time()
+    cluster.check(2, "umount " + " ".join(f"/mnt/{v}" for v in VMIDS), 60)
+    for vmid, (vol, path) in vols.items():
+        rc, out, err = cluster.run_full(2, f"e2fsck -f -n {path}", 180)
+        if rc != 0:
+            raise LabError(f"{vol}: e2fsck -f -n on node2 is not clean (rc {rc}):\n{out}\n{err}")
+    figures["umount + e2fsck -f -n of 3 file systems, s"] = elapsed(t)
+    figures["failover: power-off to all disks verified, s"] = tl.mark(
+        "all disks verified: fsck clean, checksums equal, no acknowledged write lost")
+    return Result(figures)
 
 
 def acked(path):
@@ -180,4 +165,4 @@ def acked(path):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main("demo", test, drbdpool=True))

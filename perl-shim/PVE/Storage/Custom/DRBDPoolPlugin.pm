@@ -2,10 +2,12 @@ package PVE::Storage::Custom::DRBDPoolPlugin;
 
 # Proxmox VE storage plugin for drbdpool: DRBD-replicated block storage.
 #
-# This module is deliberately thin. It validates arguments, runs the helper
-# `drbdpool plugin <method>` (one JSON request on stdin, one JSON reply on
-# stdout, see docs/PROTOCOL.md), untaints what comes back and dies with the
-# helper's message. All state and all decisions live in the helper.
+# This module is deliberately thin. Each method validates its arguments, runs
+# the helper `drbdpool plugin <method>` and returns the reply in PVE's shape,
+# or dies with the helper's message. All state and all decisions live in the
+# helper. Running it (one JSON request on stdin, one JSON reply on stdout, see
+# docs/PROTOCOL.md), bounding the wait and untainting the reply is
+# DRBDPool/Helper.pm beside this file.
 #
 # It runs inside pvedaemon/pveproxy (perl -T), pvestatd, pvescheduler,
 # pve-ha-lrm/crm and the CLIs, so: no shell, bounded waits, untaint everything.
@@ -13,17 +15,14 @@ package PVE::Storage::Custom::DRBDPoolPlugin;
 use strict;
 use warnings;
 
-use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
-use IO::Select;
 use JSON::PP ();
-use POSIX qw(WNOHANG);
-use Scalar::Util qw(tainted);
-use Time::HiRes qw(time sleep);
 
 use PVE::INotify;
 use PVE::Storage::Plugin;
 # Not `use PVE::Storage`: PVE::Storage loads us from its own loader, and
 # loading it from here first would run that loader before we are derived.
+use PVE::Storage::Custom::DRBDPool::Helper
+    qw(call_helper helper_bin scfg_for_helper untaint_uint untaint_path json_bool);
 
 use base qw(PVE::Storage::Plugin);
 
@@ -31,48 +30,10 @@ use base qw(PVE::Storage::Plugin);
 # volume_resize gets $snapname, volume_snapshot_info may report virtual-size).
 my $TESTED_APIVER = 15;
 
-my $PROTOCOL_VERSION = 1;
-
-# Replies are decoded with an XS decoder when one is installed (PVE nodes have
-# them): JSON::PP takes ~0.25 s for a `list` of 1,000 volumes (docs/BENCHMARKS.md).
-my $JSON_DECODER = do {
-    my $d;
-    for my $mod (qw(Cpanel::JSON::XS JSON::XS)) {
-        (my $file = "$mod.pm") =~ s{::}{/}g;
-        if (eval { require $file; 1 }) {
-            $d = $mod->new;
-            last;
-        }
-    }
-    $d // JSON::PP->new;
-};
-my $DEFAULT_BIN = '/usr/bin/drbdpool';
-
 # PVE reads this list when it parses storage.cfg and then sets shared=1 for
 # our type: migration moves only the config, locks become cluster-wide.
 push @PVE::Storage::Plugin::SHARED_STORAGE, 'drbdpool'
     if !grep { $_ eq 'drbdpool' } @PVE::Storage::Plugin::SHARED_STORAGE;
-
-# Seconds each helper call may take before it is killed. Calls that run under
-# PVE's storage lock (60 s lifetime) stay below it; status runs every 10 s in
-# pvestatd and must never stall the node's status loop.
-# Keys are the helper's method names (docs/PROTOCOL.md).
-my %TIMEOUT = (
-    status => 5,
-    activate_storage => 10,
-    path => 10,
-    list => 20,
-    size => 5,
-    has_feature => 10,
-    snapshot_list => 10,
-    rollback_is_possible => 10,
-    alloc => 55,
-    free => 55,
-    clone => 55,
-    create_base => 55,
-    rename => 55,
-);
-my $DEFAULT_TIMEOUT = 60; # everything else; `drbdpool-timeout` overrides it
 
 # --- PVE plugin registration ---------------------------------------------
 
@@ -223,7 +184,7 @@ sub on_update_hook_full {
     return;
 }
 
-# --- validation and untainting --------------------------------------------
+# --- volume names -----------------------------------------------------------
 
 my $OWN_VOLNAME_RE = qr/(?:vm|base)-\d+-[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}/;
 # A linked clone is `<base>/<own name>` (base-100-disk-0/vm-101-disk-0), as in PVE's
@@ -249,338 +210,12 @@ sub _snapname {
     return $1;
 }
 
-sub _uint {
-    my ($value, $what) = @_;
-    die "drbdpool: $what must be a non-negative integer, got '" . ($value // 'undef') . "'\n"
-        if !defined($value) || $value !~ m/^(\d{1,19})$/;
-    return 0 + $1;
-}
-
 sub _vmid {
     my ($vmid) = @_;
     die "drbdpool: invalid VMID '" . ($vmid // 'undef') . "'\n"
         if !defined($vmid) || $vmid !~ m/^([1-9]\d{0,8})$/;
     return 0 + $1;
 }
-
-sub _path {
-    my ($path, $method) = @_;
-    my ($clean) = (defined($path) && !ref($path)) ? $path =~ m{^(/[A-Za-z0-9_.+:=/-]+)$} : ();
-    die "drbdpool: helper returned an invalid device path for $method\n"
-        if !defined($clean) || $clean =~ m{/\.\.(/|$)};
-    return $clean;
-}
-
-sub _bool { return $_[0] ? JSON::PP::true : JSON::PP::false }
-
-# Untaint a whole decoded reply. Strings keep only printable characters; the
-# fields that reach paths or numbers are checked again by the callers.
-# Scalars are handled in the loops, not by a call each: a `list` of 10,000
-# volumes has ~150,000 of them (docs/BENCHMARKS.md).
-
-sub _untaint_tree {
-    my ($v) = @_;
-    my $type = ref($v);
-    if ($type eq 'HASH') {
-        my %out;
-        for my $k (keys %$v) {
-            my ($key) = $k =~ m/^([\x20-\x7e]{1,256})$/ or next;
-            my $x = $v->{$k};
-            $out{$key} = ref($x) ? _untaint_tree($x)
-                : defined($x) ? (($x =~ m/^([^\x00-\x08\x0b-\x1f\x7f]*)$/s)[0] // '')
-                : undef;
-        }
-        return \%out;
-    } elsif ($type eq 'ARRAY') {
-        return [map { ref($_) ? _untaint_tree($_) : defined($_) ? _untaint_scalar($_) : undef } @$v];
-    } elsif ($type) {
-        return $v; # JSON booleans
-    } elsif (defined($v)) {
-        my ($clean) = $v =~ m/^([^\x00-\x08\x0b-\x1f\x7f]*)$/s;
-        return $clean // '';
-    }
-    return undef; ## no critic (ProhibitExplicitReturnUndef): used in hash constructors and PVE expects undef
-}
-
-# A reply of printable ASCII, without escapes that could decode to control
-# characters (\u, \b, \f, \r), decodes to what _untaint_tree would return
-# (except keys over 256 characters, which the helper never writes): untaint the
-# text once and skip the walk (~0.1 s for a `list` of 10,000 volumes; checking
-# the key length here would cost half of that). Else undef: the reply is walked.
-sub _plain_reply {
-    my ($s) = @_;
-    return undef if $s =~ m/[^\n\x20-\x7e]/ || $s =~ m/\\[ubfr]/; ## no critic (ProhibitExplicitReturnUndef)
-    my ($clean) = $s =~ m/^(.*)\z/s;
-    return $clean;
-}
-
-# storage.cfg as the helper wants it: PVE's parser turned content/nodes into
-# hashes; send them back as the comma lists the admin wrote.
-sub _scfg_for_helper {
-    my ($scfg) = @_;
-    my %out;
-    for my $k (sort keys %$scfg) {
-        my $v = $scfg->{$k};
-        next if !defined($v);
-        if (ref($v) eq 'HASH') {
-            $out{$k} = join(',', sort grep { $v->{$_} } keys %$v);
-        } elsif (!ref($v)) {
-            $out{$k} = $v;
-        }
-    }
-    return \%out;
-}
-
-# --- running the helper ------------------------------------------------------
-
-sub _helper_bin {
-    my $bin = $ENV{DRBDPOOL_BIN} // $DEFAULT_BIN;
-    die "drbdpool: DRBDPOOL_BIN '$bin' is not an absolute path\n"
-        if $bin !~ m{^(/[A-Za-z0-9_.+:=/-]+)$};
-    return $1;
-}
-
-sub _timeout_for {
-    my ($method, $scfg, $override) = @_;
-    return $override if defined($override) && $override > 0;
-    return $TIMEOUT{$method} if defined($TIMEOUT{$method});
-    my $t = $scfg->{'drbdpool-timeout'};
-    return ($t && $t =~ m/^(\d+)$/) ? $1 : $DEFAULT_TIMEOUT;
-}
-
-sub _kill_child {
-    my ($pid) = @_;
-    # The child leads its own process group: take down anything it started.
-    kill('KILL', -$pid);
-    kill('KILL', $pid);
-    waitpid($pid, 0);
-    return;
-}
-
-# Run `drbdpool plugin <method>` with $args; return the decoded, untainted
-# `result`, or die with a message that says what went wrong and what to check.
-sub _call {
-    my ($class, $method, $storeid, $scfg, $args, %opt) = @_;
-
-    my $bin = _helper_bin();
-    my $node = PVE::INotify::nodename();
-    my $what = "drbdpool helper '$bin plugin $method'";
-
-    die "drbdpool: helper '$bin' not found or not executable on node '$node'"
-        . " (install drbdpool on every node, or set DRBDPOOL_BIN)\n"
-        if !-f $bin || !-x _;
-
-    my $request = JSON::PP->new->canonical->encode({
-        version => $PROTOCOL_VERSION,
-        storeid => $storeid,
-        node => $node,
-        scfg => _scfg_for_helper($scfg // {}),
-        args => $args // {},
-    });
-
-    my $timeout = _timeout_for($method, $scfg // {}, $opt{timeout});
-
-    pipe(my $in_r, my $in_w) or die "drbdpool: pipe failed: $!\n";
-    pipe(my $out_r, my $out_w) or die "drbdpool: pipe failed: $!\n";
-    pipe(my $err_r, my $err_w) or die "drbdpool: pipe failed: $!\n";
-    # A 1 MiB reply pipe (Linux F_SETPIPE_SZ; the default maximum): a big `list` reply is
-    # written in one go instead of 16 rounds of 64 KiB, each a switch between the processes.
-    fcntl($out_w, 1031, 1 << 20) if $^O eq 'linux';
-
-    my $pid = fork();
-    die "drbdpool: fork failed: $!\n" if !defined($pid);
-
-    if ($pid == 0) {
-        # child: no shell, a list exec; environment passes through.
-        eval {
-            close($in_w);
-            close($out_r);
-            close($err_r);
-            open(STDIN, '<&', $in_r) or die "dup stdin: $!\n";
-            open(STDOUT, '>&', $out_w) or die "dup stdout: $!\n";
-            open(STDERR, '>&', $err_w) or die "dup stderr: $!\n";
-            setpgrp(0, 0);
-            # perl -T refuses to exec with a tainted PATH and friends.
-            if (tainted($ENV{PATH} // '')) {
-                $ENV{PATH} = '/usr/sbin:/usr/bin:/sbin:/bin';
-            }
-            delete @ENV{qw(IFS CDPATH ENV BASH_ENV)};
-            exec { $bin } $bin, 'plugin', $method;
-            die "exec failed: $!\n";
-        };
-        print STDERR "cannot run $bin: $@";
-        POSIX::_exit(127);
-    }
-
-    close($in_r);
-    close($out_w);
-    close($err_w);
-
-    for my $fh ($in_w, $out_r, $err_r) {
-        my $flags = fcntl($fh, F_GETFL, 0);
-        fcntl($fh, F_SETFL, $flags | O_NONBLOCK);
-    }
-
-    my ($stdout, $stderr) = ('', '');
-    # Helper logs go where PVE shows them (task log / journal), not into results, and
-    # as they come (a long wait's progress is seen while it lasts); only what an admin
-    # needs there (_task_log). $err_line holds a line not complete yet.
-    my $err_line = '';
-    my $log_lines = sub {
-        my ($all) = @_;
-        return if $opt{quiet};
-        my $upto = $all ? length($err_line) : rindex($err_line, "\n") + 1;
-        return if $upto <= 0;
-        my $log = _task_log(substr($err_line, 0, $upto, ''));
-        print STDERR $log if $log ne '';
-    };
-    my $to_write = $request;
-    my $deadline = time() + $timeout;
-    my $rsel = IO::Select->new($out_r, $err_r);
-    my $wsel = IO::Select->new($in_w);
-    my $timed_out = 0;
-
-    local $SIG{PIPE} = 'IGNORE'; # a helper that exits early must not kill us
-
-    while ($rsel->count() || $wsel->count()) {
-        my $left = $deadline - time();
-        if ($left <= 0) {
-            $timed_out = 1;
-            last;
-        }
-        my ($readable, $writable) = IO::Select->select($rsel, $wsel, undef, $left);
-        for my $fh (@{ $writable // [] }) {
-            my $n = syswrite($fh, $to_write);
-            if (!defined($n)) {
-                next if $!{EAGAIN};
-                $to_write = ''; # EPIPE: the helper stopped reading; its reply says why
-            } else {
-                substr($to_write, 0, $n, '');
-            }
-            if ($to_write eq '') {
-                $wsel->remove($fh);
-                close($fh);
-            }
-        }
-        for my $fh (@{ $readable // [] }) {
-            my $n = sysread($fh, my $buf, 1 << 20);
-            next if !defined($n) && $!{EAGAIN};
-            if (!$n) {
-                $rsel->remove($fh);
-                close($fh);
-                next;
-            }
-            if ($fh == $out_r) {
-                $stdout .= $buf;
-                if (length($stdout) > 16 * 1024 * 1024) {
-                    _kill_child($pid);
-                    die "$what: reply larger than 16 MiB, giving up\n";
-                }
-            } else {
-                $stderr .= $buf if length($stderr) < 1024 * 1024;
-                $err_line .= $buf if length($err_line) < 1024 * 1024;
-                $log_lines->(0);
-            }
-        }
-    }
-
-    $log_lines->(1); # a last line without its newline
-
-    if ($timed_out) {
-        _kill_child($pid);
-        die "$what timed out after ${timeout}s and was killed on node '$node';"
-            . " check 'drbdpool status' and the drbdpool agent there"
-            . _stderr_tail($stderr) . "\n";
-    }
-
-    # The pipes are closed; the helper should be gone within moments.
-    my $exit;
-    my $nap = 0.0001;
-    while (1) {
-        my $w = waitpid($pid, WNOHANG);
-        if ($w == $pid) {
-            $exit = ($? & 127) ? 128 + ($? & 127) : $? >> 8;
-            last;
-        }
-        # -1: a daemon's own SIGCHLD handler reaped it; the reply alone decides
-        last if $w < 0;
-        if (time() >= $deadline + 2) {
-            _kill_child($pid);
-            $exit = -1;
-            last;
-        }
-        # Its pipes are closed, so it is exiting: poll from 0.1 ms up to 10 ms
-        # (a flat 10 ms sleep cost most calls 10 ms; docs/BENCHMARKS.md).
-        sleep($nap);
-        $nap *= 2 if $nap < 0.01;
-    }
-    my $exit_text = $exit // 'unknown (reaped elsewhere)';
-
-    my $plain = _plain_reply($stdout);
-    my $reply = eval { $JSON_DECODER->decode($plain // $stdout) };
-    if (!$reply || ref($reply) ne 'HASH' || !exists($reply->{ok})) {
-        if ($stdout =~ m/^\s*$/) {
-            die "$what exited with code $exit_text without a reply on node '$node';"
-                . " check that the installed drbdpool matches this plugin (protocol $PROTOCOL_VERSION)"
-                . _stderr_tail($stderr) . "\n";
-        }
-        my $head = substr($stdout, 0, 200);
-        $head =~ s/[^\x20-\x7e]/?/g;
-        die "$what returned garbage instead of a JSON reply (exit code $exit_text): '$head';"
-            . " check that the installed drbdpool matches this plugin (protocol $PROTOCOL_VERSION)"
-            . _stderr_tail($stderr) . "\n";
-    }
-    $reply = _untaint_tree($reply) if !defined($plain);
-
-    if (!$reply->{ok}) {
-        my $err = ref($reply->{error}) eq 'HASH' ? $reply->{error} : {};
-        my $kind = $err->{kind} // 'unknown';
-        my $msg = $err->{message} // 'no message';
-        chomp($msg);
-        die "drbdpool: $method failed ($kind): $msg\n";
-    }
-    if (defined($exit) && $exit != 0) {
-        die "$what reported success but exited with code $exit; not trusting the reply"
-            . _stderr_tail($stderr) . "\n";
-    }
-
-    return $reply->{result};
-}
-
-# What of the helper's stderr goes into the task log of every pvesm/qm/GUI task:
-# its WARN and ERROR lines, without the timestamp, and every line that is not a
-# log line (progress the helper prints plainly). Routine INFO, DEBUG and TRACE
-# lines are dropped; DRBDPOOL_TASK_LOG=all keeps everything (debugging).
-# The helper's log lines look like "2026-11-26T13:11:02.123456Z  WARN message"
-# (tracing's default format, src/main.rs).
-my $LOG_LINE_RE = qr/^\d{4}-\d\d-\d\dT[\d:.]+Z?\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(.*)$/s;
-
-sub _task_log {
-    my ($stderr) = @_;
-    return $stderr if ($ENV{DRBDPOOL_TASK_LOG} // '') eq 'all';
-    my $out = '';
-    for my $line (split(/^/m, $stderr)) {
-        if ($line =~ $LOG_LINE_RE) {
-            my ($level, $msg) = ($1, $2);
-            next if $level ne 'WARN' && $level ne 'ERROR';
-            $line = ($level eq 'WARN' ? 'drbdpool warning: ' : 'drbdpool error: ') . $msg;
-        }
-        $out .= $line;
-    }
-    $out .= "\n" if $out ne '' && $out !~ m/\n\z/;
-    return $out;
-}
-
-sub _stderr_tail {
-    my ($stderr) = @_;
-    return '' if $stderr eq '';
-    my @lines = grep { m/\S/ } split(/\n/, $stderr);
-    my $tail = join(' | ', @lines[-(@lines < 3 ? scalar(@lines) : 3) .. -1]);
-    $tail =~ s/[^\x20-\x7e]/?/g;
-    return "; helper said: $tail";
-}
-
-# --- volume names -----------------------------------------------------------
 
 sub parse_volname {
     my ($class, $volname) = @_;
@@ -608,11 +243,11 @@ sub filesystem_path {
 
     my ($vtype, $name, $vmid) = $class->parse_volname($volname);
     $storeid //= _storeid_of($scfg);
-    my $res = $class->_call('path', $storeid, $scfg, {
+    my $res = call_helper('path', $storeid, $scfg, {
         volname => _volname($name),
         snapname => _snapname($snapname),
     });
-    my $path = _path($res->{path}, 'path');
+    my $path = untaint_path($res->{path}, 'path');
     return wantarray ? ($path, $vmid, $vtype) : $path;
 }
 
@@ -627,8 +262,8 @@ sub _storeid_of {
     }
     my @same = grep {
         ($ids->{$_}->{type} // '') eq 'drbdpool'
-            && JSON::PP->new->canonical->encode(_scfg_for_helper($ids->{$_}))
-            eq JSON::PP->new->canonical->encode(_scfg_for_helper($scfg))
+            && JSON::PP->new->canonical->encode(scfg_for_helper($ids->{$_}))
+            eq JSON::PP->new->canonical->encode(scfg_for_helper($scfg))
     } sort keys %$ids;
     return @same == 1 ? $same[0] : undef;
 }
@@ -659,10 +294,10 @@ sub alloc_image {
     } else {
         $name = undef;
     }
-    my $size_kib = _uint($size, 'size (KiB)');
+    my $size_kib = untaint_uint($size, 'size (KiB)');
     die "drbdpool: size must be at least 1 KiB\n" if $size_kib < 1;
 
-    my $res = $class->_call('alloc', $storeid, $scfg, {
+    my $res = call_helper('alloc', $storeid, $scfg, {
         vmid => $vmid,
         fmt => 'raw',
         name => $name,
@@ -678,9 +313,9 @@ sub free_image {
     my ($class, $storeid, $scfg, $volname, $isBase, $format) = @_;
 
     $volname = _volname($volname);
-    $class->_call('free', $storeid, $scfg, {
+    call_helper('free', $storeid, $scfg, {
         volname => $volname,
-        is_base => _bool($isBase),
+        is_base => json_bool($isBase),
     });
     return undef; ## no critic (ProhibitExplicitReturnUndef): used in hash constructors and PVE expects undef
 }
@@ -699,7 +334,7 @@ sub list_images {
         $args->{vollist} = \@volids;
     }
 
-    my $res = $class->_call('list', $storeid, $scfg, $args);
+    my $res = call_helper('list', $storeid, $scfg, $args);
     my $images = ref($res) eq 'HASH' ? ($res->{volumes} // $res->{images}) : $res;
     die "drbdpool: helper 'list' returned no volume list\n" if ref($images) ne 'ARRAY';
 
@@ -722,8 +357,8 @@ sub list_images {
 # The helper reports sizes in bytes (`size`) or KiB (`size_kib`).
 sub _size_bytes {
     my ($h) = @_;
-    return _uint($h->{size}, 'size') if defined($h->{size});
-    return _uint($h->{size_kib}, 'size_kib') * 1024 if defined($h->{size_kib});
+    return untaint_uint($h->{size}, 'size') if defined($h->{size});
+    return untaint_uint($h->{size_kib}, 'size_kib') * 1024 if defined($h->{size_kib});
     die "drbdpool: helper reply has no size\n";
 }
 
@@ -732,12 +367,12 @@ sub _size_bytes {
 sub status {
     my ($class, $storeid, $scfg, $cache) = @_;
 
-    my $res = $class->_call('status', $storeid, $scfg, {}, quiet => 1);
+    my $res = call_helper('status', $storeid, $scfg, {}, quiet => 1);
     return undef if ref($res) ne 'HASH'; ## no critic (ProhibitExplicitReturnUndef): used in hash constructors and PVE expects undef
     return (
-        _uint($res->{total}, 'total'),
-        _uint($res->{avail}, 'avail'),
-        _uint($res->{used}, 'used'),
+        untaint_uint($res->{total}, 'total'),
+        untaint_uint($res->{avail}, 'avail'),
+        untaint_uint($res->{used}, 'used'),
         ($res->{active} // 1) ? 1 : 0,
     );
 }
@@ -747,7 +382,7 @@ sub status {
 # installed; activate_storage then checks that this node is registered.
 sub check_connection {
     my ($class, $storeid, $scfg) = @_;
-    my $bin = _helper_bin();
+    my $bin = helper_bin();
     die "drbdpool: helper '$bin' not found or not executable on node '"
         . PVE::INotify::nodename() . "' (install drbdpool on every node, or set DRBDPOOL_BIN)\n"
         if !-f $bin || !-x _;
@@ -757,7 +392,7 @@ sub check_connection {
 sub activate_storage {
     my ($class, $storeid, $scfg, $cache) = @_;
     return if $cache && $cache->{drbdpool_activated}->{$storeid};
-    $class->_call('activate_storage', $storeid, $scfg, {}, quiet => 1);
+    call_helper('activate_storage', $storeid, $scfg, {}, quiet => 1);
     $cache->{drbdpool_activated}->{$storeid} = 1 if $cache;
     return;
 }
@@ -780,7 +415,7 @@ sub activate_volume {
         migrated_from => _migrated_from(),
         hints => _hints($hints),
     };
-    $class->_call('activate', $storeid, $scfg, $args);
+    call_helper('activate', $storeid, $scfg, $args);
     return;
 }
 
@@ -795,13 +430,13 @@ sub _migrated_from {
 sub _hints {
     my ($hints) = @_;
     return undef if ref($hints) ne 'HASH'; ## no critic (ProhibitExplicitReturnUndef): used in hash constructors and PVE expects undef
-    return { map { $_ => _bool($hints->{$_}) } grep { m/^[a-z0-9-]+$/ } keys %$hints };
+    return { map { $_ => json_bool($hints->{$_}) } grep { m/^[a-z0-9-]+$/ } keys %$hints };
 }
 
 sub deactivate_volume {
     my ($class, $storeid, $scfg, $volname, $snapname, $cache) = @_;
 
-    $class->_call('deactivate', $storeid, $scfg, {
+    call_helper('deactivate', $storeid, $scfg, {
         volname => _volname($volname),
         snapname => _snapname($snapname),
     });
@@ -826,14 +461,14 @@ sub volume_size_info {
     my ($class, $scfg, $storeid, $volname, $timeout) = @_;
 
     my $t = (defined($timeout) && $timeout =~ m/^(\d+(?:\.\d+)?)$/ && $1 > 0) ? $1 : undef;
-    my $res = $class->_call('size', $storeid, $scfg, {
+    my $res = call_helper('size', $storeid, $scfg, {
         volname => _volname($volname),
     }, timeout => $t);
     my $size = _size_bytes($res);
     return $size if !wantarray;
-    my $used = defined($res->{used}) ? _uint($res->{used}, 'used') : $size;
+    my $used = defined($res->{used}) ? untaint_uint($res->{used}, 'used') : $size;
     my $parent = defined($res->{parent}) ? _volname($res->{parent}) : undef;
-    my $ctime = defined($res->{ctime}) ? _uint($res->{ctime}, 'ctime') : undef;
+    my $ctime = defined($res->{ctime}) ? untaint_uint($res->{ctime}, 'ctime') : undef;
     return ($size, 'raw', $used, $parent, $ctime);
 }
 
@@ -841,13 +476,13 @@ sub volume_resize {
     my ($class, $scfg, $storeid, $volname, $size, $running, $snapname) = @_;
 
     die "drbdpool: resizing a snapshot is not supported\n" if defined($snapname);
-    my $bytes = _uint($size, 'size (bytes)');
+    my $bytes = untaint_uint($size, 'size (bytes)');
     die "drbdpool: new size $bytes is not a multiple of 1024 bytes\n" if $bytes % 1024;
 
-    $class->_call('resize', $storeid, $scfg, {
+    call_helper('resize', $storeid, $scfg, {
         volname => _volname($volname),
         size_bytes => $bytes,
-        running => _bool($running),
+        running => json_bool($running),
     });
     return;
 }
@@ -857,7 +492,7 @@ sub volume_resize {
 sub _snap_call {
     my ($class, $method, $scfg, $storeid, $volname, $snap, %extra) = @_;
     die "drbdpool: missing snapshot name\n" if !defined($snap);
-    return $class->_call($method, $storeid, $scfg, {
+    return call_helper($method, $storeid, $scfg, {
         volname => _volname($volname),
         snap => _snapname($snap),
         %extra,
@@ -879,7 +514,7 @@ sub volume_snapshot_rollback {
 sub volume_snapshot_delete {
     my ($class, $scfg, $storeid, $volname, $snap, $running) = @_;
     $class->_snap_call('snapshot_delete', $scfg, $storeid, $volname, $snap,
-        running => _bool($running));
+        running => json_bool($running));
     return;
 }
 
@@ -898,7 +533,7 @@ sub volume_rollback_is_possible {
 sub volume_snapshot_info {
     my ($class, $scfg, $storeid, $volname) = @_;
 
-    my $res = $class->_call('snapshot_list', $storeid, $scfg, {
+    my $res = call_helper('snapshot_list', $storeid, $scfg, {
         volname => _volname($volname),
     });
     my $snaps = ref($res) eq 'HASH' ? ($res->{snapshots} // {}) : {};
@@ -908,7 +543,7 @@ sub volume_snapshot_info {
         my $info = ref($snaps->{$name}) eq 'HASH' ? $snaps->{$name} : {};
         $out->{$s} = {
             name => $s,
-            timestamp => _uint($info->{timestamp} // 0, 'timestamp'),
+            timestamp => untaint_uint($info->{timestamp} // 0, 'timestamp'),
         };
         $out->{$s}->{id} = $info->{id} if defined($info->{id}) && $info->{id} =~ m/^([\w.:-]+)$/;
     }
@@ -938,11 +573,11 @@ sub volume_has_feature {
     return undef if !defined($feature) || !$known{$feature}; ## no critic (ProhibitExplicitReturnUndef)
     my ($f) = $feature =~ m/^([a-z]+)$/;
     # Only the helper knows what the backend can do (thin snapshots, ...).
-    my $res = $class->_call('has_feature', $storeid, $scfg, {
+    my $res = call_helper('has_feature', $storeid, $scfg, {
         feature => $f,
         volname => _volname($volname),
         snapname => _snapname($snapname),
-        running => _bool($running),
+        running => json_bool($running),
     });
     my $has = ref($res) eq 'HASH' ? ($res->{supported} // $res->{has}) : $res;
     return $has ? 1 : undef;
@@ -960,7 +595,7 @@ sub create_base {
 
     my (undef, undef, undef, undef, undef, $isBase) = $class->parse_volname($volname);
     die "drbdpool: create_base not possible with base image\n" if $isBase;
-    my $res = $class->_call('create_base', $storeid, $scfg, { volname => _volname($volname) });
+    my $res = call_helper('create_base', $storeid, $scfg, { volname => _volname($volname) });
     my $new = _volname($res->{volname});
     die "drbdpool: helper returned '$new' for a base volume\n" if $new !~ m/^(?:base-[^\/]+\/)?base-/;
     return $new;
@@ -969,7 +604,7 @@ sub create_base {
 sub clone_image {
     my ($class, $scfg, $storeid, $volname, $vmid, $snap) = @_;
 
-    my $res = $class->_call('clone', $storeid, $scfg, {
+    my $res = call_helper('clone', $storeid, $scfg, {
         volname => _volname($volname),
         vmid => _vmid($vmid),
         snap => _snapname($snap),
@@ -984,7 +619,7 @@ sub clone_image {
 sub rename_volume {
     my ($class, $scfg, $storeid, $source_volname, $target_vmid, $target_volname) = @_;
 
-    my $res = $class->_call('rename', $storeid, $scfg, {
+    my $res = call_helper('rename', $storeid, $scfg, {
         volname => _volname($source_volname),
         target_vmid => _vmid($target_vmid),
         target_volname => defined($target_volname) ? _volname($target_volname) : undef,
@@ -1079,7 +714,7 @@ sub volume_import {
     }
 
     my $size = PVE::Storage::Plugin::read_common_header($fh);
-    $size = _uint($size, 'size in stream header');
+    $size = untaint_uint($size, 'size in stream header');
     die "drbdpool: import stream size $size is not a multiple of 1 KiB\n" if $size % 1024;
     die "drbdpool: import stream has size 0\n" if !$size;
 
