@@ -21,6 +21,11 @@ my $P = 'PVE::Storage::Custom::DRBDPoolPlugin';
 my $storeid = 'dp';
 my $scfg = { type => 'drbdpool', vgname => 'ssd', thinpool => 'data',
              content => { images => 1, rootdir => 1 }, shared => 1 };
+# DP_REPLICAS=N: the storage's drbdpool-replicas (three-node scenarios); untainted, as PVE's parser would.
+if (defined($ENV{DP_REPLICAS})) {
+    $ENV{DP_REPLICAS} =~ /^(\d+)$/ or die "DP_REPLICAS must be a number\n";
+    $scfg->{'drbdpool-replicas'} = $1;
+}
 my ($m, @a) = @ARGV;
 $m //= '';
 my $t0 = time;

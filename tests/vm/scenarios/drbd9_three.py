@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""DRBD 9 on three nodes (issue 14): drbdpool + the Perl shim on the DRBD 9.2.18 module (the lab's DRBD 9
+flavour, tests/vm/build-drbd9.sh) with LVM thin, node 1 hard-killed.
+
+Three guests, VG `ssd` / thin pool `data` and `drbdpool agent` on each. On node 1 a 3-replica disk is made
+the way Proxmox does (alloc_image through PVE::Storage::Custom::DRBDPoolPlugin with drbdpool-replicas 3):
+every node must show it UpToDate with nothing resynced (thin: no initial sync). It is activated on node 1,
+gets `mkfs.ext4 -O mmp` and an append-only log written with an fsync after every record (each acknowledged
+record counted on the host, in /share). Node 1 is powered off while the log is written; on node 2 the disk
+is activated through the shim (two of three replicas: DRBD's quorum holds), the file system checks clean
+and every acknowledged record is there; node 3 stays a connected, UpToDate Secondary of the new Primary.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dp import LabError, Result, elapsed, main, pve, pve_try, voldoc  # noqa: E402
+from demo import LOGGER, acked, record  # noqa: E402
+
+SIZE_KIB = 256 * 1024
+R3 = {"DP_REPLICAS": "3"}
+
+
+def events(cluster, i, res):
+    """`drbdsetup events2 --now --statistics <res>` as [(kind, {key: value})] (DRBD 9 words)."""
+    out = cluster.check(i, f"drbdsetup events2 --now --statistics {res}", 30)
+    rows = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or parts[0] != "exists":
+            continue
+        rows.append((parts[1], dict(p.split(":", 1) for p in parts[2:] if ":" in p)))
+    return rows
+
+
+def view(cluster, i, res):
+    """(role, disk, {peer: (connection, peer-disk)}, KiB received + sent by resync/replication so far)."""
+    rows = events(cluster, i, res)
+    role = next((d["role"] for k, d in rows if k == "resource"), "?")
+    disk = next((d["disk"] for k, d in rows if k == "device"), "?")
+    conns = {d["conn-name"]: d["connection"] for k, d in rows if k == "connection"}
+    peers = {d["conn-name"]: (conns.get(d["conn-name"], "?"), d.get("peer-disk", "?")) for k, d in rows if k == "peer-device"}
+    moved = sum(int(d.get("received", 0)) + int(d.get("sent", 0)) for k, d in rows if k == "peer-device")
+    return role, disk, peers, moved
+
+
+def test(cluster):
+    tl = cluster.timeline
+    figures = {"boot three DRBD 9 guests (parallel), s": cluster.boot_seconds,
+               "VG + thin pool + node add + agents up, s": cluster.setup_seconds}
+    for i in (1, 2, 3):
+        v = cluster.check(i, "head -1 /proc/drbd")
+        if not v.startswith("version: 9."):
+            raise LabError(f"node{i} runs {v!r}, not DRBD 9")
+    tl.mark(f"three nodes on {cluster.check(1, 'head -1 /proc/drbd')}")
+
+    t = time.time()
+    r = pve(cluster, 1, "alloc", 101, SIZE_KIB, env=R3, timeout=180)
+    vol = r["volname"]
+    figures["create a 3-replica disk (alloc_image through the shim), s"] = elapsed(t)
+    path = pve(cluster, 1, "path", vol)["path"]
+    res = voldoc(cluster, vol)["resource"]
+    moved = 0
+    for i in (1, 2, 3):
+        role, disk, peers, m = view(cluster, i, res)
+        moved += m
+        bad = {p: s for p, s in peers.items() if s != ("Connected", "UpToDate")}
+        if disk != "UpToDate" or len(peers) != 2 or bad:
+            raise LabError(f"{vol} on node{i} after alloc: {role} {disk}, peers {peers}")
+    figures["KiB resynced or replicated at creation (all nodes)"] = moved
+    if moved:
+        raise LabError(f"{vol}: {moved} KiB moved between the replicas at creation; a thin volume needs no initial sync")
+    tl.mark(f"{vol} ({res}) UpToDate on all three nodes, nothing resynced")
+
+    t = time.time()
+    pve(cluster, 1, "activate", vol)
+    cluster.check(1, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p /mnt/101 && mount {path} /mnt/101", 120)
+    figures["activate + mkfs.ext4 -O mmp + mount on node1, s"] = elapsed(t)
+    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
+    cluster.check(1, "setsid perl /root/logger.pl /mnt/101/journal.log /share/acks >/share/logger.err 2>&1 </dev/null &")
+    acks_path = os.path.join(cluster.share, "acks")
+    deadline = time.time() + 60
+    while acked(acks_path) < 50:
+        if time.time() > deadline:
+            raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s")
+        time.sleep(0.5)
+    tl.mark(f"append-only log running on node1 ({acked(acks_path)} records acknowledged)")
+
+    tl.zero("node1 powered off (SIGKILL of its qemu) while the log is written")
+    cluster.kill(1)
+    n_acked = acked(acks_path)
+    tl.mark(f"{n_acked} records acknowledged before the power-off")
+    cluster.wait_until(2, f"drbdsetup events2 --now {res}", lambda o: "conn-name:node1 connection:Connected" not in o, 60,
+                       every=0.2, what="node2 to lose node1")
+    figures["peer loss noticed by node2, s"] = tl.mark("node2 lost node1")
+
+    t = time.time()
+    tries, last = 0, ""
+    while True:
+        tries += 1
+        ok, r = pve_try(cluster, 2, "activate", vol)
+        if ok:
+            break
+        last = r
+        if time.time() - t > 240:
+            raise LabError(f"{vol}: activation on node2 still refused after 240 s: {last}")
+        time.sleep(2)
+    figures["activate on the survivor node2 (through the shim), s"] = elapsed(t)
+    figures["activation attempts on node2"] = tries
+    if tries > 1:
+        figures["first refusal on node2"] = last[-300:]
+    tl.mark(f"{vol} activated on node2 after {tries} attempt(s)")
+    role, disk, peers, _ = view(cluster, 2, res)
+    if role != "Primary" or disk != "UpToDate" or peers.get("node3") != ("Connected", "UpToDate"):
+        raise LabError(f"node2 after activation: {role} {disk}, peers {peers}")
+    role3, disk3, _, _ = view(cluster, 3, res)
+    if role3 != "Secondary" or disk3 != "UpToDate":
+        raise LabError(f"node3 after the takeover: {role3} {disk3}")
+
+    t = time.time()
+    cluster.check(2, f"mkdir -p /mnt/101 && mount {path} /mnt/101", 240)
+    figures["mount on node2 (MMP wait + journal replay), s"] = elapsed(t)
+    log = cluster.check(2, "cat /mnt/101/journal.log", 120).split("\n")
+    missing = [n for n in range(1, n_acked + 1) if n > len(log) or log[n - 1] != record(n)]
+    if missing:
+        raise LabError(f"{len(missing)} acknowledged records missing or damaged, first {missing[:5]}")
+    figures["log records acknowledged before the power-off"] = n_acked
+    tl.mark(f"all {n_acked} acknowledged records present on node2")
+    cluster.check(2, "umount /mnt/101", 60)
+    rc, out, err = cluster.run_full(2, f"e2fsck -f -n {path}", 180)
+    if rc != 0:
+        raise LabError(f"e2fsck -f -n on node2 is not clean (rc {rc}):\n{out}\n{err}")
+    tl.mark("e2fsck clean; node3 UpToDate Secondary of the new Primary")
+    return Result(figures)
+
+
+if __name__ == "__main__":
+    sys.exit(main("drbd9_three", test, n=3, drbdpool=True, drbd=9))
