@@ -5,7 +5,7 @@
 #   6    prove        the Perl shim against a stand-in PVE base and the real binary
 #   ha   prove        the real Proxmox HA manager (rules checker, CLI, CRM/LRM simulator) on drbdpool's
 #                     rules (scripts/test-ha.sh; needs ../shared/third_party or DRBDPOOL_THIRD_PARTY)
-#   5    tests/vm     real kernel: qemu guests with DRBD 8.4 + LVM thin (skip with DRBDPOOL_SKIP_LAB=1)
+#   5    tests/vm     real kernel: qemu guests with DRBD 8.4 (and 9.2, built from ../shared) + LVM thin (skip with DRBDPOOL_SKIP_LAB=1)
 #   -    package      builds the .deb and inspects it
 # Ends with one line "summary: N passed, M failed" (counts of individual tests).
 set -uo pipefail

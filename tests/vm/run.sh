@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run lab scenarios: tests/vm/run.sh [scenario...]   (default: raw_drbd demo resize_rejoin link_cut live_migration)
+# Run lab scenarios: tests/vm/run.sh [scenario...]   (default: raw_drbd demo resize_rejoin link_cut live_migration drbd9_three)
 # Installs the host packages if missing and builds the guest if its cache does not match (seconds when it
 # does). Builds nothing of the project: the drbdpool scenarios use DRBDPOOL_BIN (default
 # target/release/drbdpool) and DRBDPOOL_SHIM (default perl-shim/), which must exist already.
@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 ./install-deps.sh >/dev/null || { echo "run.sh: installing the host packages failed" >&2; exit 2; }
 python3 build-guest.py >/dev/null || { echo "run.sh: building the guest failed" >&2; exit 2; }
-[ $# -gt 0 ] || set -- raw_drbd demo resize_rejoin link_cut live_migration
+[ $# -gt 0 ] || set -- raw_drbd demo resize_rejoin link_cut live_migration drbd9_three
 run=$(date +%Y%m%d-%H%M%S)
 mkdir -p work
 failed=""
@@ -27,7 +27,8 @@ for s in "$@"; do
     { LAB_RUN_NAME="$run-$s" python3 "scenarios/$s.py"; echo $? >"$rcf"; } 2>&1 | tee "work/$run-$s.out"
     rc=$(cat "$rcf"); rm -f "$rcf"
     t=$(( $(date +%s) - t0 ))
-    if [ "$rc" = 0 ]; then summary="$summary\n  PASS  $s (${t}s)"; else summary="$summary\n  FAIL  $s (${t}s)"; failed="$failed $s"; fi
+    if [ "$rc" = 0 ]; then summary="$summary\n  PASS  $s (${t}s)"
+    elif [ "$rc" = 77 ]; then summary="$summary\n  SKIP  $s (${t}s)"; else summary="$summary\n  FAIL  $s (${t}s)"; failed="$failed $s"; fi
 done
 printf "\nlab summary (logs under tests/vm/work/$run-*):$summary\n"
 [ -z "$failed" ]
