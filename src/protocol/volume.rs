@@ -13,11 +13,12 @@ use crate::refused;
 use crate::store::alloc::{allocate, Ranges};
 use crate::store::docs::{BackendKind, PeerObserved, Replica, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
+use crate::store::Change;
 
 use super::scfg::StorageCfg;
 use super::wait::{published, until_done, until_published};
 use super::peers_of;
-use super::{load, now, Args, Ctx};
+use super::{load, now, update, Args, Ctx};
 
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
@@ -285,15 +286,17 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         }
     }
     tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: all replicas UpToDate");
-    let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-    let mut d = load(ctx, &doc.storeid, &doc.volname)?;
-    crate::failpoint!("alloc.before-ready");
-    if d.state != VolumeState::Creating {
-        // Rolled back meanwhile (an agent expired it, or a free ran): never resurrect it.
-        return Err(Error::Conflict(format!("volume {name} was rolled back (state {:?}) while it was being created; allocate it again", d.state)));
-    }
-    d.state = VolumeState::Ready;
-    ctx.store.put_volume(&d)
+    update(ctx, doc, |d| {
+        crate::failpoint!("alloc.before-ready");
+        if d.state != VolumeState::Creating {
+            // Rolled back meanwhile (an agent expired it, or a free ran): never resurrect it.
+            return Err(Error::Conflict(format!("volume {name} was rolled back (state {:?}) while it was being created; allocate it again", d.state)));
+        }
+        d.state = VolumeState::Ready;
+        // Readiness is for the callers of `list`/`activate`; the agents have applied this already.
+        Ok(Change::Quiet)
+    })
+    .map(drop)
 }
 
 /// A failed create: mark the document `deleting` so every agent removes what it
@@ -301,17 +304,12 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
 fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     // Bounded: the call must return inside the shim's limit (ROLLBACK_ALLOWANCE).
     let by = deadline + super::ROLLBACK_ALLOWANCE;
-    let r = (|| -> Result<()> {
-        let _g = ctx.store.lock_timeout(&vol_lock_name(&doc.resource), left(by).max(Duration::from_secs(1)))?;
-        if let Some(mut d) = ctx.store.volume(&doc.storeid, &doc.volname)? {
-            d.state = VolumeState::Deleting;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
-        }
-        Ok(())
-    })();
+    let r = ctx.store.update_volume_timeout(doc, left(by).max(Duration::from_secs(1)), |d| {
+        d.state = VolumeState::Deleting;
+        Ok(Change::Desired)
+    });
     match r {
-        Ok(()) => poke_peers(ctx, doc, "roll back"),
+        Ok(_) => poke_peers(ctx, doc, "roll back"),
         Err(e) => tracing::error!("could not mark {}:{} for deletion: {e}", doc.storeid, doc.volname),
     }
     if doc.replica(ctx.node.name()).is_some() {
@@ -373,16 +371,13 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             busy.join(", ")
         ));
     }
-    let doc = {
-        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-        let mut d = load(ctx, sid, volname)?;
-        if d.state != VolumeState::Deleting {
-            d.state = VolumeState::Deleting;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
+    let doc = update(ctx, &doc, |d| {
+        if d.state == VolumeState::Deleting {
+            return Ok(Change::Unchanged);
         }
-        d
-    };
+        d.state = VolumeState::Deleting;
+        Ok(Change::Desired)
+    })?;
     poke_peers(ctx, &doc, "free");
     crate::failpoint!("free.after-deleting");
     let local = ctx.node.name().to_string();
@@ -438,16 +433,13 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         return Err(refused!("shrinking {sid}:{volname} from {} KiB to {want_kib} KiB is not supported: volumes only grow", doc.size_kib));
     }
     // Equal size still runs the grow steps: a resize that timed out is finished by repeating it.
-    let doc = {
-        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-        let mut d = load(ctx, sid, volname)?;
-        if want_kib > d.size_kib {
-            d.size_kib = want_kib;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
+    let doc = update(ctx, &doc, |d| {
+        if want_kib <= d.size_kib {
+            return Ok(Change::Unchanged);
         }
-        d
-    };
+        d.size_kib = want_kib;
+        Ok(Change::Desired)
+    })?;
     poke_peers(ctx, &doc, "resize");
     crate::failpoint!("resize.after-doc");
     ctx.node.grow_backing(&doc)?;
@@ -476,15 +468,14 @@ fn store_rename(ctx: &Ctx, sid: &str, doc: &VolumeDoc, new: &naming::VolName) ->
     if ctx.store.volume(sid, &new.name)?.is_some() {
         return Err(Error::Conflict(format!("volume {sid}:{} already exists", new.name)));
     }
-    let _v = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-    let mut d = load(ctx, sid, &doc.volname)?;
-    d.volname = new.name.clone();
-    d.vmid = new.vmid;
-    d.base = new.base;
-    d.generation += 1;
-    // Atomic file rename first (at no moment two documents for one resource), then the content.
-    ctx.store.rename_volume(sid, &doc.volname, &new.name)?;
-    ctx.store.put_volume(&d)
+    // The new name moves the file first, then the content is written (Store::update_volume).
+    update(ctx, doc, |d| {
+        d.volname = new.name.clone();
+        d.vmid = new.vmid;
+        d.base = new.base;
+        Ok(Change::Desired)
+    })
+    .map(drop)
 }
 
 pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {

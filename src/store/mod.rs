@@ -22,6 +22,18 @@ use docs::{NodeDoc, NodeUsage, StorageDoc, VolumeDoc, FORMAT};
 
 pub const DEFAULT_ROOT: &str = "/etc/pve/priv/drbdpool";
 
+/// What an `update_volume` change did to the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: not written.
+    Unchanged,
+    /// Desired state changed: written with `generation` + 1, so every agent applies it.
+    Desired,
+    /// Written with the same generation: nothing for the agents to apply (alloc's
+    /// creating -> ready).
+    Quiet,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
@@ -121,6 +133,37 @@ impl Store {
         self.mark_changed(&v.storeid, &v.volname)?;
         write_doc(&self.volume_path(&v.storeid, &v.volname), v)?;
         self.mark_changed(&v.storeid, &v.volname)
+    }
+
+    /// The write path of an existing volume document: under its `drbdpool-vol-<resource>`
+    /// lock (`at.resource`: the caller names the document it read, and so the lock), read
+    /// it again (fence marks merged, as `volume`), let `f` change it, and write it back as
+    /// `f` says (`Change`). `Ok(None)`: the document is gone; `f` not called. An error of
+    /// `f` writes nothing. A changed `volname` moves the file first (`rename_volume`), so
+    /// at no moment two documents name one resource.
+    pub fn update_volume(&self, at: &VolumeDoc, f: impl FnOnce(&mut VolumeDoc) -> Result<Change>) -> Result<Option<VolumeDoc>> {
+        self.update_volume_timeout(at, lock::default_timeout(), f)
+    }
+
+    /// `update_volume` with its own lock timeout.
+    pub fn update_volume_timeout(
+        &self,
+        at: &VolumeDoc,
+        timeout: std::time::Duration,
+        f: impl FnOnce(&mut VolumeDoc) -> Result<Change>,
+    ) -> Result<Option<VolumeDoc>> {
+        let _g = self.lock_timeout(&lock::vol_lock_name(&at.resource), timeout)?;
+        let Some(mut d) = self.volume(&at.storeid, &at.volname)? else { return Ok(None) };
+        match f(&mut d)? {
+            Change::Unchanged => return Ok(Some(d)),
+            Change::Desired => d.generation += 1,
+            Change::Quiet => {}
+        }
+        if d.volname != at.volname {
+            self.rename_volume(&at.storeid, &at.volname, &d.volname)?;
+        }
+        self.put_volume(&d)?;
+        Ok(Some(d))
     }
 
     pub fn remove_volume(&self, storeid: &str, volname: &str) -> Result<()> {
