@@ -27,6 +27,7 @@ use serde_json::json;
 use drbdpool::backend::{Backend, Backing};
 use drbdpool::drbd::sim::SimDrbd;
 use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
+use drbdpool::store::alloc::Allocation;
 use drbdpool::store::docs::*;
 use drbdpool::store::Store;
 
@@ -118,28 +119,16 @@ fn volume_doc(i: usize, storeid: &str, nodes: &[String], images: &Path, t: u64) 
     let volname = format!("vm-{vmid}-disk-{}", i % 4);
     let a = i % nodes.len();
     let b = (i + 1) % nodes.len();
+    // The allocator keeps ports unique among volumes sharing a node (7000-7999):
+    // more than 1,000 volumes on 3 nodes is beyond it; the bench only needs the files.
+    let al = Allocation { minor: 1000 + i as u32, port: 7000 + (i % 1000) as u16, node_ids: vec![0, 1] };
+    let backend = BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(images.to_string_lossy().into_owned()) };
     VolumeDoc {
-        format: FORMAT,
-        storeid: storeid.into(),
-        resource: drbdpool::naming::resource_name(storeid, &volname),
-        volname,
-        vmid,
-        size_kib: SIZE_KIB,
-        minor: 1000 + i as u32,
-        // The allocator keeps ports unique among volumes sharing a node (7000-7999):
-        // more than 1,000 volumes on 3 nodes is beyond it; the bench only needs the files.
-        port: 7000 + (i % 1000) as u16,
-        replicas: vec![Replica { node: nodes[a].clone(), node_id: 0 }, Replica { node: nodes[b].clone(), node_id: 1 }],
-        backend: BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(images.to_string_lossy().into_owned()) },
+        // From the volume's number, so every run writes the same store.
         secret: format!("{:032x}", (i as u128).wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc835)),
         state: VolumeState::Ready,
-        base: false,
-        parent: None,
-        snapshots: vec![],
-        outdated: vec![],
-        dual_primary: None,
         created: t - 86400 + i as u64,
-        generation: 1,
+        ..VolumeDoc::new(storeid, &volname, vmid, SIZE_KIB, backend, &[nodes[a].clone(), nodes[b].clone()], &al)
     }
 }
 

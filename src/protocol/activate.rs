@@ -326,30 +326,10 @@ fn close_window(ctx: &Ctx, sid: &str, volname: &str, local: &str) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::docs::{BackendSpec, PeerObserved, Replica};
+    use crate::store::docs::PeerObserved;
 
     fn doc() -> VolumeDoc {
-        VolumeDoc {
-            format: 1,
-            storeid: "pool".into(),
-            volname: "vm-100-disk-0".into(),
-            vmid: 100,
-            resource: "pool.vm-100-disk-0".into(),
-            size_kib: 1024,
-            minor: 1000,
-            port: 7000,
-            replicas: vec![Replica { node: "a".into(), node_id: 0 }, Replica { node: "b".into(), node_id: 1 }],
-            backend: BackendSpec::default(),
-            secret: "s".into(),
-            state: VolumeState::Ready,
-            base: false,
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: 0,
-            generation: 1,
-        }
+        VolumeDoc { size_kib: 1024, ..VolumeDoc::for_test("pool", "vm-100-disk-0", &["a", "b"]) }
     }
     fn obs(role: &str, disk: &str, peers: &[(&str, &str)]) -> VolumeObserved {
         VolumeObserved {

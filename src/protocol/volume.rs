@@ -11,7 +11,7 @@ use crate::naming;
 use crate::placement;
 use crate::refused;
 use crate::store::alloc::{allocate, Ranges};
-use crate::store::docs::{BackendKind, PeerObserved, Replica, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::docs::{BackendKind, PeerObserved, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 use crate::store::Change;
 
@@ -22,11 +22,6 @@ use super::{load, now, update, Args, Ctx};
 
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
-}
-
-fn random_secret() -> String {
-    use rand::Rng;
-    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect()
 }
 
 /// Wake the agents of the other replica nodes now instead of at their next round.
@@ -110,27 +105,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
             &ctx.store.node_heads()?,
         )?;
         let al = allocate(&all, &placed, &Ranges::default())?;
-        let doc = VolumeDoc {
-            format: crate::store::docs::FORMAT,
-            storeid: sid.to_string(),
-            volname: volname.clone(),
-            vmid,
-            resource,
-            size_kib,
-            minor: al.minor,
-            port: al.port,
-            replicas: placed.iter().zip(al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: id }).collect(),
-            backend: cfg.backend.clone(),
-            secret: random_secret(),
-            state: VolumeState::Creating,
-            base: volname.starts_with("base-"),
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: now(),
-            generation: 1,
-        };
+        let doc = VolumeDoc::new(sid, &volname, vmid, size_kib, cfg.backend.clone(), &placed, &al);
         // This document is the reservation of minor, port and name.
         ctx.store.put_volume(&doc)?;
         crate::failpoint!("alloc.after-doc");
@@ -571,25 +546,8 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         let nodes: Vec<String> = base.replicas.iter().map(|r| r.node.clone()).collect();
         let al = allocate(&all, &nodes, &Ranges::default())?;
         let doc = VolumeDoc {
-            format: crate::store::docs::FORMAT,
-            storeid: sid.to_string(),
-            volname: new.clone(),
-            vmid,
-            resource,
-            size_kib: base.size_kib,
-            minor: al.minor,
-            port: al.port,
-            replicas: nodes.iter().zip(al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: id }).collect(),
-            backend: base.backend.clone(),
-            secret: random_secret(),
-            state: VolumeState::Creating,
-            base: false,
             parent: Some(base.volname.clone()),
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: now(),
-            generation: 1,
+            ..VolumeDoc::new(sid, &new, vmid, base.size_kib, base.backend.clone(), &nodes, &al)
         };
         ctx.store.put_volume(&doc)?;
         doc
