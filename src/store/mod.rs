@@ -388,3 +388,70 @@ fn remove_doc(path: &Path) -> Result<()> {
         Err(e) => Err(Error::Store(crate::fsio::describe_write_error("remove", path, &e))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use docs::VolumeState;
+
+    fn store() -> (tempfile::TempDir, Store, VolumeDoc) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let v = VolumeDoc::for_test("pool", "vm-100-disk-0", &["a", "b"]);
+        s.put_volume(&v).unwrap();
+        (d, s, v)
+    }
+
+    #[test]
+    fn update_volume_writes_as_the_change_says() {
+        let (_d, s, v) = store();
+        let read = || s.volume("pool", "vm-100-disk-0").unwrap().unwrap();
+        let r = s.update_volume(&v, |d| {
+            d.size_kib = 8192;
+            Ok(Change::Desired)
+        });
+        assert_eq!((r.unwrap().unwrap().generation, read().size_kib, read().generation), (2, 8192, 2));
+        s.update_volume(&v, |d| {
+            d.state = VolumeState::Deleting;
+            Ok(Change::Quiet)
+        })
+        .unwrap();
+        assert_eq!((read().state, read().generation), (VolumeState::Deleting, 2));
+        let r = s.update_volume(&v, |d| {
+            d.size_kib = 1;
+            Ok(Change::Unchanged)
+        });
+        assert_eq!(r.unwrap().unwrap().size_kib, 1, "the caller sees what it did");
+        assert_eq!(read().size_kib, 8192, "not written");
+        let e = s.update_volume(&v, |d| {
+            d.size_kib = 1;
+            Err(Error::Conflict("no".into()))
+        });
+        assert_eq!(e.unwrap_err().kind(), "conflict");
+        assert_eq!(read().size_kib, 8192, "an error writes nothing");
+        // The lock is released every time.
+        drop(s.lock_timeout(&lock::vol_lock_name(&v.resource), std::time::Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn update_volume_of_a_missing_document_does_nothing() {
+        let (_d, s, v) = store();
+        let gone = VolumeDoc { volname: "vm-100-disk-1".into(), ..v };
+        assert_eq!(s.update_volume(&gone, |_| panic!("not called")).unwrap(), None);
+        assert_eq!(s.volume_names("pool").unwrap(), ["vm-100-disk-0"]);
+    }
+
+    #[test]
+    fn update_volume_moves_a_renamed_document() {
+        let (_d, s, v) = store();
+        s.update_volume(&v, |d| {
+            d.volname = "base-100-disk-0".into();
+            d.base = true;
+            Ok(Change::Desired)
+        })
+        .unwrap();
+        assert_eq!(s.volume_names("pool").unwrap(), ["base-100-disk-0"]);
+        let d = s.volume("pool", "base-100-disk-0").unwrap().unwrap();
+        assert_eq!((d.resource.as_str(), d.base, d.generation), (v.resource.as_str(), true, 2));
+    }
+}
