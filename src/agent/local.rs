@@ -303,19 +303,7 @@ impl NodeOps for LocalNode {
     fn remove_replica(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
-        if let Some(st) = self.status_of(&vol.resource)? {
-            let open = open_note(&st);
-            if st.role == "Primary" || open.is_some() {
-                // Invariant 2: never delete a volume that is open or Primary.
-                return Err(Error::Refused(format!(
-                    "{}: not removed on {}: the replica is {}{}; stop the guest using it first",
-                    vol.resource,
-                    self.node,
-                    st.role,
-                    open.unwrap_or_default()
-                )));
-            }
-        }
+        self.refuse_in_use(vol, "removed")?;
         self.repl.down(&vol.resource)?;
         let backend = self.backend(&vol.backend)?;
         if backend.can_snapshot() {
@@ -586,7 +574,7 @@ impl LocalNode {
         Ok(b)
     }
 
-    /// Invariant 2: never change the data under a Primary or an open device.
+    /// Invariant 2: never remove or change the data under a Primary or an open device.
     fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
         if let Some(st) = self.status_of(&vol.resource)? {
             let open = open_note(&st);

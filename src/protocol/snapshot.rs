@@ -268,10 +268,7 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             ));
         }
     }
-    let busy = super::volume::in_use(ctx, &doc)?;
-    if !busy.is_empty() {
-        return Err(refused!("volume {name} is in use (Primary or open) on {}: stop the guest before rolling back", busy.join(", ")));
-    }
+    super::volume::refuse_in_use(ctx, &doc, |on| format!("volume {name} is in use (Primary or open) on {on}: stop the guest before rolling back"))?;
     let doc = update(ctx, sid, volname, |d| {
         let s = d.snapshots.iter_mut().find(|s| s.name == snap).ok_or_else(|| Error::NotFound(format!("snapshot {snap} of {name} was deleted meanwhile")))?;
         s.rollback = Some(RollbackMark { source: local.clone(), since: now() });

@@ -298,8 +298,18 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     }
 }
 
+/// Invariant 2 for the handlers that need the volume idle everywhere: refused where it is
+/// Primary or open (`in_use`), in words of the caller's (`why` gets the node list).
+pub(crate) fn refuse_in_use(ctx: &Ctx, doc: &VolumeDoc, why: impl FnOnce(&str) -> String) -> Result<()> {
+    let busy = in_use(ctx, doc)?;
+    if busy.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(why(&busy.join(", "))))
+}
+
 /// Nodes where the volume is Primary or open (Invariant 2), from the local view and published states.
-pub(crate) fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
+fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
@@ -339,13 +349,9 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             ));
         }
     }
-    let busy = in_use(ctx, &doc)?;
-    if !busy.is_empty() {
-        return Err(refused!(
-            "volume {sid}:{volname} is in use (Primary or open) on {}: stop the guest using it before removing the disk",
-            busy.join(", ")
-        ));
-    }
+    refuse_in_use(ctx, &doc, |on| {
+        format!("volume {sid}:{volname} is in use (Primary or open) on {on}: stop the guest using it before removing the disk")
+    })?;
     let doc = update(ctx, &doc, |d| {
         if d.state == VolumeState::Deleting {
             return Ok(Change::Unchanged);
@@ -469,10 +475,7 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             doc.snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    let busy = in_use(ctx, &doc)?;
-    if !busy.is_empty() {
-        return Err(refused!("volume {sid}:{volname} is in use on {}: stop the guest before converting it to a template", busy.join(", ")));
-    }
+    refuse_in_use(ctx, &doc, |on| format!("volume {sid}:{volname} is in use on {on}: stop the guest before converting it to a template"))?;
     let new = naming::parse_volname(&format!("base-{}", &volname["vm-".len()..]))?;
     store_rename(ctx, sid, &doc, &new)?;
     Ok(json!({"volname": naming::pve_volname(&new.name, doc.parent.as_deref())}))
