@@ -152,7 +152,10 @@ pub fn unfence_if(
     if !doc.outdated.contains(&target) {
         return Ok(None);
     }
-    // The document's own list first (under the lock), then the marks.
+    // The document's own list first (under the lock), then the marks. Not through
+    // Store::update_volume: that writes the document with the marks merged, which would
+    // fold other nodes' marks into it; here the document is written as written, and the
+    // marks (listed before DRBD was asked) are dropped separately, all under one lock.
     if let Some(mut w) = store.volume_as_written(&probe.storeid, &probe.volname)?.filter(|w| w.outdated.contains(&target)) {
         w.outdated.retain(|n| *n != target);
         w.generation += 1;

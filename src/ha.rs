@@ -409,27 +409,7 @@ mod tests {
     use crate::store::docs::*;
 
     fn vol(vmid: u32, name: &str, nodes: &[&str]) -> VolumeDoc {
-        VolumeDoc {
-            format: 1,
-            storeid: "pool".into(),
-            volname: name.into(),
-            vmid,
-            resource: format!("pool-{name}"),
-            size_kib: 1024,
-            minor: 1000,
-            port: 7000,
-            replicas: nodes.iter().enumerate().map(|(i, n)| Replica { node: n.to_string(), node_id: i as u8 }).collect(),
-            backend: BackendSpec::default(),
-            secret: "s".into(),
-            state: VolumeState::Ready,
-            base: false,
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: 0,
-            generation: 1,
-        }
+        VolumeDoc { vmid, resource: format!("pool-{name}"), size_kib: 1024, ..VolumeDoc::for_test("pool", name, nodes) }
     }
 
     fn state(node: &str, disks: &[(&str, &str)]) -> NodeState {

@@ -14,27 +14,7 @@ fn setup() -> (tempfile::TempDir, Store, VolumeDoc) {
     for (n, a) in [("pve1", "10.0.0.1"), ("pve2", "10.0.0.2")] {
         store.put_node(&NodeDoc { format: FORMAT, name: n.into(), address: a.into() }).unwrap();
     }
-    let v = VolumeDoc {
-        format: FORMAT,
-        storeid: "dp".into(),
-        volname: "vm-100-disk-0".into(),
-        vmid: 100,
-        resource: "dp.vm-100-disk-0".into(),
-        size_kib: 4096,
-        minor: 1000,
-        port: 7000,
-        replicas: vec![Replica { node: "pve1".into(), node_id: 0 }, Replica { node: "pve2".into(), node_id: 1 }],
-        backend: BackendSpec::default(),
-        secret: "s".into(),
-        state: VolumeState::Ready,
-        base: false,
-        parent: None,
-        snapshots: vec![],
-        outdated: vec![],
-        dual_primary: None,
-        created: 0,
-        generation: 1,
-    };
+    let v = VolumeDoc::for_test("dp", "vm-100-disk-0", &["pve1", "pve2"]);
     store.put_volume(&v).unwrap();
     (dir, store, v)
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use drbdpool::store::docs::{BackendKind, BackendSpec, Replica, VolumeDoc, VolumeState, FORMAT};
+use drbdpool::store::docs::{BackendKind, BackendSpec, VolumeDoc, VolumeState};
 use drbdpool::store::index::Entry;
 use drbdpool::store::Store;
 use proptest::prelude::*;
@@ -15,25 +15,14 @@ const SID: &str = "dp";
 fn doc(vmid: u32, disk: u32, size_kib: u64) -> VolumeDoc {
     let volname = format!("vm-{vmid}-disk-{disk}");
     VolumeDoc {
-        format: FORMAT,
-        storeid: SID.into(),
         resource: format!("pve-{volname}"),
-        volname,
-        vmid,
         size_kib,
         minor: 1000 + vmid * 10 + disk,
         port: 7000 + (vmid * 10 + disk) as u16 % 1000,
-        replicas: vec![Replica { node: "pve1".into(), node_id: 0 }, Replica { node: "pve2".into(), node_id: 1 }],
         backend: BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some("/srv".into()) },
         secret: "c2VjcmV0".into(),
-        state: VolumeState::Ready,
-        base: false,
-        parent: None,
-        snapshots: vec![],
-        outdated: vec![],
-        dual_primary: None,
         created: 1_764_000_000,
-        generation: 1,
+        ..VolumeDoc::for_test(SID, &volname, &["pve1", "pve2"])
     }
 }
 

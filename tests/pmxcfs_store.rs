@@ -37,25 +37,9 @@ fn seed(c: &Cluster) -> VolumeDoc {
         s.put_node(&NodeDoc { format: FORMAT, name: pvecluster::host_name(n).into(), address: pvecluster::ip(n) }).unwrap();
     }
     let v = VolumeDoc {
-        format: FORMAT,
-        storeid: SID.into(),
-        volname: VOL.into(),
-        vmid: 100,
         resource: RES.into(),
-        size_kib: 4096,
-        minor: 1000,
-        port: 7000,
-        replicas: vec![Replica { node: "pve1".into(), node_id: 0 }, Replica { node: "pve2".into(), node_id: 1 }],
         backend: BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(IMAGES.into()) },
-        secret: "s".into(),
-        state: VolumeState::Ready,
-        base: false,
-        parent: None,
-        snapshots: vec![],
-        outdated: vec![],
-        dual_primary: None,
-        created: 0,
-        generation: 1,
+        ..VolumeDoc::for_test(SID, VOL, &["pve1", "pve2"])
     };
     s.put_volume(&v).unwrap();
     wait_until("the seeded volume visible on pve2", Duration::from_secs(10), || c.store(2).volume(SID, VOL).ok().flatten().is_some());

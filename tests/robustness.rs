@@ -18,8 +18,8 @@ use drbdpool::doctor;
 use drbdpool::drbd::{events2, proc_drbd, status_json, version};
 use drbdpool::ha;
 use drbdpool::store::docs::{
-    BackendKind, BackendSpec, DualPrimary, NodeDoc, NodeState, PeerObserved, Replica, SnapshotDoc, Space, VolumeDoc,
-    VolumeObserved, VolumeState, FORMAT,
+    BackendKind, BackendSpec, DualPrimary, NodeDoc, NodeState, PeerObserved, SnapshotDoc, Space, VolumeDoc,
+    VolumeObserved, FORMAT,
 };
 use drbdpool::store::Store;
 
@@ -592,16 +592,11 @@ fn json_mutated(bases: Vec<serde_json::Value>) -> impl Strategy<Value = serde_js
 // ---------- store documents ----------
 
 fn sample_volume() -> VolumeDoc {
+    // Every optional field set: the corruption cases mutate this document's keys.
     VolumeDoc {
-        format: FORMAT,
-        storeid: "drbd1".into(),
-        volname: "vm-100-disk-0".into(),
-        vmid: 100,
         resource: "pve-vm-100-disk-0".into(),
         size_kib: 1048576,
-        minor: 1000,
         port: 7789,
-        replicas: vec![Replica { node: "pve1".into(), node_id: 0 }, Replica { node: "pve2".into(), node_id: 1 }],
         backend: BackendSpec {
             kind: BackendKind::Lvmthin,
             vg: Some("pve".into()),
@@ -609,14 +604,13 @@ fn sample_volume() -> VolumeDoc {
             dir: None,
         },
         secret: "c2VjcmV0".into(),
-        state: VolumeState::Ready,
-        base: false,
         parent: Some("base-9000-disk-0".into()),
         snapshots: vec![SnapshotDoc { name: "before".into(), created: 1764000000, origin: None, rollback: None }],
         outdated: vec!["pve2".into()],
         dual_primary: Some(DualPrimary { source: "pve1".into(), target: "pve2".into(), since: 1764000001 }),
         created: 1763000000,
         generation: 4,
+        ..VolumeDoc::for_test("drbd1", "vm-100-disk-0", &["pve1", "pve2"])
     }
 }
 

@@ -28,6 +28,15 @@ pub fn drbd_backing_kib(net_kib: u64) -> u64 {
 /// How often demote looks at an open device before refusing (300 ms apart).
 const DEMOTE_OPEN_CHECKS: u32 = 3;
 
+/// How the fresh replicas of a new volume get their first data generation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InitialSync {
+    /// Thin backings read zeroes everywhere: the replicas are declared identical.
+    Skip,
+    /// Thick backing: this node's data is the source of a full sync.
+    Full,
+}
+
 pub struct LocalNode {
     store: Store,
     node: String,
@@ -204,36 +213,49 @@ impl LocalNode {
     /// Every replica connected and Inconsistent, this one too: fresh metadata everywhere
     /// (no node ever had good data, so nothing was ever written).
     pub fn initial_sync_due(&self, vol: &VolumeDoc, st: &ResourceStatus) -> bool {
-        let local_inc = st.devices.first().is_some_and(|d| d.disk == "Inconsistent");
-        let peers = vol.replicas.len().saturating_sub(1);
-        local_inc
-            && st.connections.len() == peers
-            && st.connections.iter().all(|c| {
-                c.connection == "Connected" && c.peer_devices.first().is_some_and(|p| p.peer_disk == "Inconsistent")
-            })
+        Self::every_replica(vol, st, "Inconsistent")
     }
 
-    /// Every replica connected and UpToDate: nothing left to skip.
-    fn all_uptodate(vol: &VolumeDoc, st: &ResourceStatus) -> bool {
-        st.devices.first().is_some_and(|d| d.disk == "UpToDate")
+    /// This replica's disk is `disk`, and every peer's, each connected.
+    fn every_replica(vol: &VolumeDoc, st: &ResourceStatus, disk: &str) -> bool {
+        st.devices.first().is_some_and(|d| d.disk == disk)
             && st.connections.len() == vol.replicas.len().saturating_sub(1)
-            && st.connections.iter().all(|c| {
-                c.connection == "Connected" && c.peer_devices.first().is_some_and(|p| p.peer_disk == "UpToDate")
-            })
+            && st.connections.iter().all(|c| c.connection == "Connected" && c.peer_devices.first().is_some_and(|p| p.peer_disk == disk))
     }
 
     /// Thick backends: make this node's data the source of a full initial sync.
     pub fn start_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
+        self.initial_sync(vol, InitialSync::Full)
+    }
+
+    /// The first data generation of fresh replicas, under the local lock and only while
+    /// every replica is connected with fresh metadata (`initial_sync_due`).
+    fn initial_sync(&self, vol: &VolumeDoc, how: InitialSync) -> Result<()> {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
-        let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
-        if !self.initial_sync_due(vol, &st) {
+        if how == InitialSync::Skip && !self.is_thin(&vol.backend)? {
             return Err(Error::Refused(format!(
-                "{}: the initial sync starts only when every replica is connected and Inconsistent",
+                "{}: the initial sync can only be skipped on thin backends (lvmthin, file)",
                 vol.resource
             )));
         }
-        self.repl.start_initial_sync(&vol.resource)
+        let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
+        // The agent of this node and the alloc helper both try a skip; whoever comes second
+        // finds every replica connected and UpToDate: nothing left to skip.
+        if how == InitialSync::Skip && Self::every_replica(vol, &st, "UpToDate") {
+            return Ok(());
+        }
+        if !self.initial_sync_due(vol, &st) {
+            let when = match how {
+                InitialSync::Skip => "can be skipped only while every replica is connected and Inconsistent with fresh metadata",
+                InitialSync::Full => "starts only when every replica is connected and Inconsistent",
+            };
+            return Err(Error::Refused(format!("{}: the initial sync {when}", vol.resource)));
+        }
+        match how {
+            InitialSync::Skip => self.repl.skip_initial_sync(&vol.resource),
+            InitialSync::Full => self.repl.start_initial_sync(&vol.resource),
+        }
     }
 
     /// Whether the backend reads zeroes where nothing was written (no initial sync needed).
@@ -303,19 +325,7 @@ impl NodeOps for LocalNode {
     fn remove_replica(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
         let _lock = self.lock(&vol.resource)?;
-        if let Some(st) = self.status_of(&vol.resource)? {
-            let open = open_note(&st);
-            if st.role == "Primary" || open.is_some() {
-                // Invariant 2: never delete a volume that is open or Primary.
-                return Err(Error::Refused(format!(
-                    "{}: not removed on {}: the replica is {}{}; stop the guest using it first",
-                    vol.resource,
-                    self.node,
-                    st.role,
-                    open.unwrap_or_default()
-                )));
-            }
-        }
+        self.refuse_in_use(vol, "removed")?;
         self.repl.down(&vol.resource)?;
         let backend = self.backend(&vol.backend)?;
         if backend.can_snapshot() {
@@ -405,26 +415,7 @@ impl NodeOps for LocalNode {
     }
 
     fn skip_initial_sync(&self, vol: &VolumeDoc) -> Result<()> {
-        self.check_replica(vol)?;
-        let _lock = self.lock(&vol.resource)?;
-        if !self.is_thin(&vol.backend)? {
-            return Err(Error::Refused(format!(
-                "{}: the initial sync can only be skipped on thin backends (lvmthin, file)",
-                vol.resource
-            )));
-        }
-        let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
-        // The agent of this node and the alloc helper both try; whoever comes second finds it done.
-        if Self::all_uptodate(vol, &st) {
-            return Ok(());
-        }
-        if !self.initial_sync_due(vol, &st) {
-            return Err(Error::Refused(format!(
-                "{}: the initial sync can be skipped only while every replica is connected and Inconsistent with fresh metadata",
-                vol.resource
-            )));
-        }
-        self.repl.skip_initial_sync(&vol.resource)
+        self.initial_sync(vol, InitialSync::Skip)
     }
 
     fn set_dual_primary(&self, vol: &VolumeDoc, on: bool) -> Result<()> {
@@ -586,7 +577,7 @@ impl LocalNode {
         Ok(b)
     }
 
-    /// Invariant 2: never change the data under a Primary or an open device.
+    /// Invariant 2: never remove or change the data under a Primary or an open device.
     fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
         if let Some(st) = self.status_of(&vol.resource)? {
             let open = open_note(&st);

@@ -9,7 +9,7 @@ use crate::drbd::ResourceStatus;
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
 use crate::store::docs::{NodeState, NodeUsage, Resync, Space, VolumeDoc, VolumeObserved, VolumeState, FORMAT};
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// A `creating` volume older than this has no alloc working on it any more (an
 /// alloc gives up after at most 30 s, protocol::ALLOC_BUDGET): the agents roll it back.
@@ -268,18 +268,18 @@ impl Agent {
     fn expire_creating(&self, docs: &mut [VolumeDoc]) {
         let limit = create_expiry().as_secs_f64();
         for v in docs.iter_mut().filter(|v| v.state == VolumeState::Creating && (now().saturating_sub(v.created) as f64) > limit) {
-            let r = (|| -> Result<Option<VolumeDoc>> {
-                let _g = self.store.lock_timeout(&crate::store::lock::vol_lock_name(&v.resource), std::time::Duration::from_secs(1))?;
-                let Some(mut cur) = self.store.volume(&v.storeid, &v.volname)? else { return Ok(None) };
+            let mut rolled = false;
+            let r = self.store.update_volume_timeout(v, std::time::Duration::from_secs(1), |cur| {
                 if cur.state != VolumeState::Creating || cur.resource != v.resource {
-                    return Ok(Some(cur));
+                    return Ok(Change::Unchanged);
                 }
                 cur.state = VolumeState::Deleting;
-                cur.generation += 1;
-                self.store.put_volume(&cur)?;
+                rolled = true;
+                Ok(Change::Desired)
+            });
+            if let (true, Ok(Some(cur))) = (rolled, &r) {
                 tracing::warn!(resource = %cur.resource, "volume still `creating` after {limit}s: its alloc died; rolling it back");
-                Ok(Some(cur))
-            })();
+            }
             match r {
                 Ok(Some(cur)) => *v = cur,
                 Ok(None) => {}

@@ -27,6 +27,7 @@ use serde_json::json;
 use drbdpool::backend::{Backend, Backing};
 use drbdpool::drbd::sim::SimDrbd;
 use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
+use drbdpool::store::alloc::Allocation;
 use drbdpool::store::docs::*;
 use drbdpool::store::Store;
 
@@ -119,28 +120,17 @@ fn node_names(n: usize) -> Vec<String> {
 fn volume_doc(i: usize, storeid: &str, nodes: &[String], replicas: usize, images: &Path, t: u64) -> VolumeDoc {
     let vmid = 100 + (i / 4) as u32;
     let volname = format!("vm-{vmid}-disk-{}", i % 4);
+    let placed: Vec<String> = (0..replicas).map(|k| nodes[(i + k) % nodes.len()].clone()).collect();
+    // The allocator keeps ports unique among volumes sharing a node (7000-7999):
+    // more than 1,000 volumes on 3 nodes is beyond it; the bench only needs the files.
+    let al = Allocation { minor: 1000 + i as u32, port: 7000 + (i % 1000) as u16, node_ids: (0..replicas as u8).collect() };
+    let backend = BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(images.to_string_lossy().into_owned()) };
     VolumeDoc {
-        format: FORMAT,
-        storeid: storeid.into(),
-        resource: drbdpool::naming::resource_name(storeid, &volname),
-        volname,
-        vmid,
-        size_kib: SIZE_KIB,
-        minor: 1000 + i as u32,
-        // The allocator keeps ports unique among volumes sharing a node (7000-7999):
-        // more than 1,000 volumes on 3 nodes is beyond it; the bench only needs the files.
-        port: 7000 + (i % 1000) as u16,
-        replicas: (0..replicas).map(|k| Replica { node: nodes[(i + k) % nodes.len()].clone(), node_id: k as u8 }).collect(),
-        backend: BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(images.to_string_lossy().into_owned()) },
+        // From the volume's number, so every run writes the same store.
         secret: format!("{:032x}", (i as u128).wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc835)),
         state: VolumeState::Ready,
-        base: false,
-        parent: None,
-        snapshots: vec![],
-        outdated: vec![],
-        dual_primary: None,
         created: t - 86400 + i as u64,
-        generation: 1,
+        ..VolumeDoc::new(storeid, &volname, vmid, SIZE_KIB, backend, &placed, &al)
     }
 }
 

@@ -582,9 +582,9 @@ impl Replication for DrbdAdm {
 
     /// Thick backing: this node's (arbitrary but fresh) data becomes the good copy and a full sync
     /// to the peers starts. Only called by the agent of replicas[0] on fresh metadata.
+    /// The same commands as `make_sync_source`: DRBD has one way to make this node's data the good copy.
     fn start_initial_sync(&self, resource: &str) -> Result<()> {
-        self.run_checked(self.adm().args(["primary", "--force", resource]).timeout(SLOW))?;
-        self.run_checked(self.adm().args(["secondary", resource]).timeout(SLOW)).map(|_| ())
+        self.make_sync_source(resource)
     }
 
     /// `create-md --force` needs the resource file (and the resource down, checked first).

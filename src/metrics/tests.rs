@@ -1,27 +1,15 @@
 use super::*;
-use crate::store::docs::{BackendSpec, PeerObserved, Replica, Space, VolumeObserved, VolumeState, FORMAT};
+use crate::store::docs::{PeerObserved, Replica, Space, VolumeObserved, FORMAT};
 
 fn vol(resource: &str, volname: &str, minor: u32, nodes: &[(&str, u8)]) -> VolumeDoc {
     VolumeDoc {
-        format: FORMAT,
-        storeid: "drbd1".into(),
-        volname: volname.into(),
         vmid: 100,
         resource: resource.into(),
-        size_kib: 4096,
         minor,
         port: 7789,
         replicas: nodes.iter().map(|(n, id)| Replica { node: n.to_string(), node_id: *id }).collect(),
-        backend: BackendSpec::default(),
-        secret: "s".into(),
-        state: VolumeState::Ready,
-        base: false,
-        parent: None,
-        snapshots: vec![],
-        outdated: vec![],
-        dual_primary: None,
         created: 1,
-        generation: 1,
+        ..VolumeDoc::for_test("drbd1", volname, &[])
     }
 }
 

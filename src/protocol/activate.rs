@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::error::Result;
 use crate::refused;
 use crate::store::docs::{DualPrimary, NodeState, VolumeDoc, VolumeObserved, VolumeState};
-use crate::store::lock::vol_lock_name;
+use crate::store::Change;
 
 use super::{load, now, Args, Ctx};
 
@@ -245,14 +245,10 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         }
         Decision::PromoteForMigration { source } => {
             tracing::info!("opening the live-migration window for {} from {source} to {local}", doc.resource);
-            let doc = {
-                let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-                let mut d = load(ctx, sid, volname)?;
+            let doc = super::update(ctx, &doc, |d| {
                 d.dual_primary = Some(DualPrimary { source: source.clone(), target: local.clone(), since: now() });
-                d.generation += 1;
-                ctx.store.put_volume(&d)?;
-                d
-            };
+                Ok(Change::Desired)
+            })?;
             ctx.node.set_dual_primary(&doc, true)?;
             // DRBD checks allow-two-primaries on both sides: the source's agent must have
             // applied the window before we promote. On any failure the window closes again.
@@ -311,17 +307,18 @@ pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 
 /// End the live-migration window: no more dual-primary, in the store (agents apply it) and here.
 fn close_window(ctx: &Ctx, sid: &str, volname: &str, local: &str) -> Result<()> {
-    let doc = {
-        let _g = ctx.store.lock(&vol_lock_name(&load(ctx, sid, volname)?.resource))?;
-        let mut d = load(ctx, sid, volname)?;
+    let mut closed = false;
+    let doc = super::update(ctx, &load(ctx, sid, volname)?, |d| {
         if d.dual_primary.is_none() {
-            return Ok(());
+            return Ok(Change::Unchanged);
         }
         d.dual_primary = None;
-        d.generation += 1;
-        ctx.store.put_volume(&d)?;
-        d
-    };
+        closed = true;
+        Ok(Change::Desired)
+    })?;
+    if !closed {
+        return Ok(());
+    }
     tracing::info!("live-migration window of {} closed by {local}", doc.resource);
     ctx.node.set_dual_primary(&doc, false)
 }
@@ -329,30 +326,10 @@ fn close_window(ctx: &Ctx, sid: &str, volname: &str, local: &str) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::docs::{BackendSpec, PeerObserved, Replica};
+    use crate::store::docs::PeerObserved;
 
     fn doc() -> VolumeDoc {
-        VolumeDoc {
-            format: 1,
-            storeid: "pool".into(),
-            volname: "vm-100-disk-0".into(),
-            vmid: 100,
-            resource: "pool.vm-100-disk-0".into(),
-            size_kib: 1024,
-            minor: 1000,
-            port: 7000,
-            replicas: vec![Replica { node: "a".into(), node_id: 0 }, Replica { node: "b".into(), node_id: 1 }],
-            backend: BackendSpec::default(),
-            secret: "s".into(),
-            state: VolumeState::Ready,
-            base: false,
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: 0,
-            generation: 1,
-        }
+        VolumeDoc { size_kib: 1024, ..VolumeDoc::for_test("pool", "vm-100-disk-0", &["a", "b"]) }
     }
     fn obs(role: &str, disk: &str, peers: &[(&str, &str)]) -> VolumeObserved {
         VolumeObserved {

@@ -249,9 +249,20 @@ fn own_volname(ctx: &Ctx, sid: &str, args: &Map<String, Value>) -> Result<Option
 /// Load a volume's document or fail with `not-found` naming it.
 pub(crate) fn load(ctx: &Ctx, storeid: &str, volname: &str) -> Result<crate::store::docs::VolumeDoc> {
     crate::naming::parse_volname(volname)?;
-    ctx.store
-        .volume(storeid, volname)?
-        .ok_or_else(|| Error::NotFound(format!("volume {storeid}:{volname} does not exist (see `drbdpool volume list`)")))
+    ctx.store.volume(storeid, volname)?.ok_or_else(|| not_found(storeid, volname))
+}
+
+fn not_found(storeid: &str, volname: &str) -> Error {
+    Error::NotFound(format!("volume {storeid}:{volname} does not exist (see `drbdpool volume list`)"))
+}
+
+/// `Store::update_volume` of a volume that must still exist (gone: the error of `load`).
+pub(crate) fn update(
+    ctx: &Ctx,
+    at: &crate::store::docs::VolumeDoc,
+    f: impl FnOnce(&mut crate::store::docs::VolumeDoc) -> Result<crate::store::Change>,
+) -> Result<crate::store::docs::VolumeDoc> {
+    ctx.store.update_volume(at, f)?.ok_or_else(|| not_found(&at.storeid, &at.volname))
 }
 
 pub(crate) fn now() -> u64 {

@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::naming::check_snap_name;
 use crate::refused;
 use crate::store::docs::{BackendKind, RollbackMark, SnapshotDoc, VolumeDoc, VolumeState};
-use crate::store::lock::vol_lock_name;
+use crate::store::Change;
 
 use super::wait::{published, until_done, until_published};
 use super::peers_of;
@@ -84,15 +84,11 @@ fn load_snapshottable(ctx: &Ctx, sid: &str, volname: &str, method: &str) -> Resu
     Ok(doc)
 }
 
-/// Change the document under its lock and bump its generation.
+/// Change the document under its lock and bump its generation. Read afresh for the lock's
+/// name: the callers' copy may be from before a wait.
 fn update(ctx: &Ctx, sid: &str, volname: &str, f: impl FnOnce(&mut VolumeDoc) -> Result<()>) -> Result<VolumeDoc> {
-    let doc = load(ctx, sid, volname)?;
-    let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-    let mut d = load(ctx, sid, volname)?;
-    f(&mut d)?;
-    d.generation += 1;
-    ctx.store.put_volume(&d)?;
-    Ok(d)
+    let at = load(ctx, sid, volname)?;
+    super::update(ctx, &at, |d| f(d).map(|()| Change::Desired))
 }
 
 /// A rollback in progress (another one is refused; the same one may be repeated).
@@ -272,10 +268,7 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             ));
         }
     }
-    let busy = super::volume::in_use(ctx, &doc)?;
-    if !busy.is_empty() {
-        return Err(refused!("volume {name} is in use (Primary or open) on {}: stop the guest before rolling back", busy.join(", ")));
-    }
+    super::volume::refuse_in_use(ctx, &doc, |on| format!("volume {name} is in use (Primary or open) on {on}: stop the guest before rolling back"))?;
     let doc = update(ctx, sid, volname, |d| {
         let s = d.snapshots.iter_mut().find(|s| s.name == snap).ok_or_else(|| Error::NotFound(format!("snapshot {snap} of {name} was deleted meanwhile")))?;
         s.rollback = Some(RollbackMark { source: local.clone(), since: now() });

@@ -11,21 +11,17 @@ use crate::naming;
 use crate::placement;
 use crate::refused;
 use crate::store::alloc::{allocate, Ranges};
-use crate::store::docs::{BackendKind, PeerObserved, Replica, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::docs::{BackendKind, PeerObserved, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
+use crate::store::Change;
 
 use super::scfg::StorageCfg;
 use super::wait::{published, until_done, until_published};
 use super::peers_of;
-use super::{load, now, Args, Ctx};
+use super::{load, now, update, Args, Ctx};
 
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
-}
-
-fn random_secret() -> String {
-    use rand::Rng;
-    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect()
 }
 
 /// Wake the agents of the other replica nodes now instead of at their next round.
@@ -109,27 +105,7 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
             &ctx.store.node_heads()?,
         )?;
         let al = allocate(&all, &placed, &Ranges::default())?;
-        let doc = VolumeDoc {
-            format: crate::store::docs::FORMAT,
-            storeid: sid.to_string(),
-            volname: volname.clone(),
-            vmid,
-            resource,
-            size_kib,
-            minor: al.minor,
-            port: al.port,
-            replicas: placed.iter().zip(al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: id }).collect(),
-            backend: cfg.backend.clone(),
-            secret: random_secret(),
-            state: VolumeState::Creating,
-            base: volname.starts_with("base-"),
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: now(),
-            generation: 1,
-        };
+        let doc = VolumeDoc::new(sid, &volname, vmid, size_kib, cfg.backend.clone(), &placed, &al);
         // This document is the reservation of minor, port and name.
         ctx.store.put_volume(&doc)?;
         crate::failpoint!("alloc.after-doc");
@@ -285,15 +261,17 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         }
     }
     tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: all replicas UpToDate");
-    let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-    let mut d = load(ctx, &doc.storeid, &doc.volname)?;
-    crate::failpoint!("alloc.before-ready");
-    if d.state != VolumeState::Creating {
-        // Rolled back meanwhile (an agent expired it, or a free ran): never resurrect it.
-        return Err(Error::Conflict(format!("volume {name} was rolled back (state {:?}) while it was being created; allocate it again", d.state)));
-    }
-    d.state = VolumeState::Ready;
-    ctx.store.put_volume(&d)
+    update(ctx, doc, |d| {
+        crate::failpoint!("alloc.before-ready");
+        if d.state != VolumeState::Creating {
+            // Rolled back meanwhile (an agent expired it, or a free ran): never resurrect it.
+            return Err(Error::Conflict(format!("volume {name} was rolled back (state {:?}) while it was being created; allocate it again", d.state)));
+        }
+        d.state = VolumeState::Ready;
+        // Readiness is for the callers of `list`/`activate`; the agents have applied this already.
+        Ok(Change::Quiet)
+    })
+    .map(drop)
 }
 
 /// A failed create: mark the document `deleting` so every agent removes what it
@@ -301,17 +279,12 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
 fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     // Bounded: the call must return inside the shim's limit (ROLLBACK_ALLOWANCE).
     let by = deadline + super::ROLLBACK_ALLOWANCE;
-    let r = (|| -> Result<()> {
-        let _g = ctx.store.lock_timeout(&vol_lock_name(&doc.resource), left(by).max(Duration::from_secs(1)))?;
-        if let Some(mut d) = ctx.store.volume(&doc.storeid, &doc.volname)? {
-            d.state = VolumeState::Deleting;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
-        }
-        Ok(())
-    })();
+    let r = ctx.store.update_volume_timeout(doc, left(by).max(Duration::from_secs(1)), |d| {
+        d.state = VolumeState::Deleting;
+        Ok(Change::Desired)
+    });
     match r {
-        Ok(()) => poke_peers(ctx, doc, "roll back"),
+        Ok(_) => poke_peers(ctx, doc, "roll back"),
         Err(e) => tracing::error!("could not mark {}:{} for deletion: {e}", doc.storeid, doc.volname),
     }
     if doc.replica(ctx.node.name()).is_some() {
@@ -325,8 +298,18 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     }
 }
 
+/// Invariant 2 for the handlers that need the volume idle everywhere: refused where it is
+/// Primary or open (`in_use`), in words of the caller's (`why` gets the node list).
+pub(crate) fn refuse_in_use(ctx: &Ctx, doc: &VolumeDoc, why: impl FnOnce(&str) -> String) -> Result<()> {
+    let busy = in_use(ctx, doc)?;
+    if busy.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(why(&busy.join(", "))))
+}
+
 /// Nodes where the volume is Primary or open (Invariant 2), from the local view and published states.
-pub(crate) fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
+fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
@@ -366,23 +349,16 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             ));
         }
     }
-    let busy = in_use(ctx, &doc)?;
-    if !busy.is_empty() {
-        return Err(refused!(
-            "volume {sid}:{volname} is in use (Primary or open) on {}: stop the guest using it before removing the disk",
-            busy.join(", ")
-        ));
-    }
-    let doc = {
-        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-        let mut d = load(ctx, sid, volname)?;
-        if d.state != VolumeState::Deleting {
-            d.state = VolumeState::Deleting;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
+    refuse_in_use(ctx, &doc, |on| {
+        format!("volume {sid}:{volname} is in use (Primary or open) on {on}: stop the guest using it before removing the disk")
+    })?;
+    let doc = update(ctx, &doc, |d| {
+        if d.state == VolumeState::Deleting {
+            return Ok(Change::Unchanged);
         }
-        d
-    };
+        d.state = VolumeState::Deleting;
+        Ok(Change::Desired)
+    })?;
     poke_peers(ctx, &doc, "free");
     crate::failpoint!("free.after-deleting");
     let local = ctx.node.name().to_string();
@@ -438,16 +414,13 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         return Err(refused!("shrinking {sid}:{volname} from {} KiB to {want_kib} KiB is not supported: volumes only grow", doc.size_kib));
     }
     // Equal size still runs the grow steps: a resize that timed out is finished by repeating it.
-    let doc = {
-        let _g = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-        let mut d = load(ctx, sid, volname)?;
-        if want_kib > d.size_kib {
-            d.size_kib = want_kib;
-            d.generation += 1;
-            ctx.store.put_volume(&d)?;
+    let doc = update(ctx, &doc, |d| {
+        if want_kib <= d.size_kib {
+            return Ok(Change::Unchanged);
         }
-        d
-    };
+        d.size_kib = want_kib;
+        Ok(Change::Desired)
+    })?;
     poke_peers(ctx, &doc, "resize");
     crate::failpoint!("resize.after-doc");
     ctx.node.grow_backing(&doc)?;
@@ -476,15 +449,14 @@ fn store_rename(ctx: &Ctx, sid: &str, doc: &VolumeDoc, new: &naming::VolName) ->
     if ctx.store.volume(sid, &new.name)?.is_some() {
         return Err(Error::Conflict(format!("volume {sid}:{} already exists", new.name)));
     }
-    let _v = ctx.store.lock(&vol_lock_name(&doc.resource))?;
-    let mut d = load(ctx, sid, &doc.volname)?;
-    d.volname = new.name.clone();
-    d.vmid = new.vmid;
-    d.base = new.base;
-    d.generation += 1;
-    // Atomic file rename first (at no moment two documents for one resource), then the content.
-    ctx.store.rename_volume(sid, &doc.volname, &new.name)?;
-    ctx.store.put_volume(&d)
+    // The new name moves the file first, then the content is written (Store::update_volume).
+    update(ctx, doc, |d| {
+        d.volname = new.name.clone();
+        d.vmid = new.vmid;
+        d.base = new.base;
+        Ok(Change::Desired)
+    })
+    .map(drop)
 }
 
 pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
@@ -503,10 +475,7 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             doc.snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    let busy = in_use(ctx, &doc)?;
-    if !busy.is_empty() {
-        return Err(refused!("volume {sid}:{volname} is in use on {}: stop the guest before converting it to a template", busy.join(", ")));
-    }
+    refuse_in_use(ctx, &doc, |on| format!("volume {sid}:{volname} is in use on {on}: stop the guest before converting it to a template"))?;
     let new = naming::parse_volname(&format!("base-{}", &volname["vm-".len()..]))?;
     store_rename(ctx, sid, &doc, &new)?;
     Ok(json!({"volname": naming::pve_volname(&new.name, doc.parent.as_deref())}))
@@ -580,25 +549,8 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         let nodes: Vec<String> = base.replicas.iter().map(|r| r.node.clone()).collect();
         let al = allocate(&all, &nodes, &Ranges::default())?;
         let doc = VolumeDoc {
-            format: crate::store::docs::FORMAT,
-            storeid: sid.to_string(),
-            volname: new.clone(),
-            vmid,
-            resource,
-            size_kib: base.size_kib,
-            minor: al.minor,
-            port: al.port,
-            replicas: nodes.iter().zip(al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: id }).collect(),
-            backend: base.backend.clone(),
-            secret: random_secret(),
-            state: VolumeState::Creating,
-            base: false,
             parent: Some(base.volname.clone()),
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: now(),
-            generation: 1,
+            ..VolumeDoc::new(sid, &new, vmid, base.size_kib, base.backend.clone(), &nodes, &al)
         };
         ctx.store.put_volume(&doc)?;
         doc

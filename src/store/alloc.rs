@@ -86,30 +86,10 @@ fn lowest_free(range: RangeInclusive<u32>, used: &BTreeSet<u32>) -> Option<u32> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::docs::{BackendSpec, Replica, VolumeState};
 
     fn doc(minor: u32, port: u16, nodes: &[&str]) -> VolumeDoc {
-        VolumeDoc {
-            format: 1,
-            storeid: "pool".into(),
-            volname: format!("vm-1-disk-{minor}"),
-            vmid: 1,
-            resource: format!("r{minor}"),
-            size_kib: 1024,
-            minor,
-            port,
-            replicas: nodes.iter().enumerate().map(|(i, n)| Replica { node: n.to_string(), node_id: i as u8 }).collect(),
-            backend: BackendSpec::default(),
-            secret: "s".into(),
-            state: VolumeState::Ready,
-            base: false,
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
-            created: 0,
-            generation: 1,
-        }
+        let volname = format!("vm-1-disk-{minor}");
+        VolumeDoc { resource: format!("r{minor}"), size_kib: 1024, minor, port, ..VolumeDoc::for_test("pool", &volname, nodes) }
     }
     fn n(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -6,6 +6,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::alloc::Allocation;
+
+/// Per-resource shared secret of the replication link (cram-hmac-alg sha256).
+fn random_secret() -> String {
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect()
+}
+
 /// Format version of every document this build writes. A document with a
 /// higher version is refused, never misread.
 pub const FORMAT: u32 = 1;
@@ -133,6 +141,52 @@ pub struct VolumeDoc {
 }
 
 impl VolumeDoc {
+    /// A new volume on `nodes` (placement order) with the minor, port and node ids that
+    /// store/alloc.rs chose: state `creating`, generation 1, a fresh replication secret,
+    /// created now; no snapshots, outdated marks or migration window. The resource is
+    /// named after the volume (naming::resource_name); a `base-` name is a template.
+    pub fn new(storeid: &str, volname: &str, vmid: u32, size_kib: u64, backend: BackendSpec, nodes: &[String], al: &Allocation) -> VolumeDoc {
+        VolumeDoc {
+            format: FORMAT,
+            storeid: storeid.to_string(),
+            volname: volname.to_string(),
+            vmid,
+            resource: crate::naming::resource_name(storeid, volname),
+            size_kib,
+            minor: al.minor,
+            port: al.port,
+            replicas: nodes.iter().zip(&al.node_ids).map(|(n, id)| Replica { node: n.clone(), node_id: *id }).collect(),
+            backend,
+            secret: random_secret(),
+            state: VolumeState::Creating,
+            base: volname.starts_with("base-"),
+            parent: None,
+            snapshots: vec![],
+            outdated: vec![],
+            dual_primary: None,
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            generation: 1,
+        }
+    }
+
+    /// The volume the tests start from (unit and integration tests share it): `new` on
+    /// `nodes` (node ids 0, 1, ...) with the vmid from the name (0 if it has none), 4096 KiB,
+    /// minor 1000, port 7000 and the default (lvmthin) backend, then made `ready`, with
+    /// secret "s" and created 0 so that it compares equal across calls. A test changes
+    /// what it needs with `VolumeDoc { field: ..., ..VolumeDoc::for_test(...) }`.
+    #[doc(hidden)]
+    pub fn for_test(storeid: &str, volname: &str, nodes: &[&str]) -> VolumeDoc {
+        let vmid = crate::naming::parse_volname(volname).map(|v| v.vmid).unwrap_or(0);
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let al = Allocation { minor: 1000, port: 7000, node_ids: (0..nodes.len() as u8).collect() };
+        VolumeDoc {
+            state: VolumeState::Ready,
+            secret: "s".into(),
+            created: 0,
+            ..VolumeDoc::new(storeid, volname, vmid, 4096, BackendSpec::default(), &nodes, &al)
+        }
+    }
+
     pub fn replica(&self, node: &str) -> Option<&Replica> {
         self.replicas.iter().find(|r| r.node == node)
     }

@@ -22,6 +22,18 @@ use docs::{NodeDoc, NodeUsage, StorageDoc, VolumeDoc, FORMAT};
 
 pub const DEFAULT_ROOT: &str = "/etc/pve/priv/drbdpool";
 
+/// What an `update_volume` change did to the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: not written.
+    Unchanged,
+    /// Desired state changed: written with `generation` + 1, so every agent applies it.
+    Desired,
+    /// Written with the same generation: nothing for the agents to apply (alloc's
+    /// creating -> ready).
+    Quiet,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
@@ -121,6 +133,37 @@ impl Store {
         self.mark_changed(&v.storeid, &v.volname)?;
         write_doc(&self.volume_path(&v.storeid, &v.volname), v)?;
         self.mark_changed(&v.storeid, &v.volname)
+    }
+
+    /// The write path of an existing volume document: under its `drbdpool-vol-<resource>`
+    /// lock (`at.resource`: the caller names the document it read, and so the lock), read
+    /// it again (fence marks merged, as `volume`), let `f` change it, and write it back as
+    /// `f` says (`Change`). `Ok(None)`: the document is gone; `f` not called. An error of
+    /// `f` writes nothing. A changed `volname` moves the file first (`rename_volume`), so
+    /// at no moment two documents name one resource.
+    pub fn update_volume(&self, at: &VolumeDoc, f: impl FnOnce(&mut VolumeDoc) -> Result<Change>) -> Result<Option<VolumeDoc>> {
+        self.update_volume_timeout(at, lock::default_timeout(), f)
+    }
+
+    /// `update_volume` with its own lock timeout.
+    pub fn update_volume_timeout(
+        &self,
+        at: &VolumeDoc,
+        timeout: std::time::Duration,
+        f: impl FnOnce(&mut VolumeDoc) -> Result<Change>,
+    ) -> Result<Option<VolumeDoc>> {
+        let _g = self.lock_timeout(&lock::vol_lock_name(&at.resource), timeout)?;
+        let Some(mut d) = self.volume(&at.storeid, &at.volname)? else { return Ok(None) };
+        match f(&mut d)? {
+            Change::Unchanged => return Ok(Some(d)),
+            Change::Desired => d.generation += 1,
+            Change::Quiet => {}
+        }
+        if d.volname != at.volname {
+            self.rename_volume(&at.storeid, &at.volname, &d.volname)?;
+        }
+        self.put_volume(&d)?;
+        Ok(Some(d))
     }
 
     pub fn remove_volume(&self, storeid: &str, volname: &str) -> Result<()> {
@@ -343,5 +386,72 @@ fn remove_doc(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::Store(crate::fsio::describe_write_error("remove", path, &e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use docs::VolumeState;
+
+    fn store() -> (tempfile::TempDir, Store, VolumeDoc) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let v = VolumeDoc::for_test("pool", "vm-100-disk-0", &["a", "b"]);
+        s.put_volume(&v).unwrap();
+        (d, s, v)
+    }
+
+    #[test]
+    fn update_volume_writes_as_the_change_says() {
+        let (_d, s, v) = store();
+        let read = || s.volume("pool", "vm-100-disk-0").unwrap().unwrap();
+        let r = s.update_volume(&v, |d| {
+            d.size_kib = 8192;
+            Ok(Change::Desired)
+        });
+        assert_eq!((r.unwrap().unwrap().generation, read().size_kib, read().generation), (2, 8192, 2));
+        s.update_volume(&v, |d| {
+            d.state = VolumeState::Deleting;
+            Ok(Change::Quiet)
+        })
+        .unwrap();
+        assert_eq!((read().state, read().generation), (VolumeState::Deleting, 2));
+        let r = s.update_volume(&v, |d| {
+            d.size_kib = 1;
+            Ok(Change::Unchanged)
+        });
+        assert_eq!(r.unwrap().unwrap().size_kib, 1, "the caller sees what it did");
+        assert_eq!(read().size_kib, 8192, "not written");
+        let e = s.update_volume(&v, |d| {
+            d.size_kib = 1;
+            Err(Error::Conflict("no".into()))
+        });
+        assert_eq!(e.unwrap_err().kind(), "conflict");
+        assert_eq!(read().size_kib, 8192, "an error writes nothing");
+        // The lock is released every time.
+        drop(s.lock_timeout(&lock::vol_lock_name(&v.resource), std::time::Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn update_volume_of_a_missing_document_does_nothing() {
+        let (_d, s, v) = store();
+        let gone = VolumeDoc { volname: "vm-100-disk-1".into(), ..v };
+        assert_eq!(s.update_volume(&gone, |_| panic!("not called")).unwrap(), None);
+        assert_eq!(s.volume_names("pool").unwrap(), ["vm-100-disk-0"]);
+    }
+
+    #[test]
+    fn update_volume_moves_a_renamed_document() {
+        let (_d, s, v) = store();
+        s.update_volume(&v, |d| {
+            d.volname = "base-100-disk-0".into();
+            d.base = true;
+            Ok(Change::Desired)
+        })
+        .unwrap();
+        assert_eq!(s.volume_names("pool").unwrap(), ["base-100-disk-0"]);
+        let d = s.volume("pool", "base-100-disk-0").unwrap().unwrap();
+        assert_eq!((d.resource.as_str(), d.base, d.generation), (v.resource.as_str(), true, 2));
     }
 }

@@ -9,7 +9,7 @@ use drbdpool::agent::{BackendFactory, LocalNode};
 use drbdpool::backend::file::FileBackend;
 use drbdpool::drbd::sim::SimDrbd;
 use drbdpool::exec::RealRunner;
-use drbdpool::store::docs::{BackendKind, BackendSpec, NodeDoc, Replica, VolumeDoc, VolumeState};
+use drbdpool::store::docs::{BackendKind, BackendSpec, NodeDoc, VolumeDoc, VolumeState};
 use drbdpool::store::Store;
 
 pub fn can_loop() -> bool {
@@ -76,25 +76,14 @@ impl Lab {
     }
     pub fn volume(&self, res: &str, nodes: &[&str], size_kib: u64) -> VolumeDoc {
         VolumeDoc {
-            format: 1,
-            storeid: "pool1".into(),
-            volname: format!("{res}-vol"),
             vmid: 100,
             resource: res.into(),
             size_kib,
-            minor: 1000,
-            port: 7000,
-            replicas: nodes.iter().enumerate().map(|(i, n)| Replica { node: n.to_string(), node_id: i as u8 }).collect(),
             backend: BackendSpec { kind: BackendKind::File, vg: None, thinpool: None, dir: Some(self.shared_dir()) },
             secret: "secret".into(),
             state: VolumeState::Creating,
-            base: false,
-            parent: None,
-            snapshots: vec![],
-            outdated: vec![],
-            dual_primary: None,
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), // a `creating` doc older than the create expiry is rolled back
-            generation: 1,
+            ..VolumeDoc::for_test("pool1", &format!("{res}-vol"), nodes)
         }
     }
     /// Loop devices attached to `file`.
