@@ -242,6 +242,14 @@ my $blockers = [];
 eval { $P->volume_rollback_is_possible($scfg, 'dpool', 'vm-100-disk-0', 'snap1', $blockers) };
 like($@, qr/can't rollback.*snap2, snap3/, 'rollback refused, naming the newer snapshots');
 is_deeply($blockers, ['snap2', 'snap3'], 'blockers pushed for PVE');
+# A reply that is not plain ASCII is untainted by walking it, arrays of strings included.
+set_reply($dir, 'rollback_is_possible',
+    { ok => JSON::PP::true, result => { possible => JSON::PP::false, blockers => ['snap2', 'snap3'], note => "caf\x{e9}" } });
+$blockers = [];
+eval { $P->volume_rollback_is_possible($scfg, 'dpool', 'vm-100-disk-0', 'snap1', $blockers) };
+like($@, qr/can't rollback.*snap2, snap3/, 'non-ASCII reply: rollback refused, naming the newer snapshots');
+is_deeply($blockers, ['snap2', 'snap3'], 'non-ASCII reply: blockers walked and untainted');
+ok(taint_free($blockers), 'non-ASCII reply: blockers untainted');
 set_reply($dir, 'rollback_is_possible', undef);
 is($P->volume_rollback_is_possible($scfg, 'dpool', 'vm-100-disk-0', 'snap1', []), 1, 'rollback possible: 1');
 set_reply($dir, 'snapshot_list', { ok => JSON::PP::true, result => { snapshots => {

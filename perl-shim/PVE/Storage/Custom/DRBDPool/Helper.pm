@@ -105,7 +105,7 @@ sub _untaint_tree {
         }
         return \%out;
     } elsif ($type eq 'ARRAY') {
-        return [map { ref($_) ? _untaint_tree($_) : defined($_) ? _untaint_scalar($_) : undef } @$v];
+        return [map { ref($_) ? _untaint_tree($_) : defined($_) ? (($_ =~ m/^([^\x00-\x08\x0b-\x1f\x7f]*)$/s)[0] // '') : undef } @$v];
     } elsif ($type) {
         return $v; # JSON booleans
     } elsif (defined($v)) {
