@@ -213,6 +213,7 @@ pub mod words {
 
 // The DRBD side proper (sim.rs is the simulated side, kept by the node side).
 pub mod events2;
+pub mod observe;
 pub mod openers;
 pub mod proc_drbd;
 pub mod real;
