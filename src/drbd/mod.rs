@@ -115,12 +115,9 @@ pub trait Replication: Send + Sync {
     fn down(&self, resource: &str) -> Result<()>;
     /// State of every configured resource, one consistent snapshot.
     fn status(&self) -> Result<Vec<ResourceStatus>>;
-    /// State of one resource (None: not up here). Default: picked out of `status`. Sides
-    /// that can ask for one resource should: `activate` on a node with 1,000 resources
-    /// must not read them all (docs/BENCHMARKS.md).
-    fn resource_status(&self, resource: &str) -> Result<Option<ResourceStatus>> {
-        Ok(self.status()?.into_iter().find(|s| s.name == resource))
-    }
+    /// State of one resource (None: not up here), asked for that resource alone: `activate`
+    /// and the agent's refresh on a node with 1,000 resources must not read them all.
+    fn resource_status(&self, resource: &str) -> Result<Option<ResourceStatus>>;
     fn promote(&self, resource: &str) -> Result<()>;
     fn demote(&self, resource: &str) -> Result<()>;
     /// Declare freshly created, connected, Inconsistent/Inconsistent data UpToDate without a full sync.
