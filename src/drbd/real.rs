@@ -9,7 +9,6 @@
 //!   overwrites existing metadata, so it is never run on a device that has some);
 //! - a failed `adjust` puts the previous file back and adjusts again.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use super::events2::{self, Events2State};
 use super::openers::{self, Opener};
 use super::render::{self, file_name};
 use super::version::{self, Flavor};
-use super::{proc_drbd, Applied, Replication, ResourcePlan, ResourceStatus};
+use super::{Applied, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Output, Runner};
 
@@ -183,15 +182,6 @@ impl DrbdAdm {
             tracing::warn!(garbage = s.garbage_lines, unknown = ?s.unknown, "drbdsetup events2: unexpected output kept/skipped");
         }
         Ok(s)
-    }
-
-    /// 8.4 fallback: /proc/drbd, with minors named from the plans (`minor -> resource`).
-    pub fn status_from_proc(&self, minors: &BTreeMap<u32, String>) -> Result<Vec<ResourceStatus>> {
-        let text = std::fs::read_to_string(&self.proc_drbd).map_err(|e| {
-            Error::Tool(format!("cannot read {}: {e} (load the drbd module: modprobe drbd)", self.proc_drbd.display()))
-        })?;
-        let p = proc_drbd::parse(&text);
-        Ok(proc_drbd::to_status(&p, |m| minors.get(&m).cloned()))
     }
 
     /// Who holds the devices of `resource` open, by the kernel's answers (openers.rs).

@@ -417,17 +417,6 @@ fn resource_status_asks_for_that_resource_alone() {
 }
 
 #[test]
-fn status_from_proc_names_minors() {
-    let t = setup(Flavor::V84);
-    let p = t.dir.path().join("proc-drbd");
-    std::fs::write(&p, fixture("proc-drbd.synctarget.out")).unwrap();
-    let adm = DrbdAdm::new_in(Arc::new(t.r.clone()), t.dir.path()).with_flavor(Flavor::V84).with_proc_drbd(&p);
-    let s = adm.status_from_proc(&BTreeMap::from([(0, "r0".to_string())])).unwrap();
-    assert_eq!(s[0].name, "r0");
-    assert_eq!(s[0].connections[0].peer_devices[0].done_percent, Some(1.6));
-}
-
-#[test]
 fn small_commands_exact_argv() {
     let t = setup(Flavor::V9);
     t.adm.set_dual_primary(RES, true).unwrap();
