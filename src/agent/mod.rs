@@ -60,8 +60,7 @@ pub struct AgentOpts {
     pub metrics_addr: Option<String>,
 }
 
-/// The real DRBD side (drbdadm/drbdsetup). The `drbd` branch provides
-/// `crate::drbd::real::DrbdAdm`; the integrator wires it here.
+/// The real DRBD side (drbdadm/drbdsetup: crate::drbd::real::DrbdAdm).
 pub fn real_replication(runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
     Ok(Box::new(crate::drbd::real::DrbdAdm::new(runner)))
 }

@@ -1,5 +1,6 @@
 //! DRBD: version detection, resource-file rendering (9 and 8.4 syntax), safe
-//! apply, tolerant state parsers, and the `Replication` trait with a real side
+//! apply, DRBD's state typed once (events2.rs parses it on 9 and 8.4, observe.rs
+//! says what it means for a volume), and the `Replication` trait with a real side
 //! (drbdadm/drbdsetup through the exec seam) and a simulated side (files in a
 //! directory, for tests on machines without the kernel module).
 
