@@ -15,7 +15,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use drbdpool::doctor;
-use drbdpool::drbd::{events2, proc_drbd, status_json, version};
+use drbdpool::drbd::{events2, version};
 use drbdpool::ha;
 use drbdpool::store::docs::{
     BackendKind, BackendSpec, DualPrimary, NodeDoc, NodeState, PeerObserved, SnapshotDoc, Space, VolumeDoc,
@@ -370,52 +370,11 @@ fn events2_skip_counts_do_not_overflow() {
     assert_eq!(s.skipped_events, u64::MAX);
 }
 
-const V9_STATUS_JSON: &str = r#"[{"name": "vm-100-disk-0", "node-id": 1, "role": "Primary", "suspended": false,
-  "write-ordering": "flush",
-  "devices": [{"volume": 0, "minor": 1000, "disk-state": "UpToDate", "client": false, "open": true,
-               "quorum": true, "size": 2109208, "read": 0}],
-  "connections": [{"peer-node-id": 0, "name": "pve1", "connection-state": "Connected", "congested": false,
-                   "peer-role": "Secondary",
-                   "paths": [{"this_host": {"address": "10.0.0.2", "port": 7000, "family": "ipv4"}, "established": true}],
-                   "peer_devices": [{"volume": 0, "replication-state": "SyncSource", "peer-disk-state": "Inconsistent",
-                                     "peer-client": false, "resync-suspended": "no", "out-of-sync": 1000,
-                                     "percent-in-sync": 99.9, "percent-resync-done": 42.5}]},
-                  {"peer-node-id": 2, "name": "pve3", "connection-state": "Connecting", "peer-role": "Unknown",
-                   "peer_devices": [{"volume": 0, "replication-state": "Off", "peer-disk-state": "DUnknown"}]}]}]"#;
-
+/// The version line of /proc/drbd (read by version::detect when drbdadm names no module).
 #[test]
-fn status_json_errors_or_parses() {
-    // The lab runs DRBD 8.4, whose drbdsetup refuses --json (those fixtures are its usage text):
-    // add the DRBD 9 shape (drbd-utils resource_status_json, as in status_json's unit tests).
-    let mut bases = fixtures(&["drbdsetup-status-json"]);
-    bases.push(V9_STATUS_JSON.to_string());
-    check("status --json mutated fixtures / garbage", cases(2000), tool_output(bases.clone()), |text| {
-        if let Err(e) = status_json::parse(&text) {
-            prop_assert_eq!(e.kind(), "tool");
-            prop_assert!(e.to_string().contains("drbdsetup status --json"), "{}", e);
-        }
-        Ok(())
-    });
-    // Structurally valid JSON with keys deleted and values of the wrong type.
-    assert_eq!(status_json::parse(V9_STATUS_JSON).unwrap().len(), 1, "the unmutated base parses");
-    let values = vec![serde_json::from_str(V9_STATUS_JSON).unwrap()];
-    check("status --json JSON-level mutations", cases(2000), json_mutated(values), |v| {
-        if let Err(e) = status_json::parse(&v.to_string()) {
-            prop_assert_eq!(e.kind(), "tool");
-        }
-        Ok(())
-    });
-}
-
-#[test]
-fn proc_drbd_never_panics() {
+fn proc_drbd_version_never_panics() {
     let bases = fixtures(&["proc-drbd"]);
-    check("/proc/drbd mutated fixtures / garbage (parse + to_status)", cases(2000), tool_output(bases), |text| {
-        let p = proc_drbd::parse(&text);
-        for d in &p.devices {
-            let _ = d.out_of_sync_kib();
-        }
-        let _ = proc_drbd::to_status(&p, |m| (m % 2 == 0).then(|| format!("r{m}")));
+    check("/proc/drbd mutated fixtures / garbage (version line)", cases(2000), tool_output(bases), |text| {
         let _ = version::parse_proc_drbd_version(&text);
         Ok(())
     });

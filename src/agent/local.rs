@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use crate::backend::{backend_for, Backend, Backing};
-use crate::drbd::{PlanHost, Replication, ResourcePlan, ResourceStatus};
+use crate::drbd::{observe, PlanHost, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::exec::Runner;
 use crate::node::NodeOps;
-use crate::store::docs::{BackendSpec, PeerObserved, Space, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::docs::{BackendSpec, Space, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::Store;
 
 /// Builds the backend of a BackendSpec. Production: `backend_for` with the real
@@ -42,20 +42,6 @@ pub struct LocalNode {
     node: String,
     backends: BackendFactory,
     repl: Box<dyn Replication>,
-}
-
-/// " and open" (with who holds it, when the DRBD side says) for refusal messages.
-fn open_note(st: &ResourceStatus) -> Option<String> {
-    let d = st.devices.iter().find(|d| d.open == Some(true))?;
-    Some(match d.extra.get("opened-by") {
-        Some(by) => format!(" and open (by {by})"),
-        None => " and open".into(),
-    })
-}
-
-/// Disk states that mean "backing attached, metadata present".
-pub(crate) fn attached(disk: &str) -> bool {
-    matches!(disk, "UpToDate" | "Inconsistent" | "Outdated" | "Consistent" | "Negotiating")
 }
 
 impl LocalNode {
@@ -166,61 +152,9 @@ impl LocalNode {
         self.repl.resource_status(res)
     }
 
-    /// Translate DRBD's view into the published per-volume state.
+    /// DRBD's view of `vol` here, as this node publishes it (drbd/observe.rs).
     pub fn observed_from(&self, vol: &VolumeDoc, st: &ResourceStatus) -> VolumeObserved {
-        let dev = st.devices.first();
-        let disk = dev.map(|d| d.disk.clone()).unwrap_or_else(|| "Diskless".into());
-        let peers = st
-            .connections
-            .iter()
-            .map(|c| {
-                let others: Vec<_> = vol.replicas.iter().filter(|r| r.node != self.node).collect();
-                // DRBD 8.4 has one peer, fakes peer-node-id 0 and names every connection "peer".
-                let node = if others.len() == 1 && st.connections.len() == 1 {
-                    others[0].node.clone()
-                } else {
-                    c.peer_node_id
-                        .and_then(|id| others.iter().find(|r| r.node_id as u32 == id))
-                        .map(|r| r.node.clone())
-                        .unwrap_or_else(|| c.conn_name.clone())
-                };
-                let pd = c.peer_devices.first();
-                PeerObserved {
-                    node,
-                    connection: c.connection.clone(),
-                    role: c.peer_role.clone(),
-                    disk: pd.map(|p| p.peer_disk.clone()).unwrap_or_else(|| "DUnknown".into()),
-                    replication: pd.map(|p| p.replication.clone()).unwrap_or_default(),
-                    out_of_sync_kib: pd.map(|p| p.out_of_sync_kib).unwrap_or(0),
-                    sync_percent: pd.and_then(|p| p.done_percent),
-                }
-            })
-            .collect();
-        VolumeObserved {
-            ready: attached(&disk),
-            generation: vol.generation,
-            role: st.role.clone(),
-            disk,
-            open: dev.and_then(|d| d.open).unwrap_or(false),
-            size_kib: dev.and_then(|d| d.size_kib).unwrap_or(0),
-            peers,
-            error: None,
-            // Filled by the agent's snapshot reconcile.
-            snapshots: Vec::new(),
-        }
-    }
-
-    /// Every replica connected and Inconsistent, this one too: fresh metadata everywhere
-    /// (no node ever had good data, so nothing was ever written).
-    pub fn initial_sync_due(&self, vol: &VolumeDoc, st: &ResourceStatus) -> bool {
-        Self::every_replica(vol, st, "Inconsistent")
-    }
-
-    /// This replica's disk is `disk`, and every peer's, each connected.
-    fn every_replica(vol: &VolumeDoc, st: &ResourceStatus, disk: &str) -> bool {
-        st.devices.first().is_some_and(|d| d.disk == disk)
-            && st.connections.len() == vol.replicas.len().saturating_sub(1)
-            && st.connections.iter().all(|c| c.connection == "Connected" && c.peer_devices.first().is_some_and(|p| p.peer_disk == disk))
+        observe::volume(vol, &self.node, st)
     }
 
     /// Thick backends: make this node's data the source of a full initial sync.
@@ -242,10 +176,10 @@ impl LocalNode {
         let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
         // The agent of this node and the alloc helper both try a skip; whoever comes second
         // finds every replica connected and UpToDate: nothing left to skip.
-        if how == InitialSync::Skip && Self::every_replica(vol, &st, "UpToDate") {
+        if how == InitialSync::Skip && observe::all_uptodate(vol, &st) {
             return Ok(());
         }
-        if !self.initial_sync_due(vol, &st) {
+        if !observe::initial_sync_due(vol, &st) {
             let when = match how {
                 InitialSync::Skip => "can be skipped only while every replica is connected and Inconsistent with fresh metadata",
                 InitialSync::Full => "starts only when every replica is connected and Inconsistent",
@@ -388,7 +322,7 @@ impl NodeOps for LocalNode {
         // DrbdAdm::demote retries "held open"): look again before refusing.
         for attempt in 1..=DEMOTE_OPEN_CHECKS {
             let Some(st) = self.status_of(&vol.resource)? else { break };
-            let Some(open) = open_note(&st) else { break };
+            let Some(open) = observe::open_note(&st) else { break };
             if attempt == DEMOTE_OPEN_CHECKS {
                 return Err(Error::Refused(format!(
                     "{}: the replica on {} is {}{}; not demoting (stop the guest or process using it first)",
@@ -580,7 +514,7 @@ impl LocalNode {
     /// Invariant 2: never remove or change the data under a Primary or an open device.
     fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
         if let Some(st) = self.status_of(&vol.resource)? {
-            let open = open_note(&st);
+            let open = observe::open_note(&st);
             if st.role == "Primary" || open.is_some() {
                 return Err(Error::Refused(format!(
                     "{}: not {what} on {}: the replica is {}{}; stop the guest using it first",

@@ -60,8 +60,7 @@ pub struct AgentOpts {
     pub metrics_addr: Option<String>,
 }
 
-/// The real DRBD side (drbdadm/drbdsetup). The `drbd` branch provides
-/// `crate::drbd::real::DrbdAdm`; the integrator wires it here.
+/// The real DRBD side (drbdadm/drbdsetup: crate::drbd::real::DrbdAdm).
 pub fn real_replication(runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
     Ok(Box::new(crate::drbd::real::DrbdAdm::new(runner)))
 }
@@ -114,7 +113,7 @@ pub fn run_with(opts: AgentOpts, local: LocalNode) -> Result<()> {
     // trigger for store changes: pmxcfs has no cross-node notification).
     let (wake_tx, wake) = std::sync::mpsc::channel::<()>();
     if !opts.once && std::env::var("DRBDPOOL_DRBD").map(|v| v.is_empty() || v == "real").unwrap_or(true) {
-        watch_drbd_events(wake_tx);
+        crate::drbd::events2::watch(wake_tx);
     }
     let mut poked = wake::WakeWatch::new(&opts.store, &opts.node);
     tracing::info!(node = %opts.node, interval = ?opts.interval, ha = ha.is_some(), "agent started");
@@ -190,25 +189,4 @@ fn update_metrics(m: &std::sync::Mutex<crate::metrics::MetricsData>, opts: &Agen
     }
     d.state = state;
     d.volumes = volumes;
-}
-
-/// Follow `drbdsetup events2` (9 and 8.4 print the same shape) on a thread and send a
-/// wake-up for every change after the initial dump; restart it 5 s after it ends.
-fn watch_drbd_events(wake: std::sync::mpsc::Sender<()>) {
-    std::thread::spawn(move || loop {
-        let cmd = crate::exec::Cmd::new("drbdsetup").args(["events2", "all"]);
-        let mut dumped = false;
-        let r = crate::exec::stream_lines(&cmd, |line| {
-            if line.starts_with("exists -") {
-                dumped = true;
-            } else if dumped && !line.starts_with("exists ") && wake.send(()).is_err() {
-                return false; // the agent is gone
-            }
-            true
-        });
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "drbdsetup events2 not available; polling only");
-        }
-        std::thread::sleep(std::time::Duration::from_secs(5));
-    });
 }

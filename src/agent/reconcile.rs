@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::local::LocalNode;
+use crate::drbd::observe::{self, healed_outdated};
 use crate::drbd::ResourceStatus;
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
@@ -323,7 +324,7 @@ impl Agent {
         let first = vol.replicas.first().is_some_and(|r| r.node == self.node());
         if first {
             let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
-            if self.local.initial_sync_due(vol, st) {
+            if observe::initial_sync_due(vol, st) {
                 let thin = self.local.is_thin(&vol.backend)?;
                 if thin && vol.state == VolumeState::Creating {
                     tracing::info!(resource = %res, "fresh thin replicas connected: skipping the initial sync");
@@ -606,41 +607,5 @@ impl Agent {
         tracing::debug!(node = %s.node, "node state published");
         self.last = Some(s);
         Ok(())
-    }
-}
-
-/// Outdated peers of `vol` that this node's kernel shows healed: (node, its DRBD node id).
-/// Healed = this disk UpToDate and the connection to that peer Connected, its disk UpToDate,
-/// nothing out of sync. Only for two replicas, judged by the replica that is not marked
-/// (the one that fenced): a marked node never clears its own mark, because its kernel may
-/// still show the link up for a ping timeout after the fencing side saw it go (the lab's
-/// link_cut caught exactly that), and with three replicas another node's link says nothing
-/// about the one that fenced.
-pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(String, u8)> {
-    if vol.replicas.len() != 2 || vol.outdated.iter().any(|n| n == me) {
-        return Vec::new();
-    }
-    if st.devices.is_empty() || !st.devices.iter().all(|d| d.disk == "UpToDate") {
-        return Vec::new();
-    }
-    let Some(peer) = vol.replicas.iter().find(|r| r.node != me) else { return Vec::new() };
-    if !vol.outdated.contains(&peer.node) {
-        return Vec::new();
-    }
-    // The connection to that peer: DRBD 9 names its node id; 8.4 has exactly one.
-    let conn = match st.connections.iter().find(|c| c.peer_node_id == Some(u32::from(peer.node_id))) {
-        Some(c) => Some(c),
-        None if st.connections.len() == 1 && st.connections[0].peer_node_id.is_none() => Some(&st.connections[0]),
-        None => None,
-    };
-    let healed = conn.is_some_and(|c| {
-        c.connection == "Connected"
-            && !c.peer_devices.is_empty()
-            && c.peer_devices.iter().all(|p| crate::drbd::peer_in_sync(&p.replication, &p.peer_disk, p.out_of_sync_kib))
-    });
-    if healed {
-        vec![(peer.node.clone(), peer.node_id)]
-    } else {
-        Vec::new()
     }
 }

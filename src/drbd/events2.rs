@@ -411,6 +411,58 @@ pub fn parse_now(text: &str) -> Events2State {
     s
 }
 
+/// Tells, line by line of a live `drbdsetup events2` stream, whether DRBD's state changed.
+/// The initial dump (`exists` lines up to `exists -`) is not a change; after it every
+/// event is, and so are a report of skipped events (the cached view may be stale) and a
+/// line that does not parse (something happened that this parser does not know).
+#[derive(Debug, Default)]
+pub struct ChangeWatch {
+    dumped: bool,
+}
+
+impl ChangeWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_change(&mut self, line: &str) -> bool {
+        match parse_line(line) {
+            Ok(None) => false,
+            Ok(Some(Line::InitialDone)) => {
+                self.dumped = true;
+                false
+            }
+            Ok(Some(Line::Event { action, .. })) => self.dumped && action != "exists",
+            Ok(Some(Line::Skipped(_))) | Err(_) => self.dumped,
+        }
+    }
+}
+
+/// Follow `drbdsetup events2 all` (9 and 8.4 print the same shape) on a thread and send
+/// a wake-up for every change after the initial dump (`ChangeWatch`); restart it 5 s
+/// after it ends. The thread ends when the receiver is gone.
+pub fn watch(wake: std::sync::mpsc::Sender<()>) {
+    std::thread::spawn(move || loop {
+        let cmd = crate::exec::Cmd::new("drbdsetup").args(["events2", "all"]);
+        let mut changes = ChangeWatch::new();
+        let mut gone = false;
+        let r = crate::exec::stream_lines(&cmd, |line| {
+            if changes.is_change(line) && wake.send(()).is_err() {
+                gone = true;
+                return false;
+            }
+            true
+        });
+        if gone {
+            return;
+        }
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "drbdsetup events2 not available; polling only");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,5 +605,28 @@ mod tests {
         assert!(s.initial_done && s.resources().is_empty());
         let s = parse_now("");
         assert!(!s.initial_done);
+    }
+
+    /// The recorded live streams (8.4 without, 9 with `--timestamps`): the dump wakes
+    /// nothing, every line after it does.
+    #[test]
+    fn a_live_stream_is_a_change_after_its_initial_dump() {
+        for text in [
+            fixture("drbdsetup-events2.recorded-on-nodeB.out"),
+            crate::drbd::fixture9("drbdsetup-events2-live.kill-and-promote.node2.out"),
+        ] {
+            let lines: Vec<&str> = text.lines().collect();
+            let dump = lines.iter().position(|l| l.ends_with("exists -")).expect("fixture has its dump") + 1;
+            let mut w = ChangeWatch::new();
+            let woke: Vec<bool> = lines.iter().map(|l| w.is_change(l)).collect();
+            assert!(woke[..dump].iter().all(|c| !c), "the dump is no change");
+            assert!(woke[dump..].iter().all(|c| *c), "every event after it is");
+            assert!(dump < lines.len(), "fixture has events after the dump");
+        }
+        let mut w = ChangeWatch::new();
+        assert!(!w.is_change("- skipped 3"), "before the dump nothing is a change");
+        w.is_change("exists -");
+        assert!(w.is_change("- skipped 3") && w.is_change("not an event") && !w.is_change(""));
+        assert!(!w.is_change("exists resource name:r0 role:Secondary"));
     }
 }

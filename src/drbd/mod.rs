@@ -1,5 +1,6 @@
 //! DRBD: version detection, resource-file rendering (9 and 8.4 syntax), safe
-//! apply, tolerant state parsers, and the `Replication` trait with a real side
+//! apply, DRBD's state typed once (events2.rs parses it on 9 and 8.4, observe.rs
+//! says what it means for a volume), and the `Replication` trait with a real side
 //! (drbdadm/drbdsetup through the exec seam) and a simulated side (files in a
 //! directory, for tests on machines without the kernel module).
 
@@ -92,9 +93,10 @@ pub struct PeerDeviceStatus {
 /// Is a connected peer's copy the same as ours, as far as DRBD says (ours UpToDate is checked
 /// by the caller)? The peer must be UpToDate, and the out-of-sync counter must be 0 unless
 /// replication is `Established`: then DRBD has nothing left to resync, whatever the counter
-/// says. DRBD 9.2.18 kept `out-of-sync:4044` for at least 6 s after a finished resync,
-/// Established and UpToDate (tests/fixtures/drbd9-real/drbdsetup-status-json-statistics.resync-done-6s-later.node3.out),
-/// so the counter is never trusted on its own.
+/// says. DRBD 9.2.18 kept `out-of-sync:4044` after a finished resync, Established and
+/// UpToDate (events2 at the end of the resync: tests/fixtures/drbd9-real/drbdsetup-events2-live.resync.node3.out;
+/// still 6 s later: drbdsetup-status-json-statistics.resync-done-6s-later.node3.out), so the
+/// counter is never trusted on its own.
 pub fn peer_in_sync(replication: &str, peer_disk: &str, out_of_sync_kib: u64) -> bool {
     peer_disk == "UpToDate" && (out_of_sync_kib == 0 || replication == "Established")
 }
@@ -115,12 +117,9 @@ pub trait Replication: Send + Sync {
     fn down(&self, resource: &str) -> Result<()>;
     /// State of every configured resource, one consistent snapshot.
     fn status(&self) -> Result<Vec<ResourceStatus>>;
-    /// State of one resource (None: not up here). Default: picked out of `status`. Sides
-    /// that can ask for one resource should: `activate` on a node with 1,000 resources
-    /// must not read them all (docs/BENCHMARKS.md).
-    fn resource_status(&self, resource: &str) -> Result<Option<ResourceStatus>> {
-        Ok(self.status()?.into_iter().find(|s| s.name == resource))
-    }
+    /// State of one resource (None: not up here), asked for that resource alone: `activate`
+    /// and the agent's refresh on a node with 1,000 resources must not read them all.
+    fn resource_status(&self, resource: &str) -> Result<Option<ResourceStatus>>;
     fn promote(&self, resource: &str) -> Result<()>;
     fn demote(&self, resource: &str) -> Result<()>;
     /// Declare freshly created, connected, Inconsistent/Inconsistent data UpToDate without a full sync.
@@ -213,11 +212,10 @@ pub mod words {
 
 // The DRBD side proper (sim.rs is the simulated side, kept by the node side).
 pub mod events2;
+pub mod observe;
 pub mod openers;
-pub mod proc_drbd;
 pub mod real;
 pub mod render;
-pub mod status_json;
 pub mod version;
 
 /// Real outputs of the DRBD tools, copied from the lab (tests/fixtures/drbd84-real/README.md).
@@ -242,14 +240,17 @@ mod tests {
     /// UpToDate, 4044 KiB): in sync by the state words. A resync in progress is not.
     #[test]
     fn a_stale_out_of_sync_count_alone_does_not_make_a_peer_unsynced() {
-        let done = status_json::parse(&fixture9("drbdsetup-status-json-statistics.resync-done-6s-later.node3.out")).unwrap();
+        let done = events2::parse_now(&fixture9("drbdsetup-events2-live.resync.node3.out")).resources();
         let pds: Vec<&PeerDeviceStatus> = done[0].connections.iter().flat_map(|c| c.peer_devices.iter()).collect();
-        assert_eq!(pds.iter().map(|p| p.out_of_sync_kib).collect::<Vec<_>>(), vec![0, 4044], "fixture changed");
+        let mut counts: Vec<u64> = pds.iter().map(|p| p.out_of_sync_kib).collect();
+        counts.sort();
+        assert_eq!(counts, vec![0, 4044], "fixture changed");
         for p in &pds {
             assert!(peer_in_sync(&p.replication, &p.peer_disk, p.out_of_sync_kib), "{p:?}");
         }
-        let syncing = status_json::parse(&fixture9("drbdsetup-status-json-statistics.resync-synctarget.node3.out")).unwrap();
-        let pd = &syncing[0].connections[0].peer_devices[0];
+        let syncing = events2::parse_now(&fixture9("drbdsetup-events2-now-statistics.resync-synctarget.node3.out"));
+        let r0 = syncing.resource("r0").unwrap();
+        let pd = r0.connections.iter().flat_map(|c| c.peer_devices.iter()).find(|p| p.replication == "SyncTarget").unwrap();
         assert!(pd.out_of_sync_kib > 0 && pd.replication != "Established", "fixture changed: {pd:?}");
         assert!(!peer_in_sync(&pd.replication, &pd.peer_disk, pd.out_of_sync_kib));
         // A count without a replication word is trusted; a peer not UpToDate never is in sync.

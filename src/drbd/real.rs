@@ -9,7 +9,6 @@
 //!   overwrites existing metadata, so it is never run on a device that has some);
 //! - a failed `adjust` puts the previous file back and adjusts again.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use super::events2::{self, Events2State};
 use super::openers::{self, Opener};
 use super::render::{self, file_name};
 use super::version::{self, Flavor};
-use super::{proc_drbd, Applied, Replication, ResourcePlan, ResourceStatus};
+use super::{Applied, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Output, Runner};
 
@@ -150,7 +149,20 @@ impl DrbdAdm {
 
     /// One consistent snapshot of every resource the kernel knows (events2 works on 9 and 8.4).
     pub fn snapshot(&self) -> Result<Events2State> {
-        let cmd = self.setup().args(["events2", "--now", "--statistics"]);
+        self.events_now(None)
+    }
+
+    /// The kernel's state of `resource` alone (None: not up here). drbdsetup's `events2`
+    /// takes a resource name on 9 and on 8.4 (`events2 {resource|all}` in both of
+    /// drbd-utils' drbdsetup), so a node with many resources is not read in full for one.
+    /// The answer is still picked out by name.
+    pub fn snapshot_of(&self, resource: &str) -> Result<Option<ResourceStatus>> {
+        Ok(self.events_now(Some(resource))?.resource(resource))
+    }
+
+    /// `drbdsetup events2 --now --statistics [resource]`, parsed.
+    fn events_now(&self, resource: Option<&str>) -> Result<Events2State> {
+        let cmd = self.setup().args(["events2", "--now", "--statistics"]).args(resource);
         let out = self.runner.run(&cmd)?;
         if !out.success() {
             let hint = if out.stderr.contains("modprobe") || out.status == 20 {
@@ -170,15 +182,6 @@ impl DrbdAdm {
             tracing::warn!(garbage = s.garbage_lines, unknown = ?s.unknown, "drbdsetup events2: unexpected output kept/skipped");
         }
         Ok(s)
-    }
-
-    /// 8.4 fallback: /proc/drbd, with minors named from the plans (`minor -> resource`).
-    pub fn status_from_proc(&self, minors: &BTreeMap<u32, String>) -> Result<Vec<ResourceStatus>> {
-        let text = std::fs::read_to_string(&self.proc_drbd).map_err(|e| {
-            Error::Tool(format!("cannot read {}: {e} (load the drbd module: modprobe drbd)", self.proc_drbd.display()))
-        })?;
-        let p = proc_drbd::parse(&text);
-        Ok(proc_drbd::to_status(&p, |m| minors.get(&m).cloned()))
     }
 
     /// Who holds the devices of `resource` open, by the kernel's answers (openers.rs).
@@ -208,7 +211,7 @@ impl DrbdAdm {
     }
 
     fn is_up(&self, resource: &str) -> Result<bool> {
-        Ok(self.snapshot()?.resource(resource).is_some())
+        Ok(self.snapshot_of(resource)?.is_some())
     }
 
     /// Does the backing device carry DRBD metadata? (Only asked while the resource is down.)
@@ -405,8 +408,7 @@ impl Replication for DrbdAdm {
 
     fn down(&self, resource: &str) -> Result<()> {
         let live = self.res_path(resource);
-        let snap = self.snapshot()?;
-        if let Some(st) = snap.resource(resource) {
+        if let Some(st) = self.snapshot_of(resource)? {
             // DRBD 9 with a read-only opener drops every connection first and only then fails
             // `(-2) Need access to UpToDate data`, leaving the replica up without peers
             // (tests/fixtures/drbd9-real/project.drbdadm-down-held-open-ro.node3.err): look first.
@@ -446,6 +448,10 @@ impl Replication for DrbdAdm {
 
     fn status(&self) -> Result<Vec<ResourceStatus>> {
         self.fill_open(self.snapshot()?.resources())
+    }
+
+    fn resource_status(&self, resource: &str) -> Result<Option<ResourceStatus>> {
+        Ok(self.fill_open(self.snapshot_of(resource)?.into_iter().collect())?.pop())
     }
 
     fn promote(&self, resource: &str) -> Result<()> {
@@ -517,8 +523,7 @@ impl Replication for DrbdAdm {
     }
 
     fn skip_initial_sync(&self, resource: &str) -> Result<()> {
-        let snap = self.snapshot()?;
-        let r = snap.resource(resource).ok_or_else(|| {
+        let r = self.snapshot_of(resource)?.ok_or_else(|| {
             Error::Refused(format!("cannot skip the initial sync of {resource}: it is not up on this node"))
         })?;
         let local_ok = !r.devices.is_empty() && r.devices.iter().all(|d| d.disk == "Inconsistent");

@@ -189,7 +189,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
             .iter()
             .filter(|n| {
                 let said = pubd.get(*n).cloned().flatten().is_some_and(|o| o.ready && o.generation >= doc.generation);
-                let seen = kernel_peer(view, n).is_some_and(|p| crate::agent::local::attached(&p.disk));
+                let seen = kernel_peer(view, n).is_some_and(|p| crate::drbd::observe::attached(&p.disk));
                 !(said || seen)
             })
             .cloned()

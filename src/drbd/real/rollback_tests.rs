@@ -17,7 +17,7 @@ fn wipe_metadata_writes_the_file_then_recreates_metadata_while_down() {
     r.on(&["drbdsetup", "events2", "--now", "--statistics"], Output::ok("exists -\n"));
     adm.wipe_metadata(&plan(2)).unwrap();
     let calls = r.calls();
-    assert_eq!(calls[0], "drbdsetup events2 --now --statistics");
+    assert_eq!(calls[0], "drbdsetup events2 --now --statistics vm-100-disk-0");
     assert!(calls[1].starts_with("drbdadm --config-to-test ") && calls[1].ends_with(" sh-nop"), "{calls:?}");
     // DRBD 9: with room for peers added later (PEER_SLOTS).
     assert_eq!(calls[2..], ["drbdadm -- --force --max-peers=7 create-md vm-100-disk-0".to_string()]);

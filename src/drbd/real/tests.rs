@@ -85,7 +85,7 @@ fn apply_fresh_creates_metadata_and_brings_up() {
         t.r.calls(),
         vec![
             format!("drbdadm --config-to-test {} sh-nop", t.tmp()),
-            "drbdsetup events2 --now --statistics".into(),
+            "drbdsetup events2 --now --statistics vm-100-disk-0".into(),
             "drbdadm get-gi vm-100-disk-0".into(),
             "drbdadm dump-md vm-100-disk-0".into(),
             "drbdadm -- --force --max-peers=7 create-md vm-100-disk-0".into(),
@@ -162,7 +162,7 @@ fn apply_unchanged_skips_write_and_test_but_adjusts() {
     t.events(&up_state("UpToDate", "Connected", "Established", "UpToDate"));
     let a = t.adm.apply(&plan(2)).unwrap();
     assert_eq!(a, Applied::default());
-    assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics", "drbdadm adjust vm-100-disk-0"]);
+    assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics vm-100-disk-0", "drbdadm adjust vm-100-disk-0"]);
     assert_eq!(std::fs::metadata(t.live()).unwrap().ino(), ino, "file not rewritten");
 }
 
@@ -181,7 +181,7 @@ fn apply_changed_tests_against_the_rest_then_adjusts() {
         t.r.calls(),
         vec![
             format!("drbdadm --config-to-test {} --config-to-exclude {} sh-nop", t.tmp(), t.live().display()),
-            "drbdsetup events2 --now --statistics".into(),
+            "drbdsetup events2 --now --statistics vm-100-disk-0".into(),
             "drbdadm adjust vm-100-disk-0".into(),
         ]
     );
@@ -210,7 +210,7 @@ fn apply_restores_previous_file_when_adjust_fails() {
         t.r.calls(),
         vec![
             format!("drbdadm --config-to-test {} --config-to-exclude {} sh-nop", t.tmp(), t.live().display()),
-            "drbdsetup events2 --now --statistics".into(),
+            "drbdsetup events2 --now --statistics vm-100-disk-0".into(),
             "drbdadm adjust vm-100-disk-0".into(),
             "drbdadm adjust vm-100-disk-0".into(),
         ]
@@ -315,7 +315,7 @@ fn skip_initial_sync_on_fresh_connected_inconsistent() {
     assert_eq!(
         t.r.calls(),
         vec![
-            "drbdsetup events2 --now --statistics",
+            "drbdsetup events2 --now --statistics vm-100-disk-0",
             "drbdadm get-gi vm-100-disk-0",
             "drbdadm -- --clear-bitmap new-current-uuid vm-100-disk-0/0",
         ]
@@ -348,7 +348,7 @@ fn skip_initial_sync_refuses_unless_connected_and_inconsistent_both_sides() {
         let e = t.adm.skip_initial_sync(RES).unwrap_err();
         assert_eq!(e.kind(), "refused", "{disk} {conn} {repl} {peer}");
         assert!(e.to_string().contains(conn), "{e}");
-        assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics"], "nothing run for {disk}/{peer}");
+        assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics vm-100-disk-0"], "nothing run for {disk}/{peer}");
     }
     let t = setup(Flavor::V9);
     t.events(DOWN);
@@ -367,9 +367,9 @@ fn down_takes_down_then_removes_file_idempotently() {
     assert_eq!(
         t.r.calls(),
         vec![
-            "drbdsetup events2 --now --statistics",
+            "drbdsetup events2 --now --statistics vm-100-disk-0",
             "drbdadm down vm-100-disk-0",
-            "drbdsetup events2 --now --statistics",
+            "drbdsetup events2 --now --statistics vm-100-disk-0",
         ]
     );
 }
@@ -397,15 +397,23 @@ fn status_parses_events2_and_explains_missing_module() {
     assert!(e.contains("modprobe drbd"), "{e}");
 }
 
+/// One resource is asked for by name (drbdsetup's `events2 {resource|all}`, 9 and 8.4),
+/// never by reading every resource; one that is not up is None.
 #[test]
-fn status_from_proc_names_minors() {
-    let t = setup(Flavor::V84);
-    let p = t.dir.path().join("proc-drbd");
-    std::fs::write(&p, fixture("proc-drbd.synctarget.out")).unwrap();
-    let adm = DrbdAdm::new_in(Arc::new(t.r.clone()), t.dir.path()).with_flavor(Flavor::V84).with_proc_drbd(&p);
-    let s = adm.status_from_proc(&BTreeMap::from([(0, "r0".to_string())])).unwrap();
-    assert_eq!(s[0].name, "r0");
-    assert_eq!(s[0].connections[0].peer_devices[0].done_percent, Some(1.6));
+fn resource_status_asks_for_that_resource_alone() {
+    for flavor in [Flavor::V9, Flavor::V84] {
+        let t = setup(flavor);
+        t.r.on(&["drbdsetup", "events2", "--now", "--statistics", "r0"], Output::ok(fixture("drbdsetup-events2-now.primary.out")));
+        t.r.on(&["drbdsetup", "events2", "--now", "--statistics", "r1"], Output::ok(DOWN));
+        let st = t.adm.resource_status("r0").unwrap().unwrap();
+        assert_eq!((st.name.as_str(), st.role.as_str()), ("r0", "Primary"));
+        assert_eq!(t.adm.resource_status("r1").unwrap(), None);
+        assert_eq!(
+            t.r.calls(),
+            vec!["drbdsetup events2 --now --statistics r0", "drbdsetup events2 --now --statistics r1"],
+            "{flavor:?}"
+        );
+    }
 }
 
 #[test]
@@ -488,7 +496,7 @@ fn down_on_9_with_an_opener_runs_nothing() {
         let e = t.adm.down(RES).unwrap_err();
         assert_eq!(e.kind(), "refused");
         assert!(e.to_string().contains("blkid (pid 539"), "{e}");
-        assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics"], "no drbdadm down");
+        assert_eq!(t.r.calls(), vec!["drbdsetup events2 --now --statistics vm-100-disk-0"], "no drbdadm down");
         assert!(t.live().exists(), "resource file kept");
     }
     // The kernel's own refusal, should an opener come between the look and `down`.
