@@ -64,6 +64,7 @@ pub fn volume(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> VolumeObserved 
         peers,
         error: None,
         snapshots: Vec::new(),
+        quorum: dev.and_then(|d| d.extra.get("quorum")).map(|q| q == "yes"),
     }
 }
 
@@ -106,11 +107,12 @@ pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(S
     if !vol.outdated.contains(&peer.node) {
         return Vec::new();
     }
-    // The connection to that peer: DRBD 9 names its node id; 8.4 has exactly one.
-    let conn = match st.connections.iter().find(|c| c.peer_node_id == Some(u32::from(peer.node_id))) {
-        Some(c) => Some(c),
-        None if st.connections.len() == 1 && st.connections[0].peer_node_id.is_none() => Some(&st.connections[0]),
-        None => None,
+    // The connection to that peer: with two replicas and one connection it is that one (8.4's
+    // events2 says peer-node-id:0 whatever the peer's id is, as `volume` above knows); else
+    // DRBD 9's node id names it (a diskless tie-breaker is a second connection).
+    let conn = match st.connections.as_slice() {
+        [only] => Some(only),
+        all => all.iter().find(|c| c.peer_node_id == Some(u32::from(peer.node_id))),
     };
     let healed = conn.is_some_and(|c| {
         c.connection == "Connected"
@@ -150,12 +152,26 @@ mod tests {
         let o = volume(&doc(&[("nodeA", 0), ("nodeB", 1)]), "nodeA", &st);
         assert_eq!((o.role.as_str(), o.disk.as_str(), o.ready, o.generation, o.size_kib), ("Primary", "UpToDate", true, 3, 262100));
         assert!(!o.open, "8.4 does not say: not open");
+        assert_eq!(o.quorum, None, "8.4 has no quorum");
         let p = &o.peers[0];
         assert_eq!((p.node.as_str(), p.connection.as_str(), p.role.as_str(), p.disk.as_str()), ("nodeB", "Connected", "Secondary", "UpToDate"));
         // Fresh metadata on both, connected: the initial sync is due.
         let st = parse_now(&fixture("drbdsetup-events2-now-statistics.out")).resource("r0").unwrap();
         assert!(initial_sync_due(&doc(&[("nodeA", 0), ("nodeB", 1)]), &st));
         assert!(!initial_sync_due(&doc(&[("nodeA", 0), ("nodeB", 1), ("nodeC", 2)]), &st), "a replica is missing");
+    }
+
+    /// The fencing side of a healed 8.4 link drops the mark of its peer whatever the peer's node id:
+    /// 8.4's events2 reports its one connection as peer-node-id 0, also when the peer is node 1.
+    #[test]
+    fn drbd84_heals_the_peer_whatever_its_node_id() {
+        let st = parse_now(&fixture("drbdsetup-events2-now.primary.out")).resource("r0").unwrap();
+        assert_eq!(st.connections[0].peer_node_id, Some(0), "fixture changed");
+        for (me, peer) in [(("nodeA", 0), ("nodeB", 1)), (("nodeB", 1), ("nodeA", 0))] {
+            let mut d = doc(&[me, peer]);
+            d.outdated = vec![peer.0.to_string()];
+            assert_eq!(healed_outdated(&d, me.0, &st), vec![(peer.0.to_string(), peer.1)], "{me:?} fenced {peer:?}");
+        }
     }
 
     /// DRBD 9 with several peers: each is named by its node id.
@@ -165,6 +181,9 @@ mod tests {
         let o = volume(&doc(&[("pve1", 0), ("pve2", 1), ("pve3", 2)]), "pve1", &st);
         let names: Vec<_> = o.peers.iter().map(|p| (p.node.as_str(), p.replication.as_str())).collect();
         assert_eq!(names, vec![("pve3", "Established"), ("pve2", "Established")]);
+        assert_eq!(o.quorum, Some(true));
+        let lost = parse_now(&fixture9("drbdsetup-events2-now-statistics.3node-no-quorum-primary.node2.out")).resource("r0").unwrap();
+        assert_eq!(volume(&doc(&[("pve1", 0), ("pve2", 1), ("pve3", 2)]), "pve2", &lost).quorum, Some(false));
         // Not a replica of the document: DRBD's connection name stands in.
         let o = volume(&doc(&[("pve1", 0), ("pve2", 1)]), "pve1", &st);
         assert_eq!(o.peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), vec!["node3", "pve2"]);
