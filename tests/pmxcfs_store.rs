@@ -417,6 +417,7 @@ fn big_state(node: &str, n: usize) -> NodeState {
                 peers: peers.iter().map(|p| peer(p)).collect(),
                 error: None,
                 snapshots: vec![],
+                quorum: Some(true),
             };
             (format!("dp.vm-{}-disk-{}", 100 + i / 4, i % 4), o)
         })

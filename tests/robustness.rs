@@ -601,6 +601,7 @@ fn sample_state() -> NodeState {
             }],
             error: Some("x".into()),
             snapshots: vec![],
+            quorum: None,
         },
     );
     NodeState { format: FORMAT, node: "pve1".into(), updated: 1764000002, storages, volumes }

@@ -161,6 +161,7 @@ fn observed(v: &VolumeDoc, node: &str) -> VolumeObserved {
             .collect(),
         error: None,
         snapshots: vec![],
+        quorum: None,
     }
 }
 

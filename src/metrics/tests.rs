@@ -38,6 +38,7 @@ fn fixture() -> MetricsData {
             }],
             error: None,
             snapshots: vec![],
+            quorum: None,
         },
     );
     volumes.insert(
@@ -60,6 +61,7 @@ fn fixture() -> MetricsData {
             }],
             error: Some("lvcreate failed".into()),
             snapshots: vec![],
+            quorum: None,
         },
     );
     MetricsData {

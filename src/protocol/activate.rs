@@ -119,8 +119,27 @@ pub fn decide(
     // Claims of peers DRBD cannot see here: (node, age of its last report). A peer
     // that has also left the quorate membership is dead, or cut off without quorum
     // (its fence-peer fails, its I/O stays frozen): its claim need not grow stale.
+    //
+    // With DRBD 9 and 3+ replicas the resources run `quorum majority; on-no-quorum io-error`
+    // (drbd/render.rs): when DRBD here has quorum, a peer it cannot see is in the minority and
+    // cannot write, unless it still reaches a peer we see (a partial partition, where it may
+    // have quorum too). So its claim does not count when every connected peer's fresh report
+    // shows it cut off from that peer as well.
+    let quorum_here = doc.replicas.len() >= 3 && local_obs.and_then(|o| o.quorum) == Some(true);
+    let cut_off_from_all = |n: &str| {
+        !connected.is_empty()
+            && connected.iter().all(|c| {
+                published(c).is_some_and(|(s, v)| {
+                    now.saturating_sub(s.updated) <= STALE_AFTER_SECS && v.peers.iter().any(|p| p.node == n && p.connection != "Connected")
+                })
+            })
+    };
     let mut unseen_claims: Vec<(String, u64)> = Vec::new();
-    for n in replica_nodes.iter().filter(|n| **n != local && !connected.contains(n) && !departed.iter().any(|d| d == *n)) {
+    for n in replica_nodes
+        .iter()
+        .filter(|n| **n != local && !connected.contains(n) && !departed.iter().any(|d| d == *n))
+        .filter(|n| !(quorum_here && cut_off_from_all(n)))
+    {
         if let Some((s, v)) = published(n) {
             let age = now.saturating_sub(s.updated);
             if v.role == "Primary" && age <= STALE_AFTER_SECS && !others.iter().any(|o| o == n) {
@@ -434,6 +453,35 @@ mod tests {
         let connected = obs("Secondary", "UpToDate", &[("b", "Primary")]);
         let e = decide(&doc(), "a", Some(&connected), &fresh, &departed, None, NOW).unwrap_err();
         assert!(e.to_string().contains("Primary on b"), "{e}");
+    }
+
+    /// DRBD 9, 3 replicas: with quorum here, the claim of a peer cut off from every node we see
+    /// does not hold the failover (that peer is in the minority: on-no-quorum io-error).
+    #[test]
+    fn with_drbd9_quorum_a_claim_of_a_peer_cut_off_from_all_does_not_hold_the_failover() {
+        let d = VolumeDoc { size_kib: 1024, ..VolumeDoc::for_test("pool", "vm-100-disk-0", &["a", "b", "c"]) };
+        let cut = |n: &str| PeerObserved { node: n.into(), role: "Unknown".into(), connection: "Connecting".into(), ..Default::default() };
+        // a: UpToDate Secondary, quorum, c connected, b (the dead Primary) not.
+        let local = VolumeObserved { quorum: Some(true), ..obs("Secondary", "UpToDate", &[("c", "Secondary")]) };
+        let b_claim = state("b", NOW - 5, obs("Primary", "UpToDate", &[]));
+        let c_sees_b_gone = state("c", NOW - 1, VolumeObserved { peers: vec![cut("b")], ..obs("Secondary", "UpToDate", &[]) });
+        assert_eq!(decide(&d, "a", Some(&local), &[b_claim.clone(), c_sees_b_gone.clone()], &[], None, NOW).unwrap(), Decision::Promote);
+        // c still reaches b (a partial partition: b may have quorum with c): the claim holds.
+        let c_sees_b = state("c", NOW - 1, obs("Secondary", "UpToDate", &[("b", "Primary")]));
+        let e = decide(&d, "a", Some(&local), &[b_claim.clone(), c_sees_b], &[], None, NOW).unwrap_err();
+        assert!(e.to_string().contains("Primary on b"), "{e}");
+        // c's report is stale: not known, the claim holds.
+        let c_stale = state("c", NOW - STALE_AFTER_SECS - 1, VolumeObserved { peers: vec![cut("b")], ..obs("Secondary", "UpToDate", &[]) });
+        assert!(decide(&d, "a", Some(&local), &[b_claim.clone(), c_stale], &[], None, NOW).is_err());
+        // No quorum here, or DRBD does not say (8.4): the claim holds.
+        for q in [Some(false), None] {
+            let l = VolumeObserved { quorum: q, ..local.clone() };
+            assert!(decide(&d, "a", Some(&l), &[b_claim.clone(), c_sees_b_gone.clone()], &[], None, NOW).is_err(), "{q:?}");
+        }
+        // Two replicas: DRBD has no quorum to lean on, the claim holds.
+        let two = obs("Secondary", "UpToDate", &[]);
+        let l = VolumeObserved { quorum: Some(true), ..two };
+        assert!(decide(&doc(), "a", Some(&l), &[b_claim], &[], None, NOW).is_err());
     }
 
     #[test]

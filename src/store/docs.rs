@@ -241,6 +241,10 @@ pub struct VolumeObserved {
     /// Snapshots of the VolumeDoc that this node's backend holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<String>,
+    /// DRBD 9's quorum of this replica (`quorum:yes|no` of events2); None where DRBD does
+    /// not say (8.4, or not up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<bool>,
 }
 
 /// Observed state of one node, written by its agent: the head `state/<node>.json`, its

@@ -226,7 +226,7 @@ impl FakeAgents {
                             state.volumes.insert(v.resource.clone(), VolumeObserved { generation: v.generation, role: "Unknown".into(), disk: "Discarded".into(), ..Default::default() });
                             continue;
                         }
-                        state.volumes.insert(v.resource.clone(), VolumeObserved { ready: true, generation: v.generation, role, disk: "UpToDate".into(), open, size_kib: v.size_kib, peers, error: None, snapshots: v.snapshots.iter().map(|s| s.name.clone()).collect() });
+                        state.volumes.insert(v.resource.clone(), VolumeObserved { ready: true, generation: v.generation, role, disk: "UpToDate".into(), open, size_kib: v.size_kib, peers, error: None, snapshots: v.snapshots.iter().map(|s| s.name.clone()).collect(), quorum: None });
                     }
                     if s.node_state(n).ok().flatten().map(|o| o.volumes) != Some(state.volumes.clone()) {
                         let _ = s.put_node_state(&state);
