@@ -23,7 +23,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::exec::{Cmd, RealRunner, Runner};
-use crate::store::docs::{BackendKind, BackendSpec, VolumeDoc, VolumeState};
+use crate::backend::{BackendKind, BackendSpec};
+use crate::store::docs::{VolumeDoc, VolumeState};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

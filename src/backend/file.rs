@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use super::lvmreport::check_name;
-use super::{Backend, Backing};
+use super::{Backend, Backing, Space};
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Runner};
-use crate::store::docs::Space;
 
 pub struct FileBackend {
     dir: PathBuf,

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 
 use super::lvmreport::{self as r, lvm};
-use super::{Backend, Backing};
+use super::{Backend, Backing, Space};
 use crate::error::{Error, Result};
 use crate::exec::Runner;
-use crate::store::docs::Space;
 
 pub struct LvmThin {
     vg: String,

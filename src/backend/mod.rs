@@ -6,12 +6,14 @@ pub mod file;
 pub mod lvm;
 pub mod lvmreport;
 pub mod lvmthin;
+mod spec;
+
+pub use spec::{BackendKind, BackendSpec, Space};
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::exec::Runner;
-use crate::store::docs::{BackendKind, BackendSpec, Space};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backing {

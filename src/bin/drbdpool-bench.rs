@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use drbdpool::backend::{Backend, Backing};
+use drbdpool::backend::{Backend, BackendKind, BackendSpec, Backing, Space};
 use drbdpool::drbd::sim::SimDrbd;
 use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
 use drbdpool::store::alloc::Allocation;

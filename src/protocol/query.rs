@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::store::docs::{BackendKind, VolumeDoc};
+use crate::backend::BackendKind;
+use crate::store::docs::VolumeDoc;
 
 use super::{load, now, Args, Ctx};
 

@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 
 use crate::error::Result;
 use crate::invalid;
-use crate::store::docs::{BackendKind, BackendSpec, Resync, RESYNC_MAX_FLOOR_KIB, RESYNC_RATE_LIMIT_KIB};
+use crate::backend::{BackendKind, BackendSpec};
+use crate::store::docs::{Resync, RESYNC_MAX_FLOOR_KIB, RESYNC_RATE_LIMIT_KIB};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StorageCfg {

@@ -49,7 +49,8 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::naming::check_snap_name;
 use crate::refused;
-use crate::store::docs::{BackendKind, RollbackMark, SnapshotDoc, VolumeDoc, VolumeState};
+use crate::backend::BackendKind;
+use crate::store::docs::{RollbackMark, SnapshotDoc, VolumeDoc, VolumeState};
 use crate::store::Change;
 
 use super::wait::{published, until_done, until_published};

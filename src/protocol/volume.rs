@@ -11,7 +11,8 @@ use crate::naming;
 use crate::placement;
 use crate::refused;
 use crate::store::alloc::{allocate, Ranges};
-use crate::store::docs::{BackendKind, PeerObserved, VolumeDoc, VolumeObserved, VolumeState};
+use crate::backend::BackendKind;
+use crate::store::docs::{PeerObserved, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 use crate::store::Change;
 
