@@ -1,11 +1,18 @@
 //! Where replicas keep their data: LVM thin (default), LVM thick, or sparse
-//! files on loop devices (labs and tests). Every LVM call excludes /dev/drbd*
-//! and reads LVM's JSON report.
+//! files on loop devices (labs and tests); sim.rs, sparse files without the loop
+//! device, stands in for them where loop devices cannot be had (benchmarks).
+//! Every LVM call excludes /dev/drbd* and reads LVM's JSON report.
+//!
+//! A kind's facts (its name, what it can do, the storage.cfg properties it needs,
+//! how it lists its devices) are declared once, in its module's `KIND`, and
+//! registered in `KINDS`: callers ask `BackendKind::caps` instead of matching on
+//! the kind.
 
 pub mod file;
 pub mod lvm;
 pub mod lvmreport;
 pub mod lvmthin;
+pub mod sim;
 mod spec;
 
 pub use spec::{BackendKind, BackendSpec, Space};
