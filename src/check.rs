@@ -23,7 +23,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::exec::{Cmd, RealRunner, Runner};
-use crate::store::docs::{BackendKind, BackendSpec, VolumeDoc, VolumeState};
+use crate::backend::BackendSpec;
+use crate::store::docs::{VolumeDoc, VolumeState};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -326,32 +327,11 @@ fn backends(docs: &[VolumeDoc], configured: &[BackendSpec]) -> Vec<BackendSpec> 
     v
 }
 
-/// Backing device names present in one backend location, with a path for the message.
+/// Backing device names present in one backend location, with a path for the message; in a
+/// shared location (a VG) only names of this cluster's storages.
 fn list_backings(spec: &BackendSpec, storeids: &BTreeSet<String>, runner: &dyn Runner) -> Result<Vec<(String, String)>> {
     let ours = |n: &str| storeids.iter().any(|s| n.starts_with(&format!("{s}.")));
-    Ok(match spec.kind {
-        BackendKind::File => {
-            let Some(dir) = spec.dir.as_deref() else { return Ok(vec![]) };
-            let mut v = Vec::new();
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if let Some(r) = n.strip_suffix(".img").filter(|r| !r.starts_with('.')) {
-                    v.push((r.to_string(), e.path().display().to_string()));
-                }
-            }
-            v
-        }
-        BackendKind::Lvm | BackendKind::Lvmthin => {
-            let Some(vg) = spec.vg.as_deref() else { return Ok(vec![]) };
-            crate::backend::lvmreport::lvs(runner, vg)?
-                .into_iter()
-                .filter(|r| spec.kind == BackendKind::Lvm || r.get("pool_lv").map(String::as_str) == spec.thinpool.as_deref())
-                .filter_map(|r| r.get("lv_name").cloned())
-                .filter(|n| ours(n))
-                .map(|n| (n.clone(), format!("{vg}/{n}")))
-                .collect()
-        }
-    })
+    spec.backings(runner, &ours)
 }
 
 /// A backing device named as drbdpool names them: `<storeid>.<volume name>` of one of `storeids`.
@@ -465,7 +445,7 @@ fn check_local(
     }
     // LVs of this cluster's storages in any VG, also where no document or storage.cfg entry
     // names that VG (a storage removed from storage.cfg with its volumes' LVs left behind).
-    let lvm_known = specs.iter().any(|b| b.kind != BackendKind::File);
+    let lvm_known = specs.iter().any(|b| b.kind.caps().lvm);
     match crate::backend::lvmreport::lvs_all(runner) {
         Ok(rows) => {
             for r in rows {
@@ -479,7 +459,7 @@ fn check_local(
         Err(e) if lvm_known => out.push(f("local-unchecked", node, format!("cannot list the LVs of this node: {e}"))),
         Err(e) => tracing::debug!(error = %e, "no LVM here; LVs not looked at"),
     }
-    let dirs: Vec<String> = specs.iter().filter(|b| b.kind == BackendKind::File).filter_map(|b| b.dir.clone()).collect();
+    let dirs: Vec<String> = specs.iter().filter(|b| b.kind.caps().loops).filter_map(|b| b.dir.clone()).collect();
     if !dirs.is_empty() || !storeids.is_empty() {
         check_loops(node, &dirs, storeids, runner, out);
     }
@@ -522,6 +502,7 @@ pub fn render(findings: &[Finding]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendKind;
     use crate::exec::{Output, RecordingRunner};
 
     #[test]

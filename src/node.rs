@@ -3,7 +3,8 @@
 //! handler tests use a fake.
 
 use crate::error::Result;
-use crate::store::docs::{Space, VolumeDoc, VolumeObserved};
+use crate::backend::{BackendSpec, Space};
+use crate::store::docs::{VolumeDoc, VolumeObserved};
 
 pub trait NodeOps {
     /// This node's name.
@@ -40,7 +41,7 @@ pub trait NodeOps {
     /// Allow or forbid two primaries for this resource (live migration window).
     fn set_dual_primary(&self, vol: &VolumeDoc, on: bool) -> Result<()>;
     /// Free/total space of the storage's backend on this node.
-    fn space(&self, vol_backend: &crate::store::docs::BackendSpec) -> Result<Space>;
+    fn space(&self, vol_backend: &BackendSpec) -> Result<Space>;
     /// Take this node's snapshot `snap` of the backing device (only of UpToDate data). Idempotent.
     /// Refused on backends without snapshots.
     fn snapshot(&self, vol: &VolumeDoc, snap: &str) -> Result<()>;

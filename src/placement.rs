@@ -74,7 +74,7 @@ pub fn place(req: &Request, nodes: &[NodeDoc], states: &[NodeState]) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::docs::Space;
+    use crate::backend::Space;
 
     fn nodes(v: &[&str]) -> Vec<NodeDoc> {
         v.iter().map(|n| NodeDoc { format: 1, name: n.to_string(), address: "10.0.0.1".into() }).collect()

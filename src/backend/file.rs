@@ -13,10 +13,37 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use super::lvmreport::check_name;
-use super::{Backend, Backing};
+use super::{need, Backend, BackendKind, BackendSpec, Backing, Caps, Kind, Space};
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Runner};
-use crate::store::docs::Space;
+
+pub const KIND: Kind = Kind {
+    kind: BackendKind::File,
+    name: "file",
+    caps: Caps { thin: true, snapshots: true, linked_clones: true, lvm: false, loops: true },
+    // The path ends up in the agents' commands and resource files on every node.
+    spec: |vg, _thinpool, dir| {
+        match &dir {
+            Some(d) if d.starts_with('/') && !d.split('/').any(|c| c == "..") && !d.contains(|c: char| c.is_whitespace() || c.is_control()) => {}
+            Some(d) => return Err(crate::invalid!("storage property drbdpool-dir '{}' must be an absolute path without '..' or whitespace", d.escape_default())),
+            None => return Err(crate::invalid!("a drbdpool storage with backend file needs 'drbdpool-dir' in storage.cfg")),
+        }
+        Ok(BackendSpec { kind: BackendKind::File, vg, thinpool: None, dir })
+    },
+    open: |spec, runner| Ok(Box::new(FileBackend::new(need(&spec.dir, "dir", "file")?, runner)?)),
+    // Every image of the directory (drbdpool's own), a directory that is not here lists none.
+    list: |spec, _runner, _ours| {
+        let Some(dir) = spec.dir.as_deref() else { return Ok(vec![]) };
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(r) = n.strip_suffix(".img").filter(|r| !r.starts_with('.')) {
+                v.push((r.to_string(), e.path().display().to_string()));
+            }
+        }
+        Ok(v)
+    },
+};
 
 pub struct FileBackend {
     dir: PathBuf,
@@ -232,7 +259,7 @@ impl Backend for FileBackend {
     }
 
     fn thin(&self) -> bool {
-        true
+        KIND.caps.thin
     }
 
     fn snapshot(&self, name: &str, snap: &str) -> Result<()> {
@@ -335,7 +362,7 @@ impl Backend for FileBackend {
 
     /// True only if a probe copy with the snapshot command works in this directory.
     fn can_snapshot(&self) -> bool {
-        *self.snap_ok.get_or_init(|| {
+        KIND.caps.snapshots && *self.snap_ok.get_or_init(|| {
             let probe = self.dir.join(format!(".snapprobe-{}", std::process::id()));
             let copy = self.dir.join(format!(".snapprobe-{}.copy", std::process::id()));
             let ok = fs::write(&probe, b"probe").is_ok() && self.cp(&probe, &copy).is_ok() && fs::read(&copy).ok().as_deref() == Some(b"probe");

@@ -5,10 +5,32 @@
 use std::sync::Arc;
 
 use super::lvmreport::{self as r, lvm};
-use super::{Backend, Backing};
+use super::{need, Backend, BackendKind, BackendSpec, Backing, Caps, Kind, Space};
 use crate::error::{Error, Result};
 use crate::exec::Runner;
-use crate::store::docs::Space;
+
+pub const KIND: Kind = Kind {
+    kind: BackendKind::Lvm,
+    name: "lvm",
+    caps: Caps { thin: false, snapshots: false, linked_clones: false, lvm: true, loops: false },
+    spec: |vg, _thinpool, _dir| {
+        if vg.is_none() {
+            return Err(crate::invalid!("a drbdpool storage with backend lvm needs 'vgname' in storage.cfg"));
+        }
+        Ok(BackendSpec { kind: BackendKind::Lvm, vg, thinpool: None, dir: None })
+    },
+    open: |spec, runner| Ok(Box::new(Lvm::new(need(&spec.vg, "vgname", "lvm")?, runner)?)),
+    // Every LV of the VG, thin ones included: the VG is the location.
+    list: |spec, runner, ours| {
+        let Some(vg) = spec.vg.as_deref() else { return Ok(vec![]) };
+        Ok(r::lvs(runner, vg)?
+            .into_iter()
+            .filter_map(|row| row.get("lv_name").cloned())
+            .filter(|n| ours(n))
+            .map(|n| (n.clone(), format!("{vg}/{n}")))
+            .collect())
+    },
+};
 
 pub struct Lvm {
     vg: String,
@@ -82,7 +104,7 @@ impl Backend for Lvm {
     }
 
     fn thin(&self) -> bool {
-        false
+        KIND.caps.thin
     }
 
     fn snapshot(&self, _name: &str, _snap: &str) -> Result<()> {
@@ -95,7 +117,7 @@ impl Backend for Lvm {
         Err(no_snapshots())
     }
     fn can_snapshot(&self) -> bool {
-        false
+        KIND.caps.snapshots
     }
 }
 

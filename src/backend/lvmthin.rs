@@ -6,10 +6,32 @@
 use std::sync::Arc;
 
 use super::lvmreport::{self as r, lvm};
-use super::{Backend, Backing};
+use super::{need, Backend, BackendKind, BackendSpec, Backing, Caps, Kind, Space};
 use crate::error::{Error, Result};
 use crate::exec::Runner;
-use crate::store::docs::Space;
+
+pub const KIND: Kind = Kind {
+    kind: BackendKind::Lvmthin,
+    name: "lvmthin",
+    caps: Caps { thin: true, snapshots: true, linked_clones: true, lvm: true, loops: false },
+    spec: |vg, thinpool, _dir| {
+        if vg.is_none() || thinpool.is_none() {
+            return Err(crate::invalid!("a drbdpool storage with backend lvmthin needs 'vgname' and 'thinpool' in storage.cfg"));
+        }
+        Ok(BackendSpec { kind: BackendKind::Lvmthin, vg, thinpool, dir: None })
+    },
+    open: |spec, runner| Ok(Box::new(LvmThin::new(need(&spec.vg, "vgname", "lvmthin")?, need(&spec.thinpool, "thinpool", "lvmthin")?, runner)?)),
+    list: |spec, runner, ours| {
+        let Some(vg) = spec.vg.as_deref() else { return Ok(vec![]) };
+        Ok(r::lvs(runner, vg)?
+            .into_iter()
+            .filter(|row| row.get("pool_lv").map(String::as_str) == spec.thinpool.as_deref())
+            .filter_map(|row| row.get("lv_name").cloned())
+            .filter(|n| ours(n))
+            .map(|n| (n.clone(), format!("{vg}/{n}")))
+            .collect())
+    },
+};
 
 pub struct LvmThin {
     vg: String,
@@ -147,7 +169,7 @@ impl Backend for LvmThin {
 
 
     fn thin(&self) -> bool {
-        true
+        KIND.caps.thin
     }
 
     /// Thin snapshot, read-only; LVM sets the activation-skip flag on thin snapshots,
@@ -191,7 +213,7 @@ impl Backend for LvmThin {
     }
 
     fn can_snapshot(&self) -> bool {
-        true
+        KIND.caps.snapshots
     }
 
     fn snapshot_path(&self, name: &str, snap: &str) -> Result<Option<String>> {

@@ -24,7 +24,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use drbdpool::backend::{Backend, Backing};
+use drbdpool::backend::sim::SimBackend;
+use drbdpool::backend::{Backend, BackendKind, BackendSpec, Space};
 use drbdpool::drbd::sim::SimDrbd;
 use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
 use drbdpool::store::alloc::Allocation;
@@ -377,60 +378,6 @@ fn read_docs(dir: &Path, storeid: &str, count: usize) -> Result<()> {
 
 // ---------------------------------------------------------------- agent-rss
 
-/// The file backend minus the loop device: the sparse image file is the backing
-/// (SimDrbd takes any file). A node of 1,000 volumes cannot get 1,000 loop devices
-/// on a shared build machine; everything else in the agent is the production code.
-struct ImageFiles {
-    dir: PathBuf,
-}
-
-impl ImageFiles {
-    fn img(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.img"))
-    }
-}
-
-impl Backend for ImageFiles {
-    fn create(&self, name: &str, size_kib: u64) -> drbdpool::error::Result<Backing> {
-        let p = self.img(name);
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| drbdpool::error::Error::Tool(e.to_string()))?;
-        let len = f.metadata().map_err(|e| drbdpool::error::Error::Tool(e.to_string()))?.len();
-        if len < size_kib * 1024 {
-            f.set_len(size_kib * 1024).map_err(|e| drbdpool::error::Error::Tool(e.to_string()))?;
-        }
-        Ok(Backing { path: p.to_string_lossy().into_owned(), size_kib: len.max(size_kib * 1024) / 1024 })
-    }
-    fn remove(&self, name: &str) -> drbdpool::error::Result<()> {
-        let _ = std::fs::remove_file(self.img(name));
-        Ok(())
-    }
-    fn resize(&self, name: &str, size_kib: u64) -> drbdpool::error::Result<Backing> {
-        self.create(name, size_kib)
-    }
-    fn lookup(&self, name: &str) -> drbdpool::error::Result<Option<Backing>> {
-        let p = self.img(name);
-        Ok(std::fs::metadata(&p).ok().map(|m| Backing { path: p.to_string_lossy().into_owned(), size_kib: m.len() / 1024 }))
-    }
-    fn space(&self) -> drbdpool::error::Result<Space> {
-        Ok(Space { total: 4 << 40, avail: 3 << 40, used: 1 << 40 })
-    }
-    fn thin(&self) -> bool {
-        true
-    }
-    fn snapshot(&self, name: &str, _: &str) -> drbdpool::error::Result<()> {
-        Err(drbdpool::error::Error::Refused(format!("{name}: no snapshots in the bench backend")))
-    }
-    fn remove_snapshot(&self, _: &str, _: &str) -> drbdpool::error::Result<()> {
-        Ok(())
-    }
-    fn rollback(&self, name: &str, _: &str) -> drbdpool::error::Result<()> {
-        Err(drbdpool::error::Error::Refused(format!("{name}: no snapshots in the bench backend")))
-    }
-    fn can_snapshot(&self) -> bool {
-        false
-    }
-}
-
 fn vm_kib(field: &str) -> Result<u64> {
     let s = std::fs::read_to_string("/proc/self/status")?;
     let line = s.lines().find(|l| l.starts_with(field)).ok_or_else(|| anyhow!("no {field} in /proc/self/status"))?;
@@ -446,7 +393,9 @@ fn agent_rss(dir: &Path, passes: usize) -> Result<()> {
     let images = dir.join("images");
     let start_hwm = vm_kib("VmHWM:")?;
     let repl: Box<dyn Replication> = Box::new(SimDrbd::new(&sim_dir, LOCAL)?);
-    let factory: drbdpool::agent::BackendFactory = Arc::new(move |_spec: &BackendSpec| Ok(Box::new(ImageFiles { dir: images.clone() }) as Box<dyn Backend>));
+    // Every volume's backing a sparse image without a loop device: a node of 1,000 volumes
+    // cannot get 1,000 loop devices on a shared build machine; the rest is the production code.
+    let factory: drbdpool::agent::BackendFactory = Arc::new(move |_spec: &BackendSpec| Ok(Box::new(SimBackend::new(&images)) as Box<dyn Backend>));
     let local = drbdpool::agent::LocalNode::with_backends(store.clone(), LOCAL, factory, repl);
     let mut agent = drbdpool::agent::Agent::new(store.clone(), local);
     let mut pass_ms = Vec::new();

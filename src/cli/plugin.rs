@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use crate::error::{Error, Result};
 use crate::node::NodeOps;
 use crate::protocol::{self, Answer, Ctx, Reply};
-use crate::store::docs::{BackendSpec, Space, VolumeDoc, VolumeObserved};
+use crate::backend::{BackendSpec, Space};
+use crate::store::docs::{VolumeDoc, VolumeObserved};
 use crate::store::Store;
 
 /// Builds the real node side only when a handler needs it: `status`, `path` and

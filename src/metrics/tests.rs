@@ -1,5 +1,6 @@
 use super::*;
-use crate::store::docs::{PeerObserved, Replica, Space, VolumeObserved, FORMAT};
+use crate::backend::Space;
+use crate::store::docs::{PeerObserved, Replica, VolumeObserved, FORMAT};
 
 fn vol(resource: &str, volname: &str, minor: u32, nodes: &[(&str, u8)]) -> VolumeDoc {
     VolumeDoc {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::store::docs::{BackendKind, VolumeDoc};
+use crate::backend::BackendKind;
+use crate::store::docs::VolumeDoc;
 
 use super::{load, now, Args, Ctx};
 
@@ -303,14 +304,14 @@ pub fn size(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 /// Which features work, per backend kind and per what the volume is. As PVE's plugins,
 /// the row is chosen by `snap` (a snapshot is named), else `base` (a template), else `current`.
 pub fn feature_supported(feature: &str, kind: BackendKind, base: bool, snapname: bool) -> Result<bool> {
-    let snaps = super::snapshot::backend_snapshots(kind);
-    let thin = kind != BackendKind::Lvm;
+    let caps = kind.caps();
+    let (snaps, thin) = (caps.snapshots, caps.thin);
     // (current, base, snap)
     let (current, on_base, on_snap) = match feature {
         // Per-node backend snapshots, kept in step by the agents (src/protocol/snapshot.rs).
         "snapshot" => (snaps, false, false),
         // Linked clones of templates: thin snapshots of the base's backing (protocol::volume::clone).
-        "clone" => (false, thin, false),
+        "clone" => (false, caps.linked_clones, false),
         // create_base: a store rename of an unused volume without snapshots.
         "template" => (true, false, false),
         // full clone / move: PVE copies between activated block devices; a snapshot is one

@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 
 use crate::error::Result;
 use crate::invalid;
-use crate::store::docs::{BackendKind, BackendSpec, Resync, RESYNC_MAX_FLOOR_KIB, RESYNC_RATE_LIMIT_KIB};
+use crate::backend::{BackendKind, BackendSpec};
+use crate::store::docs::{Resync, RESYNC_MAX_FLOOR_KIB, RESYNC_RATE_LIMIT_KIB};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StorageCfg {
@@ -89,26 +90,14 @@ fn lvm_name(k: &str, v: &str) -> Result<String> {
 impl StorageCfg {
     pub fn parse(m: &Map<String, Value>) -> Result<StorageCfg> {
         let kind = match get(m, "drbdpool-backend")?.as_deref() {
-            None | Some("lvmthin") => BackendKind::Lvmthin,
-            Some("lvm") => BackendKind::Lvm,
-            Some("file") => BackendKind::File,
-            Some(o) => return Err(invalid!("storage property drbdpool-backend '{o}' is not one of lvmthin, lvm, file")),
+            None => BackendKind::default(),
+            Some(o) => BackendKind::from_name(o).ok_or_else(|| invalid!("storage property drbdpool-backend '{o}' is not one of {}", BackendKind::names()))?,
         };
         let vg = get(m, "vgname")?.map(|v| lvm_name("vgname", &v)).transpose()?;
         let thinpool = get(m, "thinpool")?.map(|v| lvm_name("thinpool", &v)).transpose()?;
         let dir = get(m, "drbdpool-dir")?;
-        match kind {
-            BackendKind::Lvmthin if vg.is_none() || thinpool.is_none() => {
-                return Err(invalid!("a drbdpool storage with backend lvmthin needs 'vgname' and 'thinpool' in storage.cfg"))
-            }
-            BackendKind::Lvm if vg.is_none() => return Err(invalid!("a drbdpool storage with backend lvm needs 'vgname' in storage.cfg")),
-            BackendKind::File => match &dir {
-                Some(d) if d.starts_with('/') && !d.split('/').any(|c| c == "..") && !d.contains(|c: char| c.is_whitespace() || c.is_control()) => {}
-                Some(d) => return Err(invalid!("storage property drbdpool-dir '{}' must be an absolute path without '..' or whitespace", d.escape_default())),
-                None => return Err(invalid!("a drbdpool storage with backend file needs 'drbdpool-dir' in storage.cfg")),
-            },
-            _ => {}
-        }
+        // What the kind needs of them, and which it keeps: backend/.
+        let backend = BackendSpec::from_storage_cfg(kind, vg, thinpool, dir)?;
         let replicas = crate::placement::replica_count(get(m, "drbdpool-replicas")?.as_deref())?;
         let nodes = match get(m, "nodes")? {
             None => None,
@@ -119,12 +108,6 @@ impl StorageCfg {
                 }
                 Some(v)
             }
-        };
-        let backend = BackendSpec {
-            kind,
-            vg,
-            thinpool: if kind == BackendKind::Lvmthin { thinpool } else { None },
-            dir: if kind == BackendKind::File { dir } else { None },
         };
         Ok(StorageCfg { backend, replicas, nodes })
     }

@@ -49,17 +49,12 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::naming::check_snap_name;
 use crate::refused;
-use crate::store::docs::{BackendKind, RollbackMark, SnapshotDoc, VolumeDoc, VolumeState};
+use crate::store::docs::{RollbackMark, SnapshotDoc, VolumeDoc, VolumeState};
 use crate::store::Change;
 
 use super::wait::{published, until_done, until_published};
 use super::peers_of;
 use super::{load, now, Args, Ctx};
-
-/// Whether volumes of this backend kind can have snapshots.
-pub fn backend_snapshots(kind: BackendKind) -> bool {
-    matches!(kind, BackendKind::Lvmthin | BackendKind::File)
-}
 
 fn names(doc: &VolumeDoc) -> String {
     doc.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(", ")
@@ -72,7 +67,7 @@ fn agent_hint(nodes: &[String]) -> String {
 /// The volume, checked to be a ready volume of a backend with snapshots.
 fn load_snapshottable(ctx: &Ctx, sid: &str, volname: &str, method: &str) -> Result<VolumeDoc> {
     let doc = load(ctx, sid, volname)?;
-    if !backend_snapshots(doc.backend.kind) {
+    if !doc.backend.kind.caps().snapshots {
         return Err(refused!(
             "{method} of {sid}:{volname} refused: the {:?} backend has no snapshots; use an lvmthin storage for snapshots",
             doc.backend.kind
@@ -186,7 +181,7 @@ pub fn snapshot_delete(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         if let Some(m) = &s.rollback {
             return Err(refused!("{name} is being rolled back to {snap} on {}: delete the snapshot afterwards", m.source));
         }
-    } else if !backend_snapshots(doc.backend.kind) {
+    } else if !doc.backend.kind.caps().snapshots {
         return Err(refused!("snapshot_delete of {name} refused: the {:?} backend has no snapshots", doc.backend.kind));
     }
     let doc = update(ctx, sid, volname, |d| {

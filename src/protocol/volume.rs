@@ -11,7 +11,7 @@ use crate::naming;
 use crate::placement;
 use crate::refused;
 use crate::store::alloc::{allocate, Ranges};
-use crate::store::docs::{BackendKind, PeerObserved, VolumeDoc, VolumeObserved, VolumeState};
+use crate::store::docs::{PeerObserved, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::lock::{vol_lock_name, ALLOC_LOCK};
 use crate::store::Change;
 
@@ -206,7 +206,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     crate::failpoint!("alloc.after-peers-ready");
     tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: peers ready");
     // Thick backing: replicas[0]'s agent starts the full initial sync instead.
-    if doc.replicas[0].node == local && doc.backend.kind != BackendKind::Lvm {
+    if doc.replicas[0].node == local && doc.backend.kind.caps().thin {
         // A peer's "ready" means its disk is attached; the DRBD connection may still be coming
         // up, and the skip is refused until it is: retry that refusal until the deadline.
         loop {
@@ -225,7 +225,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     }
     // Thin and sparse-file backings read zeroes everywhere: the replicas are UpToDate
     // right after the sync skip. Thick LVM syncs in the background instead.
-    if doc.backend.kind != BackendKind::Lvm {
+    if doc.backend.kind.caps().thin {
         let all: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).collect();
         let mut kv = KernelView::new(ctx, doc);
         let pending = until_done(left(deadline), ctx.poll, &format!("{name} to be UpToDate"), || {
@@ -520,7 +520,7 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     if snap.is_some() {
         return Err(refused!("linked clones of a snapshot are not supported: clone the template {name} itself, or use a full clone"));
     }
-    if base.backend.kind == BackendKind::Lvm {
+    if !base.backend.kind.caps().linked_clones {
         return Err(refused!("linked clones need thin backing; the lvm (thick) backend of {name} has none: use a full clone"));
     }
     if base.state != VolumeState::Ready {

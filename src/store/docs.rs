@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::alloc::Allocation;
+/// The backend facts the documents carry (a VolumeDoc's `backend`, a NodeState's `storages`);
+/// their home is backend/.
+pub use crate::backend::{BackendKind, BackendSpec, Space};
 
 /// Per-resource shared secret of the replication link (cram-hmac-alg sha256).
 fn random_secret() -> String {
@@ -31,29 +34,6 @@ pub struct NodeDoc {
     pub name: String,
     /// Replication address (IPv4 or IPv6, no port) on the dedicated DRBD network.
     pub address: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    #[default]
-    Lvmthin,
-    Lvm,
-    File,
-}
-
-/// Where a node keeps the backing device of a replica. Copied from the
-/// storage's storage.cfg properties at alloc time, so agents need no storage.cfg.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct BackendSpec {
-    pub kind: BackendKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vg: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thinpool: Option<String>,
-    /// Directory of sparse image files (file backend).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,14 +173,6 @@ impl VolumeDoc {
     pub fn device_path(&self) -> String {
         format!("/dev/drbd{}", self.minor)
     }
-}
-
-/// Free space of one storage on one node, in bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Space {
-    pub total: u64,
-    pub avail: u64,
-    pub used: u64,
 }
 
 /// What a node sees of one peer of a resource.

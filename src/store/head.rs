@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::de::{Deserializer as _, Error as _, IgnoredAny, MapAccess, Visitor};
 
-use super::docs::Space;
+use crate::backend::Space;
 use super::state::STATE_FORMAT as FORMAT;
 use crate::error::{Error, Result};
 

@@ -26,7 +26,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::docs::{NodeState, Space, VolumeObserved};
+use super::docs::{NodeState, VolumeObserved};
+use crate::backend::Space;
 use super::{list_names, read_versioned_upto, remove_doc, write_atomic, write_doc, Store};
 use crate::error::{Error, Result};
 
