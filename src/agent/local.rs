@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::{backend_for, Backend, Backing};
-use crate::drbd::{observe, PlanHost, Replication, ResourcePlan, ResourceStatus};
+use crate::drbd::{drbd_backing_kib, observe, PlanHost, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::exec::Runner;
 use crate::node::NodeOps;
@@ -14,16 +14,6 @@ use crate::store::Store;
 /// Builds the backend of a BackendSpec. Production: `backend_for` with the real
 /// runner; tests may map one spec to per-node directories.
 pub type BackendFactory = Arc<dyn Fn(&BackendSpec) -> Result<Box<dyn Backend>> + Send + Sync>;
-
-/// Backing size for a DRBD device of `net_kib`: DRBD keeps its internal metadata
-/// at the end of the backing device (4 KiB superblock + 32 KiB activity log +
-/// a bitmap of 1 bit per 4 KiB per peer slot; crate::drbd::real::PEER_SLOTS (7) slots as
-/// LINSTOR's default, which DRBD 9 metadata is created with and which also covers DRBD 8.4's
-/// single peer), rounded up to 64 KiB.
-pub fn drbd_backing_kib(net_kib: u64) -> u64 {
-    let bitmap = (u64::from(crate::drbd::real::PEER_SLOTS) * net_kib).div_ceil(32768).div_ceil(4) * 4;
-    (net_kib + 36 + bitmap).div_ceil(64) * 64
-}
 
 /// How often demote looks at an open device before refusing (300 ms apart).
 const DEMOTE_OPEN_CHECKS: u32 = 3;

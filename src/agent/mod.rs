@@ -4,7 +4,7 @@
 //! Every `interval` (default 1 s) it polls the cluster store (pmxcfs and 9p
 //! give no cross-node inotify), at once whenever `drbdsetup events2` reports
 //! a DRBD state change here, and within WAKE_CHECK (200 ms) when a writer of a
-//! volume document pokes this node's `wake/<node>` file (wake.rs); for every
+//! volume document pokes this node's `wake/<node>` file (store/wake.rs); for every
 //! volume of which this node is a replica:
 //! - `creating`/`ready`: creates or grows the backing device, writes the
 //!   resource file and brings it up (only when the doc's generation changed or
@@ -37,19 +37,18 @@
 pub mod ha_sync;
 pub mod local;
 pub mod reconcile;
-pub mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use local::{drbd_backing_kib, BackendFactory, LocalNode};
+pub use local::{BackendFactory, LocalNode};
 pub use reconcile::{Agent, HEARTBEAT_SECS};
 
 use crate::drbd::sim::SimDrbd;
 use crate::drbd::Replication;
 use crate::error::{Error, Result};
 use crate::exec::{RealRunner, Runner};
-use crate::store::Store;
+use crate::store::{wake, Store};
 
 pub struct AgentOpts {
     pub store: Store,

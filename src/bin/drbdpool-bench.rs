@@ -221,7 +221,7 @@ fn populate(dir: &Path, n: usize, nnodes: usize, replicas: usize, storeid: &str,
             std::fs::create_dir_all(dir.join(format!("images-{name}")))?;
         }
         for v in docs.iter().filter(|v| v.replica(LOCAL).is_some()) {
-            let backing_kib = drbdpool::agent::drbd_backing_kib(v.size_kib);
+            let backing_kib = drbdpool::drbd::drbd_backing_kib(v.size_kib);
             let hosts: Vec<PlanHost> =
                 v.replicas.iter().map(|r| PlanHost { name: r.node.clone(), node_id: r.node_id, address: addr[r.node.as_str()].clone() }).collect();
             for r in &v.replicas {

@@ -27,7 +27,7 @@ fn left(deadline: Instant) -> Duration {
 /// Wake the agents of the other replica nodes now instead of at their next round.
 fn poke_peers(ctx: &Ctx, doc: &VolumeDoc, why: &str) {
     for n in peers_of(ctx, doc) {
-        crate::agent::wake::poke(ctx.store, &n, why);
+        crate::store::wake::poke(ctx.store, &n, why);
     }
 }
 
@@ -290,7 +290,7 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     if doc.replica(ctx.node.name()).is_some() {
         if left(by).is_zero() {
             // Too late in the call: this node's agent removes it (the document says deleting).
-            crate::agent::wake::poke(ctx.store, ctx.node.name(), "roll back");
+            crate::store::wake::poke(ctx.store, ctx.node.name(), "roll back");
             tracing::warn!("{}: leaving the removal of the local replica to this node's agent (the alloc is out of time)", doc.resource);
         } else if let Err(e) = ctx.node.remove_replica(doc) {
             tracing::error!("could not remove the local replica of {}: {e} (the agent retries)", doc.resource);
