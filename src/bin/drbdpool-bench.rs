@@ -395,8 +395,8 @@ fn agent_rss(dir: &Path, passes: usize) -> Result<()> {
     let repl: Box<dyn Replication> = Box::new(SimDrbd::new(&sim_dir, LOCAL)?);
     // Every volume's backing a sparse image without a loop device: a node of 1,000 volumes
     // cannot get 1,000 loop devices on a shared build machine; the rest is the production code.
-    let factory: drbdpool::agent::BackendFactory = Arc::new(move |_spec: &BackendSpec| Ok(Box::new(SimBackend::new(&images)) as Box<dyn Backend>));
-    let local = drbdpool::agent::LocalNode::with_backends(store.clone(), LOCAL, factory, repl);
+    let factory: drbdpool::node::BackendFactory = Arc::new(move |_spec: &BackendSpec| Ok(Box::new(SimBackend::new(&images)) as Box<dyn Backend>));
+    let local = drbdpool::node::LocalNode::with_backends(store.clone(), LOCAL, factory, repl);
     let mut agent = drbdpool::agent::Agent::new(store.clone(), local);
     let mut pass_ms = Vec::new();
     for _ in 0..passes {

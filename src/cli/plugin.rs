@@ -24,7 +24,7 @@ impl<'a> LazyNode<'a> {
         LazyNode { name, store, inner: OnceCell::new() }
     }
     fn get(&self) -> Result<&dyn NodeOps> {
-        match self.inner.get_or_init(|| crate::agent::local_node(self.store, &self.name).map_err(|e| e.to_string())) {
+        match self.inner.get_or_init(|| crate::node::local_node(self.store, &self.name).map_err(|e| e.to_string())) {
             Ok(b) => Ok(b.as_ref()),
             Err(e) => Err(Error::Other(anyhow::anyhow!("cannot set up the node side on {}: {e}", self.name))),
         }

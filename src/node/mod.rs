@@ -1,6 +1,11 @@
-//! What the plugin handlers need from this node: the local side of a volume.
-//! Implemented by `agent::LocalNode` (real backends + real or simulated DRBD);
+//! The node side: what one node does to its disks and its DRBD resources.
+//! `NodeOps` declares each action once (what the plugin handlers and the agent need);
+//! `LocalNode` (local.rs) implements it with real backends and real or simulated DRBD;
 //! handler tests use a fake.
+
+pub mod local;
+
+pub use local::{local_node, real_replication, replication_from_env, BackendFactory, LocalNode};
 
 use crate::error::Result;
 use crate::backend::{BackendSpec, Space};

@@ -1,19 +1,40 @@
 //! `LocalNode`: this node's side of a volume (NodeOps), built from a Backend
-//! (per the VolumeDoc's BackendSpec) and a Replication (real DRBD or SimDrbd).
+//! (per the VolumeDoc's BackendSpec) and a Replication (real DRBD or SimDrbd,
+//! chosen by `replication_from_env`).
 
 use std::sync::Arc;
 
 use crate::backend::{backend_for, Backend, Backing};
 use crate::drbd::{drbd_backing_kib, observe, PlanHost, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
-use crate::exec::Runner;
-use crate::node::NodeOps;
+use crate::drbd::sim::SimDrbd;
+use crate::exec::{RealRunner, Runner};
+use super::NodeOps;
 use crate::store::docs::{BackendSpec, Space, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::Store;
 
 /// Builds the backend of a BackendSpec. Production: `backend_for` with the real
 /// runner; tests may map one spec to per-node directories.
 pub type BackendFactory = Arc<dyn Fn(&BackendSpec) -> Result<Box<dyn Backend>> + Send + Sync>;
+
+/// The real DRBD side (drbdadm/drbdsetup: crate::drbd::real::DrbdAdm).
+pub fn real_replication(runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    Ok(Box::new(crate::drbd::real::DrbdAdm::new(runner)))
+}
+
+/// `DRBDPOOL_DRBD=real|sim` (default real).
+pub fn replication_from_env(node: &str, runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    match std::env::var("DRBDPOOL_DRBD").unwrap_or_default().as_str() {
+        "" | "real" => real_replication(runner),
+        "sim" => Ok(Box::new(SimDrbd::from_env(node)?)),
+        other => Err(Error::InvalidInput(format!("DRBDPOOL_DRBD={other:?}: use `real` or `sim`"))),
+    }
+}
+
+/// This node's side of volumes, for the plugin handlers.
+pub fn local_node(store: &Store, node: &str) -> Result<Box<dyn NodeOps>> {
+    Ok(Box::new(LocalNode::from_env(store, node)?))
+}
 
 /// How often demote looks at an open device before refusing (300 ms apart).
 const DEMOTE_OPEN_CHECKS: u32 = 3;
@@ -38,6 +59,13 @@ impl LocalNode {
     pub fn new(store: Store, node: &str, runner: Arc<dyn Runner>, repl: Box<dyn Replication>) -> LocalNode {
         let backends: BackendFactory = Arc::new(move |spec| backend_for(spec, runner.clone()));
         LocalNode { store, node: node.to_string(), backends, repl }
+    }
+
+    /// The real runner and the DRBD side of `DRBDPOOL_DRBD` (the agent and the plugin).
+    pub fn from_env(store: &Store, node: &str) -> Result<LocalNode> {
+        let runner: Arc<dyn Runner> = Arc::new(RealRunner);
+        let repl = replication_from_env(node, runner.clone())?;
+        Ok(LocalNode::new(store.clone(), node, runner, repl))
     }
 
     pub fn with_backends(store: Store, node: &str, backends: BackendFactory, repl: Box<dyn Replication>) -> LocalNode {
