@@ -75,7 +75,7 @@ pub fn check(store: &Store, o: &CheckOpts) -> Result<Vec<Finding>> {
     check_store(store, &docs, o, &mut out)?;
     if let Some(node) = &o.node {
         let runner: Arc<dyn Runner> = Arc::new(RealRunner);
-        match crate::agent::replication_from_env(node, runner.clone()) {
+        match crate::node::replication_from_env(node, runner.clone()) {
             Ok(repl) => {
                 let mut storeids: BTreeSet<String> = store.storeids()?.into_iter().collect();
                 storeids.extend(docs.iter().map(|v| v.storeid.clone()));

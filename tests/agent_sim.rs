@@ -6,7 +6,8 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 
 use common::{can_loop, Lab};
-use drbdpool::agent::{drbd_backing_kib, Agent};
+use drbdpool::agent::Agent;
+use drbdpool::drbd::drbd_backing_kib;
 use drbdpool::drbd::{PlanHost, Replication, ResourcePlan};
 use drbdpool::node::NodeOps;
 use drbdpool::store::docs::VolumeState;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{can_loop, Lab};
-use drbdpool::agent::{Agent, LocalNode};
+use drbdpool::agent::Agent;
+use drbdpool::node::LocalNode;
 use drbdpool::drbd::Replication;
 use drbdpool::protocol::{Ctx, Reply};
 use drbdpool::store::docs::VolumeState;

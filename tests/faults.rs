@@ -10,7 +10,7 @@ mod lab;
 
 use std::time::Duration;
 
-use drbdpool::agent::drbd_backing_kib;
+use drbdpool::drbd::drbd_backing_kib;
 use drbdpool::failpoint::EXIT_CODE;
 use drbdpool::store::docs::VolumeState;
 use lab::{can_run, Out, World};

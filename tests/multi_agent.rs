@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{can_loop, Lab};
-use drbdpool::agent::{drbd_backing_kib, AgentOpts};
+use drbdpool::agent::AgentOpts;
+use drbdpool::drbd::drbd_backing_kib;
 use drbdpool::store::docs::VolumeState;
 use drbdpool::store::Store;
 

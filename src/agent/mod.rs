@@ -4,7 +4,7 @@
 //! Every `interval` (default 1 s) it polls the cluster store (pmxcfs and 9p
 //! give no cross-node inotify), at once whenever `drbdsetup events2` reports
 //! a DRBD state change here, and within WAKE_CHECK (200 ms) when a writer of a
-//! volume document pokes this node's `wake/<node>` file (wake.rs); for every
+//! volume document pokes this node's `wake/<node>` file (store/wake.rs); for every
 //! volume of which this node is a replica:
 //! - `creating`/`ready`: creates or grows the backing device, writes the
 //!   resource file and brings it up (only when the doc's generation changed or
@@ -31,25 +31,22 @@
 //! heartbeat every 60 s. A failing volume gets its `error` and does not stop
 //! the others. Every step is idempotent: a restart at any moment is safe.
 //!
-//! DRBD side: `DRBDPOOL_DRBD=real` (default: drbdadm) or `sim` (SimDrbd, state
+//! What it does to this node's disks and DRBD resources is node/ (LocalNode); the DRBD
+//! side is chosen there: `DRBDPOOL_DRBD=real` (default: drbdadm) or `sim` (SimDrbd, state
 //! under `DRBDPOOL_SIM_DIR`, for machines without the DRBD module).
 
 pub mod ha_sync;
-pub mod local;
 pub mod reconcile;
-pub mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use local::{drbd_backing_kib, BackendFactory, LocalNode};
 pub use reconcile::{Agent, HEARTBEAT_SECS};
 
-use crate::drbd::sim::SimDrbd;
-use crate::drbd::Replication;
-use crate::error::{Error, Result};
-use crate::exec::{RealRunner, Runner};
-use crate::store::Store;
+use crate::error::Result;
+use crate::exec::RealRunner;
+use crate::node::LocalNode;
+use crate::store::{wake, Store};
 
 pub struct AgentOpts {
     pub store: Store,
@@ -60,34 +57,9 @@ pub struct AgentOpts {
     pub metrics_addr: Option<String>,
 }
 
-/// The real DRBD side (drbdadm/drbdsetup: crate::drbd::real::DrbdAdm).
-pub fn real_replication(runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
-    Ok(Box::new(crate::drbd::real::DrbdAdm::new(runner)))
-}
-
-/// `DRBDPOOL_DRBD=real|sim` (default real).
-pub fn replication_from_env(node: &str, runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
-    match std::env::var("DRBDPOOL_DRBD").unwrap_or_default().as_str() {
-        "" | "real" => real_replication(runner),
-        "sim" => Ok(Box::new(SimDrbd::from_env(node)?)),
-        other => Err(Error::InvalidInput(format!("DRBDPOOL_DRBD={other:?}: use `real` or `sim`"))),
-    }
-}
-
-fn local_node_impl(store: &Store, node: &str) -> Result<LocalNode> {
-    let runner: Arc<dyn Runner> = Arc::new(RealRunner);
-    let repl = replication_from_env(node, runner.clone())?;
-    Ok(LocalNode::new(store.clone(), node, runner, repl))
-}
-
-/// This node's side of volumes, for the plugin handlers.
-pub fn local_node(store: &Store, node: &str) -> Result<Box<dyn crate::node::NodeOps>> {
-    Ok(Box::new(local_node_impl(store, node)?))
-}
-
 /// Run the agent: one pass (`once`) or forever.
 pub fn run(opts: AgentOpts) -> Result<()> {
-    let local = local_node_impl(&opts.store, &opts.node)?;
+    let local = LocalNode::from_env(&opts.store, &opts.node)?;
     run_with(opts, local)
 }
 

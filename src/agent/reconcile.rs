@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::local::LocalNode;
+use crate::node::LocalNode;
 use crate::drbd::observe::{self, healed_outdated};
 use crate::drbd::ResourceStatus;
 use crate::error::{Error, Result};

@@ -221,7 +221,7 @@ fn populate(dir: &Path, n: usize, nnodes: usize, replicas: usize, storeid: &str,
             std::fs::create_dir_all(dir.join(format!("images-{name}")))?;
         }
         for v in docs.iter().filter(|v| v.replica(LOCAL).is_some()) {
-            let backing_kib = drbdpool::agent::drbd_backing_kib(v.size_kib);
+            let backing_kib = drbdpool::drbd::drbd_backing_kib(v.size_kib);
             let hosts: Vec<PlanHost> =
                 v.replicas.iter().map(|r| PlanHost { name: r.node.clone(), node_id: r.node_id, address: addr[r.node.as_str()].clone() }).collect();
             for r in &v.replicas {
@@ -395,8 +395,8 @@ fn agent_rss(dir: &Path, passes: usize) -> Result<()> {
     let repl: Box<dyn Replication> = Box::new(SimDrbd::new(&sim_dir, LOCAL)?);
     // Every volume's backing a sparse image without a loop device: a node of 1,000 volumes
     // cannot get 1,000 loop devices on a shared build machine; the rest is the production code.
-    let factory: drbdpool::agent::BackendFactory = Arc::new(move |_spec: &BackendSpec| Ok(Box::new(SimBackend::new(&images)) as Box<dyn Backend>));
-    let local = drbdpool::agent::LocalNode::with_backends(store.clone(), LOCAL, factory, repl);
+    let factory: drbdpool::node::BackendFactory = Arc::new(move |_spec: &BackendSpec| Ok(Box::new(SimBackend::new(&images)) as Box<dyn Backend>));
+    let local = drbdpool::node::LocalNode::with_backends(store.clone(), LOCAL, factory, repl);
     let mut agent = drbdpool::agent::Agent::new(store.clone(), local);
     let mut pass_ms = Vec::new();
     for _ in 0..passes {

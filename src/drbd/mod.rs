@@ -10,6 +10,16 @@ pub mod sim;
 
 use crate::error::Result;
 
+/// Backing size for a DRBD device of `net_kib`: DRBD keeps its internal metadata
+/// at the end of the backing device (4 KiB superblock + 32 KiB activity log +
+/// a bitmap of 1 bit per 4 KiB per peer slot; real::PEER_SLOTS (7) slots as
+/// LINSTOR's default, which DRBD 9 metadata is created with and which also covers DRBD 8.4's
+/// single peer), rounded up to 64 KiB.
+pub fn drbd_backing_kib(net_kib: u64) -> u64 {
+    let bitmap = (u64::from(real::PEER_SLOTS) * net_kib).div_ceil(32768).div_ceil(4) * 4;
+    (net_kib + 36 + bitmap).div_ceil(64) * 64
+}
+
 /// Everything needed to render and bring up one resource on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourcePlan {

@@ -28,7 +28,7 @@ const UUID_JUST_CREATED: &str = "0000000000000004";
 const SLOW: Duration = Duration::from_secs(60);
 /// Peer slots in DRBD 9 metadata: room for peers added later (drbdadm would size it for the
 /// file's peers only, `max-peers 2` for 3 hosts: tests/fixtures/drbd9-real/drbdadm-dump-md.fresh-md.node1.out).
-/// agent::local::drbd_backing_kib reserves the bitmap of this many slots.
+/// drbd_backing_kib (drbd/mod.rs) reserves the bitmap of this many slots.
 pub const PEER_SLOTS: u32 = 7;
 
 pub struct DrbdAdm {

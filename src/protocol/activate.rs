@@ -212,17 +212,17 @@ pub fn where_good(doc: &VolumeDoc, local: &str, states: &[NodeState]) -> String 
 /// the moment after a peer loss in which DRBD 9 has not yet settled it to UpToDate.
 fn settled_view(ctx: &Ctx, doc: &VolumeDoc) -> Result<Option<VolumeObserved>> {
     let start = std::time::Instant::now();
-    let mut obs = ctx.node.observe(doc)?;
+    let mut obs = ctx.node.ops()?.observe(doc)?;
     while obs.as_ref().is_some_and(|o| o.disk == "Consistent") && start.elapsed() < CONSISTENT_WAIT {
         std::thread::sleep(ctx.poll.min(CONSISTENT_WAIT.saturating_sub(start.elapsed())));
-        obs = ctx.node.observe(doc)?;
+        obs = ctx.node.ops()?.observe(doc)?;
     }
     Ok(obs)
 }
 
 /// A promotion DRBD refused for lost quorum: say where good data is (drbd9-real.md item 4).
 fn promote(ctx: &Ctx, doc: &VolumeDoc, local: &str) -> Result<()> {
-    ctx.node.promote(doc).map_err(|e| match e {
+    ctx.node.ops().and_then(|n| n.promote(doc)).map_err(|e| match e {
         crate::error::Error::Refused(m) if m.contains("quorum") => {
             let good = ctx.store.node_states_of(&doc.resource).map(|s| where_good(doc, local, &s)).unwrap_or_else(|se| {
                 format!("the published states could not be read ({se}) to say where good data is")
@@ -268,7 +268,7 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
                 d.dual_primary = Some(DualPrimary { source: source.clone(), target: local.clone(), since: now() });
                 Ok(Change::Desired)
             })?;
-            ctx.node.set_dual_primary(&doc, true)?;
+            ctx.node.ops()?.set_dual_primary(&doc, true)?;
             // DRBD checks allow-two-primaries on both sides: the source's agent must have
             // applied the window before we promote. On any failure the window closes again.
             if let Err(e) = wait_for_window(ctx, &doc, &source) {
@@ -316,7 +316,7 @@ pub fn deactivate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     if doc.replica(&local).is_none() {
         return Ok(json!({})); // nothing is active here
     }
-    ctx.node.demote(&doc)?;
+    ctx.node.ops()?.demote(&doc)?;
     if doc.dual_primary.as_ref().is_some_and(|d| d.source == local || d.target == local) {
         // Migration finished (source demoted) or aborted (target demoted): close the window.
         close_window(ctx, sid, volname, &local)?;
@@ -339,7 +339,7 @@ fn close_window(ctx: &Ctx, sid: &str, volname: &str, local: &str) -> Result<()> 
         return Ok(());
     }
     tracing::info!("live-migration window of {} closed by {local}", doc.resource);
-    ctx.node.set_dual_primary(&doc, false)
+    ctx.node.ops().and_then(|n| n.set_dual_primary(&doc, false))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::invalid;
-use crate::node::NodeOps;
+use crate::node::NodeHandle;
 use crate::store::Store;
 
 pub use args::Args;
@@ -94,7 +94,7 @@ impl Reply {
 /// Everything a handler works with.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub node: &'a dyn NodeOps,
+    pub node: &'a dyn NodeHandle,
     /// Bound for waiting on other nodes' agents (alloc, free, resize).
     pub peer_timeout: Duration,
     /// How often the store is re-read while waiting.
@@ -121,7 +121,7 @@ pub const ROLLBACK_ALLOWANCE: Duration = Duration::from_secs(10);
 impl<'a> Ctx<'a> {
     /// Peer timeout from `DRBDPOOL_PEER_TIMEOUT_SECS`, else 45 s (PVE's storage lock allows 60 s);
     /// alloc and clone give up earlier (ALLOC_BUDGET).
-    pub fn new(store: &'a Store, node: &'a dyn NodeOps) -> Ctx<'a> {
+    pub fn new(store: &'a Store, node: &'a dyn NodeHandle) -> Ctx<'a> {
         let peer_timeout = std::env::var("DRBDPOOL_PEER_TIMEOUT_SECS")
             .ok()
             .and_then(|v| v.trim().parse::<f64>().ok())

@@ -89,7 +89,7 @@ pub fn status(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) -> Result<Value> 
     // The agent is alive but publishes space only for storages that hold volumes:
     // ask the backend once ourselves (a new, still empty storage).
     let cfg = super::scfg::StorageCfg::parse(scfg)?;
-    match ctx.node.space(&cfg.backend) {
+    match ctx.node.ops().and_then(|n| n.space(&cfg.backend)) {
         Ok(s) => Ok(json!({"total": s.total, "avail": s.avail, "used": s.used, "active": true})),
         Err(e) => {
             tracing::warn!("storage {sid} on {}: {e}", ctx.node.name());

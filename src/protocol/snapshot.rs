@@ -107,7 +107,7 @@ pub fn snapshot(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let local = ctx.node.name().to_string();
     let here = doc.replica(&local).is_some();
     if here {
-        ctx.node.snapshot(&doc, snap)?;
+        ctx.node.ops()?.snapshot(&doc, snap)?;
         crate::failpoint!("snapshot.after-local");
     }
     let recorded = update(ctx, sid, volname, |d| {
@@ -122,7 +122,7 @@ pub fn snapshot(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         Err(e) => {
             // A concurrent call made the same snapshot: that one owns it, ours is the same LV/file.
             if here && e.kind() != "conflict" {
-                let _ = ctx.node.remove_snapshot(&doc, snap);
+                let _ = ctx.node.ops().and_then(|n| n.remove_snapshot(&doc, snap));
             }
             return Err(e);
         }
@@ -155,7 +155,7 @@ pub fn snapshot(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         Ok(())
     });
     if here {
-        if let Err(e) = ctx.node.remove_snapshot(&doc, snap) {
+        if let Err(e) = ctx.node.ops().and_then(|n| n.remove_snapshot(&doc, snap)) {
             tracing::error!("could not remove the local snapshot {snap} of {}: {e} (the agent retries)", doc.resource);
         }
     }
@@ -191,7 +191,7 @@ pub fn snapshot_delete(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     crate::failpoint!("snapshot-delete.after-doc");
     // Also when the document did not list it: removes leftovers here (idempotent).
     if doc.replica(ctx.node.name()).is_some() {
-        ctx.node.remove_snapshot(&doc, snap)?;
+        ctx.node.ops()?.remove_snapshot(&doc, snap)?;
         crate::failpoint!("snapshot-delete.after-local-remove");
     }
     let peers = peers_of(ctx, &doc);
@@ -218,7 +218,7 @@ fn rollback_obstacle(ctx: &Ctx, doc: &VolumeDoc, snap: &str) -> Result<Option<St
             names(doc)
         )));
     }
-    if ctx.node.snapshot_path(doc, snap)?.is_none() {
+    if ctx.node.ops()?.snapshot_path(doc, snap)?.is_none() {
         let peers = peers_of(ctx, doc);
         let with: Vec<String> = published(ctx.store, &peers, &doc.resource)?
             .into_iter()
@@ -300,7 +300,7 @@ pub fn snapshot_rollback(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
             )));
         }
         crate::failpoint!("rollback.after-discarded");
-        ctx.node.rollback_source(&doc, snap)
+        ctx.node.ops().and_then(|n| n.rollback_source(&doc, snap))
     })();
     crate::failpoint!("rollback.before-clear");
     // Clear the mark in every case: the discarded replicas come up and resync fully from
@@ -373,7 +373,7 @@ fn local_snapshot_doc(ctx: &Ctx, sid: &str, volname: &str, snap: &str) -> Result
 
 pub fn path(ctx: &Ctx, sid: &str, volname: &str, snap: &str) -> Result<Value> {
     let doc = local_snapshot_doc(ctx, sid, volname, snap)?;
-    let p = ctx.node.snapshot_path(&doc, snap)?.ok_or_else(|| {
+    let p = ctx.node.ops()?.snapshot_path(&doc, snap)?.ok_or_else(|| {
         refused!("node {} has no copy of snapshot {snap} of {sid}:{volname}", ctx.node.name())
     })?;
     Ok(json!({"path": p, "vmid": doc.vmid, "vtype": "images"}))
@@ -381,14 +381,14 @@ pub fn path(ctx: &Ctx, sid: &str, volname: &str, snap: &str) -> Result<Value> {
 
 pub fn activate(ctx: &Ctx, sid: &str, volname: &str, snap: &str) -> Result<Value> {
     let doc = local_snapshot_doc(ctx, sid, volname, snap)?;
-    Ok(json!({"path": ctx.node.activate_snapshot(&doc, snap)?}))
+    Ok(json!({"path": ctx.node.ops()?.activate_snapshot(&doc, snap)?}))
 }
 
 pub fn deactivate(ctx: &Ctx, sid: &str, volname: &str, snap: &str) -> Result<Value> {
     check_snap_name(snap)?;
     let doc = load(ctx, sid, volname)?;
     if doc.replica(ctx.node.name()).is_some() {
-        ctx.node.deactivate_snapshot(&doc, snap)?;
+        ctx.node.ops()?.deactivate_snapshot(&doc, snap)?;
     }
     Ok(json!({}))
 }

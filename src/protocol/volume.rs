@@ -27,7 +27,7 @@ fn left(deadline: Instant) -> Duration {
 /// Wake the agents of the other replica nodes now instead of at their next round.
 fn poke_peers(ctx: &Ctx, doc: &VolumeDoc, why: &str) {
     for n in peers_of(ctx, doc) {
-        crate::agent::wake::poke(ctx.store, &n, why);
+        crate::store::wake::poke(ctx.store, &n, why);
     }
 }
 
@@ -42,7 +42,7 @@ const KERNEL_POLL: Duration = Duration::from_millis(500);
 
 /// This node's kernel view of `doc` (None when this node holds no replica), throttled.
 struct KernelView<'c> {
-    node: &'c dyn crate::node::NodeOps,
+    node: &'c dyn crate::node::NodeHandle,
     doc: &'c VolumeDoc,
     on: bool,
     at: Option<Instant>,
@@ -56,7 +56,7 @@ impl<'c> KernelView<'c> {
 
     fn get(&mut self) -> Result<&Option<VolumeObserved>> {
         if self.on && self.at.is_none_or(|t| t.elapsed() >= KERNEL_POLL) {
-            self.view = self.node.kernel_view(self.doc)?;
+            self.view = self.node.ops()?.kernel_view(self.doc)?;
             self.at = Some(Instant::now());
         }
         Ok(&self.view)
@@ -171,9 +171,9 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let name = format!("{}:{}", doc.storeid, doc.volname);
     let t0 = Instant::now();
     let is_replica = doc.replica(&local).is_some();
-    let _creating = if is_replica { ctx.node.hold_creation(doc)? } else { None };
+    let _creating = if is_replica { ctx.node.ops()?.hold_creation(doc)? } else { None };
     if is_replica {
-        ctx.node.ensure_replica(doc)?;
+        ctx.node.ops()?.ensure_replica(doc)?;
         crate::failpoint!("alloc.after-local-replica");
         tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "alloc: local replica up");
     }
@@ -210,7 +210,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
         // A peer's "ready" means its disk is attached; the DRBD connection may still be coming
         // up, and the skip is refused until it is: retry that refusal until the deadline.
         loop {
-            match ctx.node.skip_initial_sync(doc) {
+            match ctx.node.ops().and_then(|n| n.skip_initial_sync(doc)) {
                 Ok(()) => break,
                 Err(Error::Refused(m)) if !left(deadline).is_zero() => {
                     tracing::debug!(resource = %doc.resource, "initial-sync skip not possible yet ({m}); retrying");
@@ -290,9 +290,9 @@ fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     if doc.replica(ctx.node.name()).is_some() {
         if left(by).is_zero() {
             // Too late in the call: this node's agent removes it (the document says deleting).
-            crate::agent::wake::poke(ctx.store, ctx.node.name(), "roll back");
+            crate::store::wake::poke(ctx.store, ctx.node.name(), "roll back");
             tracing::warn!("{}: leaving the removal of the local replica to this node's agent (the alloc is out of time)", doc.resource);
-        } else if let Err(e) = ctx.node.remove_replica(doc) {
+        } else if let Err(e) = ctx.node.ops().and_then(|n| n.remove_replica(doc)) {
             tracing::error!("could not remove the local replica of {}: {e} (the agent retries)", doc.resource);
         }
     }
@@ -313,7 +313,7 @@ fn in_use(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
-        if let Some(o) = ctx.node.observe(doc)? {
+        if let Some(o) = ctx.node.ops()?.observe(doc)? {
             if o.role == "Primary" || o.open {
                 out.push(local.clone());
             }
@@ -363,7 +363,7 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     crate::failpoint!("free.after-deleting");
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_some() {
-        ctx.node.remove_replica(&doc)?;
+        ctx.node.ops()?.remove_replica(&doc)?;
         crate::failpoint!("free.after-local-remove");
     }
     let peers = peers_of(ctx, &doc);
@@ -423,7 +423,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     })?;
     poke_peers(ctx, &doc, "resize");
     crate::failpoint!("resize.after-doc");
-    ctx.node.grow_backing(&doc)?;
+    ctx.node.ops()?.grow_backing(&doc)?;
     crate::failpoint!("resize.after-local-grow");
     let peers = peers_of(ctx, &doc);
     let what = format!("the replicas of {sid}:{volname} to grow");
@@ -439,7 +439,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
         )));
     }
     crate::failpoint!("resize.before-drbd-grow");
-    ctx.node.grow_drbd(&doc)?;
+    ctx.node.ops()?.grow_drbd(&doc)?;
     Ok(json!({"size": doc.size_kib * 1024}))
 }
 
@@ -573,7 +573,7 @@ fn not_identical(ctx: &Ctx, doc: &VolumeDoc) -> Result<Vec<String>> {
     let others = peers_of(ctx, &doc);
     let mut views = published(ctx.store, &others, &doc.resource)?;
     if doc.replica(&local).is_some() {
-        views.insert(local.clone(), ctx.node.observe(doc)?);
+        views.insert(local.clone(), ctx.node.ops()?.observe(doc)?);
     }
     let mut out = Vec::new();
     for (n, o) in views {

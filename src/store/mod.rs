@@ -10,6 +10,7 @@ pub mod index;
 pub mod lock;
 pub mod marks;
 pub mod state;
+pub mod wake;
 
 use std::fs;
 use std::path::{Path, PathBuf};

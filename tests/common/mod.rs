@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use drbdpool::error::{Error, Result};
-use drbdpool::node::NodeOps;
+use drbdpool::node::{NodeHandle, NodeOps};
 use drbdpool::store::docs::{BackendSpec, NodeDoc, NodeState, PeerObserved, Space, VolumeDoc, VolumeObserved, VolumeState};
 use drbdpool::store::Store;
 
@@ -261,7 +261,7 @@ pub fn call(ctx: &drbdpool::protocol::Ctx, method: &str, storeid: &str, args: se
     drbdpool::protocol::handle(ctx, method, req.to_string().as_bytes())
 }
 
-pub fn ctx<'a>(store: &'a Store, node: &'a dyn NodeOps, peer_timeout_ms: u64) -> drbdpool::protocol::Ctx<'a> {
+pub fn ctx<'a>(store: &'a Store, node: &'a dyn NodeHandle, peer_timeout_ms: u64) -> drbdpool::protocol::Ctx<'a> {
     drbdpool::protocol::Ctx { store, node, peer_timeout: Duration::from_millis(peer_timeout_ms), poll: Duration::from_millis(10), started: None, alloc_budget: Duration::from_millis(peer_timeout_ms) }
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use drbdpool::agent::{BackendFactory, LocalNode};
+use drbdpool::node::{BackendFactory, LocalNode};
 use drbdpool::backend::file::FileBackend;
 use drbdpool::drbd::sim::SimDrbd;
 use drbdpool::exec::RealRunner;

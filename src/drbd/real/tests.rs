@@ -927,7 +927,7 @@ mod real_metadata {
             return None;
         }
         let img = tempfile::NamedTempFile::new().ok()?;
-        img.as_file().set_len(crate::agent::drbd_backing_kib(NET) * 1024).ok()?;
+        img.as_file().set_len(crate::drbd::drbd_backing_kib(NET) * 1024).ok()?;
         let out = RealRunner.run(&Cmd::new("losetup").args(["-f", "--show", &img.path().to_string_lossy()])).ok()?;
         if !out.success() {
             eprintln!("SKIPPED: losetup failed: {}", out.stderr.trim());

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::{write_atomic, Store};
+use super::{write_atomic, Store};
 
 /// How often the agent reads its wake file between passes.
 pub const WAKE_CHECK: Duration = Duration::from_millis(200);

@@ -1,13 +1,15 @@
 //! `LocalNode`: this node's side of a volume (NodeOps), built from a Backend
-//! (per the VolumeDoc's BackendSpec) and a Replication (real DRBD or SimDrbd).
+//! (per the VolumeDoc's BackendSpec) and a Replication (real DRBD or SimDrbd,
+//! chosen by `replication_from_env`).
 
 use std::sync::Arc;
 
 use crate::backend::{backend_for, Backend, Backing};
-use crate::drbd::{observe, PlanHost, Replication, ResourcePlan, ResourceStatus};
+use crate::drbd::{drbd_backing_kib, observe, PlanHost, Replication, ResourcePlan, ResourceStatus};
 use crate::error::{Error, Result};
-use crate::exec::Runner;
-use crate::node::NodeOps;
+use crate::drbd::sim::SimDrbd;
+use crate::exec::{RealRunner, Runner};
+use super::NodeOps;
 use crate::store::docs::{BackendSpec, Space, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::Store;
 
@@ -15,14 +17,23 @@ use crate::store::Store;
 /// runner; tests may map one spec to per-node directories.
 pub type BackendFactory = Arc<dyn Fn(&BackendSpec) -> Result<Box<dyn Backend>> + Send + Sync>;
 
-/// Backing size for a DRBD device of `net_kib`: DRBD keeps its internal metadata
-/// at the end of the backing device (4 KiB superblock + 32 KiB activity log +
-/// a bitmap of 1 bit per 4 KiB per peer slot; crate::drbd::real::PEER_SLOTS (7) slots as
-/// LINSTOR's default, which DRBD 9 metadata is created with and which also covers DRBD 8.4's
-/// single peer), rounded up to 64 KiB.
-pub fn drbd_backing_kib(net_kib: u64) -> u64 {
-    let bitmap = (u64::from(crate::drbd::real::PEER_SLOTS) * net_kib).div_ceil(32768).div_ceil(4) * 4;
-    (net_kib + 36 + bitmap).div_ceil(64) * 64
+/// The real DRBD side (drbdadm/drbdsetup: crate::drbd::real::DrbdAdm).
+pub fn real_replication(runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    Ok(Box::new(crate::drbd::real::DrbdAdm::new(runner)))
+}
+
+/// `DRBDPOOL_DRBD=real|sim` (default real).
+pub fn replication_from_env(node: &str, runner: Arc<dyn Runner>) -> Result<Box<dyn Replication>> {
+    match std::env::var("DRBDPOOL_DRBD").unwrap_or_default().as_str() {
+        "" | "real" => real_replication(runner),
+        "sim" => Ok(Box::new(SimDrbd::from_env(node)?)),
+        other => Err(Error::InvalidInput(format!("DRBDPOOL_DRBD={other:?}: use `real` or `sim`"))),
+    }
+}
+
+/// This node's side of volumes, for the plugin handlers.
+pub fn local_node(store: &Store, node: &str) -> Result<Box<dyn NodeOps>> {
+    Ok(Box::new(LocalNode::from_env(store, node)?))
 }
 
 /// How often demote looks at an open device before refusing (300 ms apart).
@@ -48,6 +59,13 @@ impl LocalNode {
     pub fn new(store: Store, node: &str, runner: Arc<dyn Runner>, repl: Box<dyn Replication>) -> LocalNode {
         let backends: BackendFactory = Arc::new(move |spec| backend_for(spec, runner.clone()));
         LocalNode { store, node: node.to_string(), backends, repl }
+    }
+
+    /// The real runner and the DRBD side of `DRBDPOOL_DRBD` (the agent and the plugin).
+    pub fn from_env(store: &Store, node: &str) -> Result<LocalNode> {
+        let runner: Arc<dyn Runner> = Arc::new(RealRunner);
+        let repl = replication_from_env(node, runner.clone())?;
+        Ok(LocalNode::new(store.clone(), node, runner, repl))
     }
 
     pub fn with_backends(store: Store, node: &str, backends: BackendFactory, repl: Box<dyn Replication>) -> LocalNode {

@@ -1,6 +1,13 @@
-//! What the plugin handlers need from this node: the local side of a volume.
-//! Implemented by `agent::LocalNode` (real backends + real or simulated DRBD);
+//! The node side: what one node does to its disks and its DRBD resources.
+//! `NodeOps` declares each action once (what the plugin handlers and the agent need);
+//! `LocalNode` (local.rs) implements it with real backends and real or simulated DRBD;
 //! handler tests use a fake.
+
+pub mod lazy;
+pub mod local;
+
+pub use lazy::LazyNode;
+pub use local::{local_node, real_replication, replication_from_env, BackendFactory, LocalNode};
 
 use crate::error::Result;
 use crate::backend::{BackendSpec, Space};
@@ -16,7 +23,8 @@ pub trait NodeOps {
     fn remove_replica(&self, vol: &VolumeDoc) -> Result<()>;
     /// The local replica's current state (None: not configured here).
     fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>>;
-    // The two below have defaults (additive); a wrapper (cli::plugin::LazyNode) must forward them.
+    // The two below have defaults: a node without creation races or a cheaper kernel view
+    // (the handler tests' fake) needs neither.
     /// Held by an alloc for the whole creation of a volume (dropped: released; also when the
     /// process dies): this node's agent leaves that volume to the alloc meanwhile, so the two
     /// do not repeat each other's tool calls. Default: nothing to hold.
@@ -59,4 +67,22 @@ pub trait NodeOps {
     /// Rollback, on every other replica: take the resource down and recreate its metadata,
     /// so it comes back Inconsistent and receives a full sync. Refused while Primary/open.
     fn discard_replica(&self, vol: &VolumeDoc) -> Result<()>;
+}
+
+/// What the plugin handlers hold of this node: its name at once, its actions when a
+/// handler needs them. Every NodeOps is one; LazyNode (lazy.rs) builds the real node
+/// side on the first `ops`, so no action is forwarded by hand.
+pub trait NodeHandle {
+    fn name(&self) -> &str;
+    /// This node's actions; Err when the node side cannot be set up here.
+    fn ops(&self) -> Result<&dyn NodeOps>;
+}
+
+impl<T: NodeOps> NodeHandle for T {
+    fn name(&self) -> &str {
+        NodeOps::name(self)
+    }
+    fn ops(&self) -> Result<&dyn NodeOps> {
+        Ok(self)
+    }
 }
