@@ -1,6 +1,6 @@
 //! Steering Proxmox HA to nodes that hold good data.
 //!
-//! The HA manager has no storage hook (reference/pve-storage-api.md §3.3): it
+//! The HA manager has no storage hook (tests/ha runs its real code): it
 //! picks a recovery node from node-affinity rules only. So for every HA-managed
 //! guest whose disks are on drbdpool we keep one strict node-affinity rule
 //! `drbdpool-<vm|ct><vmid>` listing the nodes whose replicas of all its disks

@@ -3,7 +3,7 @@
 //!
 //! The filter only rejects DRBD devices; it never appends `a|.*|`, because with
 //! an accept-all rule LVM found suspended DRBD devices through /dev/block/147:N
-//! and hung (LINSTOR's LvmCommands.java, reference/drbd.md §1.9).
+//! and hung (LINSTOR's LvmCommands.java rejects DRBD devices the same way).
 
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 //! asks of DRBD (is it attached, open, due for its initial sync, is a fenced peer
 //! healed). The parsers (events2.rs) give DRBD's words; this is the one place that
 //! reads meaning into them, DRBD 8.4's differences included (8.4 has one peer, which
-//! its events2 calls peer-node-id 0, conn-name `peer`: reference/drbd.md).
+//! its events2 calls peer-node-id 0, conn-name `peer`: tests/fixtures/drbd84-real).
 
 use super::ResourceStatus;
 use crate::store::docs::{PeerObserved, VolumeDoc, VolumeObserved};

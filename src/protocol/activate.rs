@@ -19,7 +19,7 @@ pub const STALE_AFTER_SECS: u64 = 90;
 
 /// DRBD 9 shows a survivor `Consistent`, not UpToDate, for a moment after it loses the
 /// Primary (1.2 s in tests/fixtures/drbd9-real/drbdsetup-events2-live.kill-and-promote.node2.out,
-/// 0.1-1.2 s over the runs of docs in ../shared/reference/drbd9-real.md): activate waits at most
+/// 0.1-1.2 s over the lab runs on DRBD 9.2.18): activate waits at most
 /// this long for it to settle before deciding.
 pub const CONSISTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 

@@ -4,7 +4,8 @@
 //!
 //! Why: pmxcfs refuses a file over 1 MiB with EFBIG (memdb.h), and one file holding
 //! every replica of a node passed that at about 2,490 replicas
-//! (reference/pmxcfs-real.md item 5), after which the agent could not publish at all.
+//! (measured on the real pmxcfs: tests/pmxcfs_store.rs writes that layout and gets EFBIG),
+//! after which the agent could not publish at all.
 //! In shards a node's state stays far below the cap at 10,000 volumes
 //! (docs/ARCHITECTURE.md, "Store size"), a change of one replica rewrites one shard
 //! rather than the whole state (pmxcfs sends every write to every node), and a reader
