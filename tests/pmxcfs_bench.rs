@@ -173,8 +173,10 @@ fn alloc_writes(c: &Cluster, emit: &mut impl FnMut(&str, usize)) {
     let text = std::fs::read_to_string(c.path(1, trace)).unwrap();
     let mut kinds: std::collections::BTreeMap<&str, u64> = Default::default();
     for l in text.lines() {
-        // `<pid> call(args) = result`; failed calls change nothing.
-        let Some((call, rest)) = l.split_once(' ').map(|(_, r)| r).and_then(|r| r.split_once('(')) else { continue };
+        // `[<pid> ]call(args) = result` (strace -f prefixes the pid once there is more than one
+        // process); failed calls change nothing.
+        let l = l.trim_start_matches(|ch: char| ch.is_ascii_digit()).trim_start();
+        let Some((call, rest)) = l.split_once('(') else { continue };
         if rest.contains(") = -1") {
             continue;
         }
