@@ -121,16 +121,7 @@ impl Store {
         };
         let mut volumes = head.volumes;
         if head.format >= STATE_FORMAT {
-            let shards: Vec<String> = match only {
-                Some(r) => vec![format!("{:02}", shard_of(r))],
-                None => list_names(&self.state_shard_dir(node))?,
-            };
-            for s in shards {
-                let p = self.state_shard_dir(node).join(format!("{s}.json"));
-                if let Some(sh) = read_versioned_upto(&p, |s: &ShardOf<V>| s.format, STATE_FORMAT)? {
-                    volumes.extend(sh.volumes);
-                }
-            }
+            volumes.extend(self.read_shards::<V>(node, only.map(shard_of))?);
         }
         if let Some(r) = only {
             volumes.retain(|k, _| k == r);
@@ -183,7 +174,7 @@ impl Store {
 
     /// Publish a node's state, writing every shard that differs from what is on disk.
     pub fn put_node_state(&self, s: &NodeState) -> Result<()> {
-        let on_disk = self.sharded_volumes(&s.node)?;
+        let on_disk = self.read_shards(&s.node, None)?;
         self.write_state(s, &on_disk)
     }
 
@@ -196,12 +187,17 @@ impl Store {
         }
     }
 
-    /// The volumes in a node's shard files (not inline ones of a format-1 head).
-    fn sharded_volumes(&self, node: &str) -> Result<BTreeMap<String, VolumeObserved>> {
+    /// The volumes in a node's shard files (not inline ones of a format-1 head): all of
+    /// them, or just shard `only`.
+    fn read_shards<V: DeserializeOwned>(&self, node: &str, only: Option<u32>) -> Result<BTreeMap<String, V>> {
+        let names = match only {
+            Some(shard) => vec![format!("{shard:02}")],
+            None => list_names(&self.state_shard_dir(node))?,
+        };
         let mut out = BTreeMap::new();
-        for s in list_names(&self.state_shard_dir(node))? {
+        for s in names {
             let p = self.state_shard_dir(node).join(format!("{s}.json"));
-            if let Some(sh) = read_versioned_upto(&p, |s: &ShardOf<VolumeObserved>| s.format, STATE_FORMAT)? {
+            if let Some(sh) = read_versioned_upto(&p, |s: &ShardOf<V>| s.format, STATE_FORMAT)? {
                 out.extend(sh.volumes);
             }
         }
