@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import LabError, Result, elapsed, main, minor_of, proc_drbd, pve, pve_try  # noqa: E402
+from dp import LabError, Result, activate_retrying, elapsed, main, minor_of, proc_drbd, pve  # noqa: E402
 
 VMIDS = (101, 102, 103)
 SIZE_KIB = 256 * 1024
@@ -95,18 +95,8 @@ def test(cluster):
     figures["peer loss noticed by node2, s"] = tl.mark("node2 noticed the peer loss")
 
     for vmid, (vol, path) in vols.items():
-        t = time.time()
-        tries, last = 0, ""
-        while True:
-            tries += 1
-            ok, r = pve_try(cluster, 2, "activate", vol)
-            if ok:
-                break
-            last = r
-            if time.time() - t > 240:
-                raise LabError(f"{vol}: activation on the survivor still refused after 240 s: {last}")
-            time.sleep(2)
-        figures[f"activate {vol} on the survivor, s"] = elapsed(t)
+        took, tries, last = activate_retrying(cluster, 2, vol)
+        figures[f"activate {vol} on the survivor, s"] = took
         if tries > 1:
             figures[f"activate {vol}: refused first ({tries - 1}x), last refusal"] = last[-300:]
         tl.mark(f"{vol} activated on node2 (Primary) after {tries} attempt(s)")

@@ -39,6 +39,21 @@ def pve_try(cluster, i, *args, timeout=120, env=None):
         return False, str(e)
 
 
+def activate_retrying(cluster, i, vol, limit=240):
+    """Activate through the shim until the helper allows it, every 2 s (what the HA manager does on a
+    survivor); (seconds, attempts, last refusal). Raises LabError after `limit` seconds."""
+    t, tries, last = time.time(), 0, ""
+    while True:
+        tries += 1
+        ok, r = pve_try(cluster, i, "activate", vol)
+        if ok:
+            return elapsed(t), tries, last
+        last = r
+        if elapsed(t) > limit:
+            raise LabError(f"{vol}: activation on node{i} still refused after {limit} s: {last}")
+        time.sleep(2)
+
+
 PROC_RE = re.compile(r"^\s*(\d+): cs:(\S+) ro:(\S+) ds:(\S+).*?\n\s*ns:(\d+) nr:(\d+) dw:(\d+) dr:(\d+)"
                      r".*?oos:(\d+)", re.M | re.S)
 

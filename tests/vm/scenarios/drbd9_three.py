@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import LabError, Result, elapsed, main, pve, pve_try, voldoc  # noqa: E402
+from dp import LabError, Result, activate_retrying, elapsed, main, pve, voldoc  # noqa: E402
 from demo import LOGGER, acked, record  # noqa: E402
 
 SIZE_KIB = 256 * 1024
@@ -95,18 +95,8 @@ def test(cluster):
                        every=0.2, what="node2 to lose node1")
     figures["peer loss noticed by node2, s"] = tl.mark("node2 lost node1")
 
-    t = time.time()
-    tries, last = 0, ""
-    while True:
-        tries += 1
-        ok, r = pve_try(cluster, 2, "activate", vol)
-        if ok:
-            break
-        last = r
-        if time.time() - t > 240:
-            raise LabError(f"{vol}: activation on node2 still refused after 240 s: {last}")
-        time.sleep(2)
-    figures["activate on the survivor node2 (through the shim), s"] = elapsed(t)
+    took, tries, last = activate_retrying(cluster, 2, vol)
+    figures["activate on the survivor node2 (through the shim), s"] = took
     figures["activation attempts on node2"] = tries
     if tries > 1:
         figures["first refusal on node2"] = last[-300:]

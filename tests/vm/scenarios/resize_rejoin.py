@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import LabError, Result, elapsed, main, minor_of, proc_drbd, pve, pve_try  # noqa: E402
+from dp import LabError, Result, activate_retrying, elapsed, main, minor_of, proc_drbd, pve  # noqa: E402
 
 VMID = 201
 SIZE_KIB = 256 * 1024
@@ -29,20 +29,6 @@ def voldoc(cluster, vol):
     p = os.path.join(cluster.store, "priv", "drbdpool", "volumes", "dp", f"{vol}.json")
     with open(p) as fh:
         return json.load(fh)
-
-
-def activate_retrying(cluster, i, vol, limit=240):
-    """Activate through the shim until the helper allows it; (seconds, attempts, last refusal)."""
-    t, tries, last = time.time(), 0, ""
-    while True:
-        tries += 1
-        ok, r = pve_try(cluster, i, "activate", vol)
-        if ok:
-            return elapsed(t), tries, last
-        last = r
-        if elapsed(t) > limit:
-            raise LabError(f"{vol}: activation on node{i} still refused after {limit} s: {last}")
-        time.sleep(2)
 
 
 def test(cluster):
