@@ -9,6 +9,9 @@
 //!   runs, so locks stay held and temp files stay, exactly as after a SIGKILL.
 //! - `sleep`: print the same line, then park forever (a test SIGKILLs the
 //!   process, e.g. while it holds the cluster lock).
+//! - `pause:MS`: print the same line, wait MS milliseconds, then go on: a window in
+//!   which a test changes the world under a running call (the lab kills a peer
+//!   between alloc's "peers ready" and its initial-sync skip, tests/vm/scenarios/crash_resync.py).
 //!
 //! Unset (production), `hit` costs one load of an initialized `OnceLock`.
 
@@ -23,6 +26,7 @@ pub const ENV: &str = "DRBDPOOL_FAILPOINTS";
 pub enum Action {
     Exit,
     Sleep,
+    Pause(u64),
 }
 
 /// Every failpoint compiled into drbdpool, in the order the operations pass them.
@@ -66,6 +70,11 @@ pub fn parse(spec: &str) -> HashMap<String, Action> {
         .filter(|s| !s.is_empty())
         .map(|s| match s.split_once('=') {
             Some((n, "sleep")) => (n.trim().to_string(), Action::Sleep),
+            Some((n, a)) if a.starts_with("pause:") => match a["pause:".len()..].parse() {
+                Ok(ms) => (n.trim().to_string(), Action::Pause(ms)),
+                // A malformed pause must not turn into a kill of the call under test.
+                Err(_) => (n.trim().to_string(), Action::Pause(0)),
+            },
             Some((n, _)) => (n.trim().to_string(), Action::Exit),
             None => (s.to_string(), Action::Exit),
         })
@@ -85,7 +94,7 @@ fn table() -> Option<&'static HashMap<String, Action>> {
     .as_ref()
 }
 
-/// Stop the process here if the failpoint `name` is set.
+/// Stop (or pause) the process here if the failpoint `name` is set.
 pub fn hit(name: &str) {
     let Some(t) = table() else { return };
     let Some(a) = t.get(name) else { return };
@@ -100,6 +109,7 @@ pub fn hit(name: &str) {
         Action::Sleep => loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         },
+        Action::Pause(ms) => std::thread::sleep(std::time::Duration::from_millis(*ms)),
     }
 }
 
@@ -117,11 +127,13 @@ mod tests {
 
     #[test]
     fn parses_names_and_actions() {
-        let t = parse(" alloc.after-doc , free.after-deleting=sleep,x=exit,,");
+        let t = parse(" alloc.after-doc , free.after-deleting=sleep,x=exit,y=pause:2500,z=pause:soon,,");
         assert_eq!(t.get("alloc.after-doc"), Some(&Action::Exit));
         assert_eq!(t.get("free.after-deleting"), Some(&Action::Sleep));
         assert_eq!(t.get("x"), Some(&Action::Exit));
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.get("y"), Some(&Action::Pause(2500)));
+        assert_eq!(t.get("z"), Some(&Action::Pause(0)));
+        assert_eq!(t.len(), 5);
         assert!(parse("").is_empty());
     }
 
