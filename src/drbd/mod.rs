@@ -221,6 +221,7 @@ pub mod words {
 }
 
 // The DRBD side proper (sim.rs is the simulated side, kept by the node side).
+pub mod discard;
 pub mod events2;
 pub mod observe;
 pub mod openers;

@@ -42,7 +42,8 @@ pub struct DrbdAdm {
     env: Vec<(String, String)>,
     retry_delay: Duration,
     attempts: u32,
-    /// Where openers of a device are looked for (DRBD 9: see openers.rs).
+    /// Where openers of a device are looked for (DRBD 9: see openers.rs), and the block
+    /// devices' queue limits (`sys_block`: a thin backing's discard limit for 8.4, discard.rs).
     open_roots: openers::Roots,
 }
 
@@ -91,7 +92,7 @@ impl DrbdAdm {
         self.env.push((k.into(), v.into()));
         self
     }
-    /// Look for openers under these roots instead of /proc and /sys/block (tests).
+    /// Look for openers (and queue limits) under these roots instead of /proc and /sys/block (tests).
     pub fn with_open_roots(mut self, roots: openers::Roots) -> Self {
         self.open_roots = roots;
         self
@@ -336,6 +337,24 @@ impl DrbdAdm {
     }
 }
 
+impl DrbdAdm {
+    fn cap_discard_84(&self, plan: &ResourcePlan) {
+        match super::discard::cap_for_84(Path::new(&plan.backing), &self.open_roots.sys_block) {
+            Ok(Some((old, new))) => tracing::info!(
+                resource = %plan.resource,
+                old,
+                new,
+                "lowered the backing's discard_max_bytes, which DRBD 8.4 would wrap to 0 and then resync this thin replica without discards"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                resource = %plan.resource,
+                "{e}: DRBD 8.4 may resync this thin replica without discards, which allocates all of it"
+            ),
+        }
+    }
+}
+
 fn retryable(out: &Output, needle: &str) -> bool {
     !out.success() && (out.stderr.contains(needle) || out.stdout.contains(needle))
 }
@@ -347,6 +366,11 @@ impl DrbdAdm {
         let (changed, old) = self.write_config(plan)?;
         crate::failpoint!("agent.after-resource-file");
         let mut applied = Applied { changed_config: changed, ..Default::default() };
+        if plan.thin && self.flavor()? == Flavor::V84 {
+            // Before the attach (in `up`) and before an adjust: both check rs-discard-granularity
+            // against the backing's discard limit, which 8.4 wraps for thin LVs (discard.rs).
+            self.cap_discard_84(plan);
+        }
         if !self.is_up(res)? {
             // A blank device (just made, reads zeroes) has none: saves get-gi + dump-md.
             if blank || !self.has_metadata(res)? {

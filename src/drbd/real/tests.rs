@@ -102,6 +102,31 @@ fn apply_fresh_creates_metadata_and_brings_up() {
     assert!(!Path::new(&t.tmp()).exists(), "candidate cleaned up");
 }
 
+/// Issue 18: before DRBD 8.4 attaches a thin backing, a discard limit that its 32-bit shift
+/// would wrap (a thin LV's 16 GiB) is lowered; DRBD 9 and thick backings are left alone.
+#[test]
+fn apply_84_thin_lowers_a_discard_limit_the_kernel_would_wrap() {
+    for (flavor, thin, lowered) in [(Flavor::V84, true, true), (Flavor::V9, true, false), (Flavor::V84, false, false)] {
+        let t = setup(flavor);
+        t.events(DOWN);
+        no_md(&t.r);
+        let q = t.dir.path().join("no-sys/dm-4/queue");
+        std::fs::create_dir_all(&q).unwrap();
+        std::fs::write(q.join("discard_max_bytes"), "17179869184\n").unwrap();
+        std::fs::write(q.join("discard_granularity"), "65536\n").unwrap();
+        std::fs::write(t.dir.path().join("dm-4"), b"").unwrap();
+        let backing = t.dir.path().join("lv");
+        std::os::unix::fs::symlink(t.dir.path().join("dm-4"), &backing).unwrap();
+        let mut p = plan(2);
+        p.backing = backing.to_string_lossy().into_owned();
+        p.thin = thin;
+        t.adm.apply(&p).unwrap();
+        let now = std::fs::read_to_string(q.join("discard_max_bytes")).unwrap();
+        let want = if lowered { "1073741824" } else { "17179869184" };
+        assert_eq!(now.trim(), want, "{flavor:?} thin={thin}");
+    }
+}
+
 #[test]
 fn apply_up_failure_explains_include() {
     let t = setup(Flavor::V9);
