@@ -6,7 +6,7 @@
 # images,rootdir}. One JSON line out: the call's result and its duration; a
 # refusal dies with the plugin's message (exit code non-zero).
 #
-#   perl -T /root/pve.pl alloc VMID KIB | activate VOL | deactivate VOL | path VOL
+#   perl -T /root/pve.pl alloc VMID KIB [NAME] | activate VOL | deactivate VOL | path VOL
 #                        | resize VOL BYTES [RUNNING] | size VOL | free VOL
 use strict;
 use warnings;
@@ -32,7 +32,7 @@ my $t0 = time;
 my $r = {};
 if ($m eq 'alloc') {            # pct create: vdisk_alloc -> activate_storage + alloc_image
     $P->activate_storage($storeid, $scfg, {});
-    $r->{volname} = $P->alloc_image($storeid, $scfg, $a[0], 'raw', undef, $a[1]);
+    $r->{volname} = $P->alloc_image($storeid, $scfg, $a[0], 'raw', $a[2], $a[1]);
 } elsif ($m eq 'activate') {    # pct start / HA recovery: activate_volumes -> activate_storage + activate_volume
     $P->activate_storage($storeid, $scfg, {});
     $P->activate_volume($storeid, $scfg, $a[0], undef, {});
@@ -48,7 +48,7 @@ if ($m eq 'alloc') {            # pct create: vdisk_alloc -> activate_storage + 
 } elsif ($m eq 'free') {
     $P->free_image($storeid, $scfg, $a[0], 0, 'raw');
 } else {
-    die "usage: pve.pl alloc VMID KIB | activate VOL | deactivate VOL | path VOL | resize VOL BYTES | size VOL"
+    die "usage: pve.pl alloc VMID KIB [NAME] | activate VOL | deactivate VOL | path VOL | resize VOL BYTES | size VOL"
         . " | free VOL\n";
 }
 $r->{seconds} = 0 + sprintf('%.2f', time - $t0);
