@@ -104,6 +104,24 @@ fn settled<T>(path: &Path, mut get: impl FnMut() -> std::io::Result<T>) -> std::
     }
 }
 
+/// Threads for reading many small files at once (`read_all`).
+const READERS: usize = 8;
+
+/// `f` over every item, on up to 8 threads, results in the items' order. On pmxcfs every
+/// read is a few FUSE round trips that pmxcfs serves on several threads, so reading the 32
+/// shards of a node's state (store/state.rs) in parallel waits for about 4 of them, not 32.
+/// On a local file system the threads cost some 0.1 ms.
+pub fn read_all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 4 {
+        return items.iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(READERS);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = items.chunks(per).map(|c| sc.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
+        hs.into_iter().flat_map(|h| h.join().expect("a reader thread panicked")).collect()
+    })
+}
+
 /// The errno of an I/O error, also when it is wrapped (tempfile wraps the
 /// error of creating a temp file with its path).
 pub fn errno(e: &std::io::Error) -> Option<i32> {
@@ -187,6 +205,21 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_all_keeps_the_order_on_one_thread_and_on_many() {
+        for n in [0usize, 3, 4, 32, 33] {
+            let items: Vec<usize> = (0..n).collect();
+            let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+            let out = read_all(&items, |i| {
+                threads.lock().unwrap().insert(std::thread::current().id());
+                i * 2
+            });
+            assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+            let used = threads.lock().unwrap().len();
+            assert!(if n >= 4 { used > 1 && used <= 8 } else { used <= 1 }, "{n} items on {used} threads");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -261,3 +261,57 @@ proptest! {
         }
     }
 }
+
+/// `drbdpool status` and `volume list` (issue 13: < 50 ms at 1,000 volumes on pmxcfs) read the
+/// index too. What they show must equal the documents with the fence marks merged, whatever
+/// the marks did since the last fold, and whatever an older drbdpool left in the index.
+#[test]
+fn the_cli_reads_the_index_with_live_fence_marks_and_older_layouts() {
+    let (_d, s) = store();
+    for i in 0..6 {
+        s.put_volume(&doc(100 + i, 0, 1024)).unwrap();
+    }
+    s.compact_index(SID).unwrap();
+    s.compact_index(SID).unwrap();
+    assert!(marks(&s).is_empty());
+    let want = |s: &Store| -> Vec<(String, String, Entry)> {
+        s.all_volumes().unwrap().iter().map(|d| (d.storeid.clone(), d.volname.clone(), Entry::of(d))).collect()
+    };
+    let cli = |s: &Store| s.cli_entries().unwrap();
+    assert_eq!(cli(&s), want(&s));
+    assert_eq!(cli(&s)[2].2.replicas, vec!["pve1", "pve2"]);
+
+    // A fence mark made after the fold writes no document and no change mark: merged live.
+    let m = s.add_fence_mark("pve-vm-102-disk-0", "pve2", "pve1").unwrap();
+    assert!(marks(&s).is_empty());
+    assert_eq!(cli(&s)[2].2.outdated, vec!["pve2"]);
+    assert_eq!(cli(&s), want(&s));
+    // A fold while the mark exists keeps it out of the index, so its removal shows at once.
+    s.put_volume(&doc(102, 0, 2048)).unwrap();
+    s.compact_index(SID).unwrap();
+    s.remove_fence_mark(&m).unwrap();
+    assert!(cli(&s)[2].2.outdated.is_empty(), "{:?}", cli(&s)[2]);
+    assert_eq!(cli(&s)[2].2.size_kib, 2048);
+    assert_eq!(cli(&s), want(&s));
+
+    // An index of layout 1 (`complete` says 1): not built for this drbdpool; the documents are
+    // read until the next fold rebuilds it.
+    let complete = s.root().join("index").join(SID).join("complete");
+    std::fs::write(&complete, "1\n").unwrap();
+    assert!(!s.index_complete(SID));
+    assert_eq!(cli(&s), want(&s));
+    s.compact_index(SID).unwrap();
+    assert_eq!(std::fs::read_to_string(&complete).unwrap().trim(), drbdpool::store::index::LAYOUT.to_string());
+
+    // An entry an older agent folded into the new index, without the CLI's fields: the
+    // document is read for it.
+    let shard = s.root().join("index").join(SID).join(format!("shard-{:02}.json", 104 % drbdpool::store::index::SHARDS));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&shard).unwrap()).unwrap();
+    let e = v["volumes"]["vm-104-disk-0"].as_object_mut().unwrap();
+    for k in ["resource", "minor", "port", "replicas"] {
+        e.remove(k);
+    }
+    std::fs::write(&shard, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(!s.list_entries(SID, Some(104)).unwrap()[0].1.is_full());
+    assert_eq!(cli(&s), want(&s));
+}

@@ -50,17 +50,30 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn state_word(d: &VolumeDoc) -> &'static str {
-    match d.state {
+fn state_word(s: crate::store::docs::VolumeState) -> &'static str {
+    match s {
         crate::store::docs::VolumeState::Creating => "creating",
         crate::store::docs::VolumeState::Ready => "ready",
         crate::store::docs::VolumeState::Deleting => "deleting",
     }
 }
 
+/// One volume as `status` and `volume list` show it: from the list index (store/index.rs),
+/// not the document, so a call reads 16 shards instead of every document (each a FUSE round
+/// trip on pmxcfs).
+struct Row {
+    storeid: String,
+    volname: String,
+    e: crate::store::index::Entry,
+}
+
+fn rows(store: &Store) -> Result<Vec<Row>> {
+    Ok(store.cli_entries()?.into_iter().map(|(storeid, volname, e)| Row { storeid, volname, e }).collect())
+}
+
 /// One row per replica of every volume, joined with what that node published.
-fn status_rows(store: &Store) -> Result<(Vec<VolumeDoc>, BTreeMap<String, NodeState>)> {
-    let vols = store.all_volumes()?;
+fn status_rows(store: &Store) -> Result<(Vec<Row>, BTreeMap<String, NodeState>)> {
+    let vols = rows(store)?;
     let states = store.node_states()?.into_iter().map(|s| (s.node.clone(), s)).collect();
     Ok((vols, states))
 }
@@ -70,13 +83,13 @@ pub fn status_json(store: &Store) -> Result<Value> {
     let mut out = Vec::new();
     for v in &vols {
         let mut nodes = serde_json::Map::new();
-        for r in &v.replicas {
-            let o = states.get(&r.node).and_then(|s| s.volumes.get(&v.resource));
-            nodes.insert(r.node.clone(), serde_json::to_value(o).unwrap_or(Value::Null));
+        for r in &v.e.replicas {
+            let o = states.get(r).and_then(|s| s.volumes.get(&v.e.resource));
+            nodes.insert(r.clone(), serde_json::to_value(o).unwrap_or(Value::Null));
         }
         out.push(json!({
-            "volid": format!("{}:{}", v.storeid, v.volname), "resource": v.resource, "size": v.size_kib * 1024,
-            "state": state_word(v), "minor": v.minor, "port": v.port, "outdated": v.outdated, "nodes": nodes,
+            "volid": format!("{}:{}", v.storeid, v.volname), "resource": v.e.resource, "size": v.e.size_kib * 1024,
+            "state": state_word(v.e.state), "minor": v.e.minor, "port": v.e.port, "outdated": v.e.outdated, "nodes": nodes,
         }));
     }
     Ok(json!({"volumes": out}))
@@ -147,18 +160,18 @@ pub fn status_table_with(store: &Store, mut tracker: Option<&mut SyncTracker>) -
     let (vols, states) = status_rows(store)?;
     let mut t = Table::new(&["VOLUME", "SIZE", "STATE", "NODE", "ROLE", "DISK", "CONNECTION", "SYNC"]);
     for v in &vols {
-        for (i, r) in v.replicas.iter().enumerate() {
-            let o = states.get(&r.node).and_then(|s| s.volumes.get(&v.resource));
+        for (i, node) in v.e.replicas.iter().enumerate() {
+            let o = states.get(node).and_then(|s| s.volumes.get(&v.e.resource));
             let (role, mut disk, conn, sync) = match o {
                 None => ("-".to_string(), "no report".to_string(), "-".to_string(), String::new()),
                 Some(o) => (
                     o.role.clone(),
                     o.disk.clone(),
                     o.peers.iter().map(|p| format!("{}:{}", p.node, p.connection)).collect::<Vec<_>>().join(","),
-                    sync_cell(&v.resource, &r.node, &o.peers, tracker.as_deref_mut()),
+                    sync_cell(&v.e.resource, node, &o.peers, tracker.as_deref_mut()),
                 ),
             };
-            if v.outdated.contains(&r.node) {
+            if v.e.outdated.contains(node) {
                 disk.push_str(" (fenced)");
             }
             if let Some(e) = o.and_then(|o| o.error.as_ref()) {
@@ -167,9 +180,9 @@ pub fn status_table_with(store: &Store, mut tracker: Option<&mut SyncTracker>) -
             let first = i == 0;
             t.row(vec![
                 if first { format!("{}:{}", v.storeid, v.volname) } else { String::new() },
-                if first { human(v.size_kib * 1024) } else { String::new() },
-                if first { state_word(v).to_string() } else { String::new() },
-                r.node.clone(),
+                if first { human(v.e.size_kib * 1024) } else { String::new() },
+                if first { state_word(v.e.state).to_string() } else { String::new() },
+                node.clone(),
                 role,
                 disk,
                 conn,
@@ -201,13 +214,12 @@ fn sync_cell(res: &str, node: &str, peers: &[crate::store::docs::PeerObserved], 
 }
 
 pub fn volume_list(store: &Store, as_json: bool) -> Result<String> {
-    let vols = store.all_volumes()?;
+    let vols = rows(store)?;
     if as_json {
         let v: Vec<Value> = vols
             .iter()
-            .map(|v| json!({"volid": format!("{}:{}", v.storeid, v.volname), "resource": v.resource, "size": v.size_kib * 1024,
-                "state": state_word(v), "minor": v.minor, "port": v.port,
-                "replicas": v.replicas.iter().map(|r| r.node.clone()).collect::<Vec<_>>()}))
+            .map(|v| json!({"volid": format!("{}:{}", v.storeid, v.volname), "resource": v.e.resource, "size": v.e.size_kib * 1024,
+                "state": state_word(v.e.state), "minor": v.e.minor, "port": v.e.port, "replicas": v.e.replicas}))
             .collect();
         return Ok(serde_json::to_string_pretty(&json!({"volumes": v})).unwrap());
     }
@@ -215,12 +227,12 @@ pub fn volume_list(store: &Store, as_json: bool) -> Result<String> {
     for v in &vols {
         t.row(vec![
             format!("{}:{}", v.storeid, v.volname),
-            human(v.size_kib * 1024),
-            state_word(v).into(),
-            v.resource.clone(),
-            v.device_path(),
-            v.port.to_string(),
-            v.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(","),
+            human(v.e.size_kib * 1024),
+            state_word(v.e.state).into(),
+            v.e.resource.clone(),
+            crate::store::docs::device_path(v.e.minor),
+            v.e.port.to_string(),
+            v.e.replicas.join(","),
         ]);
     }
     Ok(t.render())

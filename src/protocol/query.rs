@@ -234,7 +234,7 @@ pub fn listing(ctx: &Ctx, sid: &str, a: &Args) -> Result<Listing> {
     let mut volumes = Vec::new();
     let used = UsedOf::read(ctx, sid)?;
     // Served from the list index (store/index.rs): one read per shard, not per volume.
-    for (name, e) in ctx.store.list_entries(sid, vmid)? {
+    for (name, e) in ctx.store.list_entries_as::<crate::store::index::ListEntry>(sid, vmid)? {
         if e.state == crate::store::docs::VolumeState::Deleting {
             continue; // PVE must not see it (it would try to free it again)
         }

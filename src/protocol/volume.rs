@@ -388,7 +388,7 @@ pub fn free(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 fn clones_of(ctx: &Ctx, sid: &str, base: &str) -> Result<Vec<String>> {
     Ok(ctx
         .store
-        .list_entries(sid, None)?
+        .list_entries_as::<crate::store::index::ListEntry>(sid, None)?
         .into_iter()
         .filter(|(_, e)| e.parent.as_deref() == Some(base) && e.state != VolumeState::Deleting)
         .map(|(n, _)| format!("{sid}:{}", naming::pve_volname(&n, Some(base))))

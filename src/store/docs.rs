@@ -171,8 +171,13 @@ impl VolumeDoc {
         self.replicas.iter().find(|r| r.node == node)
     }
     pub fn device_path(&self) -> String {
-        format!("/dev/drbd{}", self.minor)
+        device_path(self.minor)
     }
+}
+
+/// The DRBD device of a minor.
+pub fn device_path(minor: u32) -> String {
+    format!("/dev/drbd{minor}")
 }
 
 /// What a node sees of one peer of a resource.

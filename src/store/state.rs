@@ -115,7 +115,7 @@ impl Store {
     }
 
     /// A node's published state read into `V`; `only`: just that resource (head and one shard).
-    pub fn published_as<V: DeserializeOwned>(&self, node: &str, only: Option<&str>) -> Result<Option<Published<V>>> {
+    pub fn published_as<V: DeserializeOwned + Send>(&self, node: &str, only: Option<&str>) -> Result<Option<Published<V>>> {
         let Some(head) = read_versioned_upto(&self.state_head_path(node), |h: &HeadOf<V>| h.format, STATE_FORMAT)? else {
             return Ok(None);
         };
@@ -130,7 +130,7 @@ impl Store {
     }
 
     /// Every node's published state read into `V` (`list` wants role and disk only).
-    pub fn all_published_as<V: DeserializeOwned>(&self, only: Option<&str>) -> Result<Vec<Published<V>>> {
+    pub fn all_published_as<V: DeserializeOwned + Send>(&self, only: Option<&str>) -> Result<Vec<Published<V>>> {
         let mut out = Vec::new();
         for n in self.state_nodes()? {
             if let Some(p) = self.published_as(&n, only)? {
@@ -189,15 +189,18 @@ impl Store {
 
     /// The volumes in a node's shard files (not inline ones of a format-1 head): all of
     /// them, or just shard `only`.
-    fn read_shards<V: DeserializeOwned>(&self, node: &str, only: Option<u32>) -> Result<BTreeMap<String, V>> {
+    fn read_shards<V: DeserializeOwned + Send>(&self, node: &str, only: Option<u32>) -> Result<BTreeMap<String, V>> {
         let names = match only {
             Some(shard) => vec![format!("{shard:02}")],
             None => list_names(&self.state_shard_dir(node))?,
         };
+        let dir = self.state_shard_dir(node);
+        let shards = crate::fsio::read_all(&names, |s| {
+            read_versioned_upto(&dir.join(format!("{s}.json")), |s: &ShardOf<V>| s.format, STATE_FORMAT)
+        });
         let mut out = BTreeMap::new();
-        for s in names {
-            let p = self.state_shard_dir(node).join(format!("{s}.json"));
-            if let Some(sh) = read_versioned_upto(&p, |s: &ShardOf<V>| s.format, STATE_FORMAT)? {
+        for sh in shards {
+            if let Some(sh) = sh? {
                 out.extend(sh.volumes);
             }
         }
