@@ -11,6 +11,7 @@ is activated through the shim (two of three replicas: DRBD's quorum holds), the 
 and every acknowledged record is there; node 3 stays a connected, UpToDate Secondary of the new Primary.
 """
 import os
+import re
 import sys
 import time
 
@@ -72,6 +73,16 @@ def test(cluster):
     if moved:
         raise LabError(f"{vol}: {moved} KiB moved between the replicas at creation; a thin volume needs no initial sync")
     tl.mark(f"{vol} ({res}) UpToDate on all three nodes, nothing resynced")
+    # Issue 18: a full resync of a thin replica discards zeroes instead of writing them only while the
+    # kernel keeps rs-discard-granularity. The in-tree 8.4 wrapped a thin LV's discard limit and turned it
+    # off (src/drbd/discard.rs; crash_resync); DRBD 9 must keep what the resource file sets.
+    for i in (1, 2, 3):
+        m = re.search(r"rs-discard-granularity\s+(\d+)", cluster.check(i, f"drbdsetup show {res}"))
+        off = re.findall(r"rs_discard_granularity (?:changed to 0|feature disabled)", cluster.check(i, "dmesg"))
+        if not m or int(m.group(1)) == 0 or off:
+            raise LabError(f"node{i}: DRBD 9 runs {res} without rs-discard-granularity "
+                           f"(drbdsetup show: {m.group(0) if m else 'absent'}; kernel log: {off})")
+        figures[f"rs-discard-granularity in node{i}'s DRBD 9 kernel, bytes"] = int(m.group(1))
 
     t = time.time()
     pve(cluster, 1, "activate", vol)
