@@ -205,6 +205,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn read_all_keeps_the_order_on_one_thread_and_on_many() {
         for n in [0usize, 3, 4, 32, 33] {
@@ -219,8 +221,6 @@ mod tests {
             assert!(if n >= 4 { used > 1 && used <= 8 } else { used <= 1 }, "{n} items on {used} threads");
         }
     }
-
-    use super::*;
 
     #[test]
     fn temp_files_name_their_target() {

@@ -101,19 +101,20 @@ impl Store {
 
 /// Add the targets of `marks` that are about `doc`'s resource to its outdated list.
 pub fn merge_into(doc: &mut VolumeDoc, marks: &[FenceMark]) {
-    let (resource, replicas): (&str, Vec<&str>) = (&doc.resource, doc.replicas.iter().map(|r| r.node.as_str()).collect());
-    merge(resource, &replicas, &mut doc.outdated, marks);
+    let VolumeDoc { resource, replicas, outdated, .. } = doc;
+    merge(resource, |n| replicas.iter().any(|r| r.node == n), outdated, marks);
 }
 
 /// The same for an index entry (`drbdpool status`): the index holds the document's own
 /// `outdated`, never the marks, which come and go without a write of the document.
 pub fn merge_into_entry(e: &mut super::index::Entry, marks: &[FenceMark]) {
-    merge(&e.resource, &e.replicas, &mut e.outdated, marks);
+    let super::index::Entry { resource, replicas, outdated, .. } = e;
+    merge(resource, |n| replicas.iter().any(|r| r == n), outdated, marks);
 }
 
-fn merge<S: AsRef<str>>(resource: &str, replicas: &[S], outdated: &mut Vec<String>, marks: &[FenceMark]) {
+fn merge(resource: &str, is_replica: impl Fn(&str) -> bool, outdated: &mut Vec<String>, marks: &[FenceMark]) {
     for m in marks.iter().filter(|m| m.resource == resource) {
-        if replicas.iter().any(|r| r.as_ref() == m.target) && !outdated.contains(&m.target) {
+        if is_replica(&m.target) && !outdated.contains(&m.target) {
             outdated.push(m.target.clone());
         }
     }
