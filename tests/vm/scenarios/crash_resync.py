@@ -29,14 +29,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import (ENV, LabError, Result, drbdsetup_show, elapsed, main, minor_of, proc_drbd, pve,  # noqa: E402
+from dp import (DRBDSETUP84, ENV, LabError, Result, drbdsetup_show, elapsed, main, minor_of, proc_drbd, pve,  # noqa: E402
                 pve_try, voldoc)
 
 # drbd/render.rs: al_extents(size) = clamp(ceil(size / 4 MiB) / 8, 67, 1237), 4 MiB per extent
 AL_EXTENT_KIB = 4096
 AL_EXTENTS_MIN = 67
-# drbd-utils' 8.4 drbdsetup, which is not on PATH
-DRBDSETUP84 = "$(ls /usr/lib/drbd/drbdsetup-84 /lib/drbd/drbdsetup-84 2>/dev/null | head -1)"
 ALLOC_LIMIT_S = 45          # the shim gives the helper 55 s and PVE's storage lock 60 s: a margin of 10 s
 PAUSE_MS = 3000
 SIZE_KIB_AL = 1024 * 1024   # part 3's volume: 256 extents

@@ -75,9 +75,13 @@ def voldoc(cluster, vol, storeid=STOREID):
         return json.load(fh)
 
 
+# drbd-utils' 8.4 drbdsetup, which is not on PATH: a shell expression for its path.
+DRBDSETUP84 = "$(ls /usr/lib/drbd/drbdsetup-84 /lib/drbd/drbdsetup-84 2>/dev/null | head -1)"
+
+
 def drbdsetup_show(cluster, i, res):
     """`drbdsetup-84 show <res>`: the kernel's runtime configuration of the resource (non-default options)."""
-    return cluster.check(i, "s=$(ls /usr/lib/drbd/drbdsetup-84 /lib/drbd/drbdsetup-84 2>/dev/null | head -1); "
+    return cluster.check(i, f"s={DRBDSETUP84}; "
                         f'[ -n "$s" ] || {{ echo no drbdsetup-84 >&2; exit 1; }}; "$s" show {res}', 30)
 
 
