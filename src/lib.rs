@@ -12,6 +12,7 @@ pub mod ha;
 pub mod doctor;
 pub mod fence;
 pub mod membership;
+pub mod replace;
 pub mod check;
 pub mod store;
 pub mod protocol;

@@ -163,6 +163,23 @@ enum NodeCmd {
     },
     /// Unregister a node (refused while it holds replicas)
     Remove { name: String },
+    /// Give the replicas of a node that is gone for good to another node (full sync from a survivor)
+    #[command(after_help = "Examples:\n  drbdpool node replace pve1 pve3 --dry-run\n  drbdpool node replace pve1 pve3 --wait\n\n\
+Refused while OLD may be alive (online in the membership, its agent reported within 150 s, or DRBD still\n\
+connected to it). A volume with no UpToDate replica outside OLD is left as it is and named.\n\
+Exit code 0: every volume moved; 9: some were left as they are (each line says why).")]
+    Replace {
+        old: String,
+        new: String,
+        /// Show what would move, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until NEW's replicas are UpToDate, printing the sync's progress
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn open_store(o: &Opts) -> Result<Store> {
@@ -191,6 +208,22 @@ fn run(o: &Opts) -> Result<()> {
         Cmd::Node(NodeCmd::Add { name, address }) => cli::node_add(&open_store(o)?, name, address)?,
         Cmd::Node(NodeCmd::List { json }) => cli::node_list(&open_store(o)?, *json)?,
         Cmd::Node(NodeCmd::Remove { name }) => cli::node_remove(&open_store(o)?, name)?,
+        Cmd::Node(NodeCmd::Replace { old, new, dry_run, wait, json }) => {
+            let store = open_store(o)?;
+            let p = drbdpool::replace::replace(&store, old, new, *dry_run)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"dry_run": dry_run, "old": old, "new": new, "moves": p.moves, "skipped": p.skipped})).unwrap());
+            } else {
+                print!("{}", drbdpool::replace::render(&p, old, new, *dry_run));
+            }
+            if *wait && !*dry_run {
+                cli::wait_synced(&store, new, &p.moves.iter().map(|m| m.resource.clone()).collect::<Vec<_>>(), !*json)?;
+            }
+            if !p.skipped.is_empty() {
+                std::process::exit(9);
+            }
+            return Ok(());
+        }
         Cmd::Check { json, cluster, stuck_after } => {
             let store = open_store(o)?;
             let node = if *cluster { None } else { Some(cli::node_name(o.node.as_deref(), None)?) };

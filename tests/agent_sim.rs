@@ -431,3 +431,72 @@ fn a_replica_of_a_volume_removed_before_this_node_listed_it_leaves_no_backing() 
     assert!(!a_img.exists(), "the backing of a removed volume is removed by its node's agent");
     assert!(lab.image("a", &keep.resource).exists(), "a live volume's backing is kept");
 }
+
+/// `node replace` (issue 16): a dies for good; its replica moves to c, which the agents sync
+/// in full from b (the survivor); a's agent, were it to come back, destroys nothing.
+#[test]
+fn node_replace_moves_a_dead_nodes_replica_and_the_agents_sync_it() {
+    if !can_loop() {
+        return;
+    }
+    use std::io::{Seek, SeekFrom, Write};
+    let lab = Lab::new(&["a", "b", "c"]);
+    let res = "dp-rep";
+    lab.store.put_volume(&lab.volume(res, &["a", "b"], 4096)).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local("b"));
+    let mut c = Agent::new(lab.store.clone(), lab.local("c"));
+    passes(&mut [&mut a, &mut b, &mut c], 3);
+    let d = lab.store.volume("pool1", "dp-rep-vol").unwrap().unwrap();
+    lab.store.update_volume(&d, |d| {
+        d.state = VolumeState::Ready; // as the alloc leaves it
+        Ok(drbdpool::store::Change::Quiet)
+    }).unwrap();
+    // The guest's data, on b (the sim's full sync copies the data area from the source).
+    let record = b"acknowledged record 42\n";
+    let mut f = std::fs::OpenOptions::new().write(true).open(lab.image("b", res)).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(record).unwrap();
+    drop(f);
+
+    // a is alive: refused, nothing written.
+    let e = drbdpool::replace::replace(&lab.store, "a", "c", false).unwrap_err();
+    assert!(e.to_string().contains("gone for good"), "{e}");
+    assert_eq!(lab.store.volume("pool1", "dp-rep-vol").unwrap().unwrap().generation, d.generation);
+
+    // a dies: its DRBD is down, its agent stopped long ago.
+    lab.sim("a").down(res).unwrap();
+    let mut sa = lab.store.node_state("a").unwrap().unwrap();
+    sa.updated -= 3600;
+    lab.store.put_node_state(&sa).unwrap();
+    passes(&mut [&mut b, &mut c], 1);
+
+    let dry = drbdpool::replace::replace(&lab.store, "a", "c", true).unwrap();
+    assert_eq!((dry.moves.len(), dry.moves[0].source.as_str()), (1, "b"), "{dry:?}");
+    assert_eq!(lab.store.volume("pool1", "dp-rep-vol").unwrap().unwrap().generation, d.generation, "a dry run writes nothing");
+
+    let p = drbdpool::replace::replace(&lab.store, "a", "c", false).unwrap();
+    assert!(p.skipped.is_empty(), "{p:?}");
+    let now = lab.store.volume("pool1", "dp-rep-vol").unwrap().unwrap();
+    assert_eq!(now.replicas.iter().map(|r| (r.node.as_str(), r.node_id)).collect::<Vec<_>>(), [("b", 1), ("c", 2)]);
+    assert_eq!(now.generation, d.generation + 1);
+
+    passes(&mut [&mut b, &mut c], 3);
+    for n in ["b", "c"] {
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes[res];
+        assert_eq!((o.disk.as_str(), o.generation, o.error.as_deref()), ("UpToDate", now.generation, None), "{n}: {o:?}");
+        assert_eq!(o.peers.iter().map(|p| (p.node.as_str(), p.connection.as_str())).collect::<Vec<_>>(), [(if n == "b" { "c" } else { "b" }, "Connected")]);
+    }
+    assert_eq!(full_syncs(&lab, "c", res), 1, "c was synced in full");
+    let got = std::fs::read(lab.image("c", res)).unwrap();
+    assert_eq!(&got[..record.len()], record, "c holds b's data");
+    // Running it again: nothing left on a.
+    let again = drbdpool::replace::replace(&lab.store, "a", "c", false).unwrap();
+    assert!(again.moves.is_empty() && again.skipped.is_empty(), "{again:?}");
+
+    // a comes back after all: its agent takes nothing away from anyone and keeps its own data.
+    a.pass().unwrap();
+    assert!(lab.image("a", res).exists(), "a's backing is kept (its data is nobody else's to destroy)");
+    let o = &lab.store.node_state("c").unwrap().unwrap().volumes[res];
+    assert_eq!(o.disk, "UpToDate");
+}

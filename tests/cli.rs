@@ -119,3 +119,46 @@ fn help_documents_exit_codes() {
     let h = String::from_utf8(o.stdout).unwrap();
     assert!(h.contains("Exit codes") && h.contains("4  refused"), "{h}");
 }
+
+/// `node replace` through the binary: refused while OLD reports, a dry run that says what
+/// would move, the move, and exit code 9 with the reason for a volume left as it is.
+#[test]
+fn node_replace_refuses_a_live_node_and_names_what_it_leaves() {
+    use drbdpool::store::docs::{NodeState, Space, VolumeDoc, VolumeObserved};
+    let (d, s) = store_with_nodes(&["pve1", "pve2", "pve3"]);
+    let good = VolumeDoc { resource: "dp.vm-100-disk-0".into(), ..VolumeDoc::for_test("dp", "vm-100-disk-0", &["pve1", "pve2"]) };
+    let stale = VolumeDoc { resource: "dp.vm-101-disk-0".into(), port: 7001, minor: 1001, ..VolumeDoc::for_test("dp", "vm-101-disk-0", &["pve1", "pve2"]) };
+    s.put_volume(&good).unwrap();
+    s.put_volume(&stale).unwrap();
+    let publish = |node: &str, age: u64, vols: &[(&str, &str)]| {
+        let space = [("dp".to_string(), Space { total: 1 << 40, avail: 1 << 40, used: 0 })].into();
+        let vols = vols.iter().map(|(r, disk)| (r.to_string(), VolumeObserved { ready: true, generation: 1, role: "Secondary".into(), disk: disk.to_string(), ..Default::default() })).collect();
+        s.put_node_state(&NodeState::new(node, now() - age, space, vols)).unwrap();
+    };
+    publish("pve1", 10, &[]);
+    publish("pve2", 1, &[("dp.vm-100-disk-0", "UpToDate"), ("dp.vm-101-disk-0", "Outdated")]);
+    publish("pve3", 1, &[]);
+    let (rc, _, err) = run(d.path(), &["node", "replace", "pve1", "pve3"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("pve1's agent reported 10s ago") && err.contains("gone for good"), "{err}");
+
+    publish("pve1", 3600, &[]);
+    let (rc, out, err) = run(d.path(), &["node", "replace", "pve1", "pve3", "--dry-run"]);
+    assert_eq!(rc, 9, "{out}{err}");
+    assert!(out.contains("dp:vm-100-disk-0: replica on pve1 would move to pve3") && out.contains("from pve2"), "{out}");
+    assert!(out.contains("dp:vm-101-disk-0: left as it is") && out.contains("pve2 Outdated"), "{out}");
+    assert_eq!(s.volume("dp", "vm-100-disk-0").unwrap().unwrap(), good, "a dry run changes nothing");
+
+    let (rc, out, _) = run(d.path(), &["node", "replace", "pve1", "pve3", "--json"]);
+    assert_eq!(rc, 9, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["moves"][0]["volname"].as_str(), v["moves"][0]["node_id"].as_u64()), (Some("vm-100-disk-0"), Some(2)), "{v}");
+    assert_eq!(v["skipped"][0]["volume"], "dp:vm-101-disk-0");
+    let now_doc = s.volume("dp", "vm-100-disk-0").unwrap().unwrap();
+    assert_eq!(now_doc.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["pve2", "pve3"]);
+    assert_eq!(s.volume("dp", "vm-101-disk-0").unwrap().unwrap(), stale, "left as it was");
+    // pve1 still holds vm-101's replica: it cannot be unregistered yet.
+    let (rc, _, err) = run(d.path(), &["node", "remove", "pve1"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("vm-101-disk-0"), "{err}");
+}

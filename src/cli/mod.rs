@@ -35,7 +35,7 @@ pub fn node_name(flag: Option<&str>, request: Option<&str>) -> Result<String> {
     Ok(n)
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     let units = ["B", "K", "M", "G", "T", "P"];
     let mut v = bytes as f64;
     let mut i = 0;
@@ -152,6 +152,37 @@ pub fn status_watch(store: &Store, every: std::time::Duration) -> Result<()> {
         let _ = out.flush();
         drop(out);
         std::thread::sleep(every);
+    }
+}
+
+/// `node replace --wait`: until `node`'s replicas of `resources` are UpToDate, a line every
+/// 5 s (when `print`) with each one's disk and the sync's progress, rate and ETA as
+/// `status --watch` shows them.
+pub fn wait_synced(store: &Store, node: &str, resources: &[String], print: bool) -> Result<()> {
+    let mut tracker = SyncTracker::default();
+    let mut last_print: Option<std::time::Instant> = None;
+    loop {
+        let st = store.node_state(node)?;
+        let mut pending = Vec::new();
+        for res in resources {
+            let o = st.as_ref().and_then(|s| s.volumes.get(res));
+            match o {
+                Some(o) if o.disk == "UpToDate" && o.ready => {}
+                Some(o) => pending.push(format!("{res} {} {}", o.disk, sync_cell(res, node, &o.peers, Some(&mut tracker))).trim_end().to_string()),
+                None => pending.push(format!("{res} not reported by {node} yet")),
+            }
+        }
+        if pending.is_empty() {
+            if print {
+                println!("{node}: all {} replica(s) UpToDate", resources.len());
+            }
+            return Ok(());
+        }
+        if print && last_print.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+            println!("{node}: {} of {} syncing: {}", pending.len(), resources.len(), pending.join("; "));
+            last_print = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
