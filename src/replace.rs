@@ -29,16 +29,19 @@ use crate::store::docs::{NodeDoc, NodeState, Replica, VolumeDoc, VolumeState};
 use crate::store::lock::ALLOC_LOCK;
 use crate::store::{marks, Change, Store};
 
-/// A node whose agent has published nothing for this long may be gone (the agent writes
-/// its state at least every 60 s, reconcile::HEARTBEAT_SECS): twice that, and some slack.
-/// `DRBDPOOL_NODE_GONE_SECS` overrides it (the lab kills a node and goes on at once).
+/// A live agent writes its state at least every 60 s (reconcile::HEARTBEAT_SECS): a node
+/// that published within twice that, and some slack, counts as reporting.
+const REPORTS_WITHIN: Duration = Duration::from_secs(150);
+
+/// How long OLD must have been silent to be taken as gone: REPORTS_WITHIN, or
+/// `DRBDPOOL_NODE_GONE_SECS` (the lab kills a node and goes on at once).
 pub fn gone_after() -> Duration {
     std::env::var("DRBDPOOL_NODE_GONE_SECS")
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(150))
+        .unwrap_or(REPORTS_WITHIN)
 }
 
 /// One volume that moves from OLD to NEW.
@@ -83,8 +86,9 @@ pub struct Inputs<'a> {
 }
 
 impl Inputs<'_> {
+    /// A survivor's or NEW's state is recent enough to go by.
     fn fresh(&self, s: &NodeState) -> bool {
-        self.now.saturating_sub(s.updated) < self.gone_after.as_secs().max(1)
+        self.now.saturating_sub(s.updated) < REPORTS_WITHIN.as_secs()
     }
     fn state(&self, node: &str) -> Option<&NodeState> {
         self.states.iter().find(|s| s.node == node)
@@ -103,7 +107,7 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
     let Some(new_state) = i.state(new).filter(|s| i.fresh(s)) else {
         return Err(crate::refused!(
             "node {new}'s agent has not reported in the last {}s: start it there (systemctl start drbdpool-agent) and run this again",
-            i.gone_after.as_secs()
+            REPORTS_WITHIN.as_secs()
         ));
     };
     check_gone(i)?;
@@ -185,7 +189,7 @@ fn check_gone(i: &Inputs) -> Result<()> {
             ));
         }
     }
-    if let Some(s) = i.state(old).filter(|s| i.fresh(s)) {
+    if let Some(s) = i.state(old).filter(|s| i.now.saturating_sub(s.updated) < i.gone_after.as_secs_f64().ceil() as u64) {
         return Err(crate::refused!(
             "node {old}'s agent reported {}s ago: it may be alive; node replace is for a node that is gone for good. \
              Stop it (or wait {}s after it died) and run this again",
