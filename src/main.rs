@@ -144,6 +144,23 @@ enum VolumeCmd {
         /// storeid:volname, or a volname that exists in one storage only
         id: String,
     },
+    /// Disaster recovery: accept this node's Consistent/Outdated replica as the good copy
+    #[command(after_help = "Example (on pve2, after pve1 with the newest data was lost for good):\n  drbdpool volume force-primary dp:vm-100-disk-0 --node pve2 --yes\n\n\
+Runs on NODE itself. Refused while another replica may be reachable (DRBD connected, online in the\n\
+membership, or its agent reported within 150 s), and without --yes (it then says what would be given up).\n\
+The other replicas are marked outdated in the store first: drbdpool never activates them until they have\n\
+resynced from NODE.")]
+    ForcePrimary {
+        id: String,
+        /// The node whose data becomes the good copy: this node
+        #[arg(long)]
+        node: String,
+        /// Accept that what the other replicas wrote after their last sync with NODE is given up
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +222,19 @@ fn run(o: &Opts) -> Result<()> {
         }
         Cmd::Volume(VolumeCmd::List { json }) => cli::volume_list(&open_store(o)?, *json)?,
         Cmd::Volume(VolumeCmd::Show { id }) => cli::volume_show(&open_store(o)?, id)?,
+        Cmd::Volume(VolumeCmd::ForcePrimary { id, node, yes, json }) => {
+            let store = open_store(o)?;
+            drbdpool::naming::check_node_name(node)?;
+            let vol = cli::find_volume(&store, id)?;
+            let here = cli::node_name(o.node.as_deref(), None)?;
+            let local = drbdpool::node::LocalNode::from_env(&store, &here)?;
+            let out = drbdpool::recover::force_primary(&store, &local, &vol, node, *yes)?;
+            if *json {
+                serde_json::to_string_pretty(&out).unwrap()
+            } else {
+                drbdpool::recover::render(&out).trim_end().to_string()
+            }
+        }
         Cmd::Node(NodeCmd::Add { name, address }) => cli::node_add(&open_store(o)?, name, address)?,
         Cmd::Node(NodeCmd::List { json }) => cli::node_list(&open_store(o)?, *json)?,
         Cmd::Node(NodeCmd::Remove { name }) => cli::node_remove(&open_store(o)?, name)?,

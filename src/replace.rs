@@ -27,7 +27,7 @@ use crate::membership::Membership;
 use crate::store::alloc::{MAX_NODE_ID, PORTS};
 use crate::store::docs::{NodeDoc, NodeState, Replica, VolumeDoc, VolumeState};
 use crate::store::lock::ALLOC_LOCK;
-use crate::store::{marks, Change, Store};
+use crate::store::{Change, Store};
 
 /// A live agent writes its state at least every 60 s (reconcile::HEARTBEAT_SECS): a node
 /// that published within twice that, and some slack, counts as reporting.
@@ -283,12 +283,8 @@ pub fn replace(store: &Store, old: &str, new: &str, dry_run: bool) -> Result<Pla
     crate::naming::check_node_name(old)?;
     crate::naming::check_node_name(new)?;
     let _g = store.lock(ALLOC_LOCK)?;
-    let mut docs = store.all_volumes()?;
+    let docs = store.all_volumes()?; // fence marks merged into `outdated`
     let all_marks = store.fence_marks()?;
-    for d in docs.iter_mut() {
-        let mine: Vec<_> = all_marks.iter().filter(|m| m.resource == d.resource).cloned().collect();
-        marks::merge_into(d, &mine);
-    }
     let (nodes, states) = (store.nodes()?, store.node_states()?);
     let membership = Membership::of_store(store)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

@@ -500,3 +500,65 @@ fn node_replace_moves_a_dead_nodes_replica_and_the_agents_sync_it() {
     let o = &lab.store.node_state("c").unwrap().unwrap().volumes[res];
     assert_eq!(o.disk, "UpToDate");
 }
+
+/// `volume force-primary` (issue 16): a (Primary, the newest data) wrote while b was away, then
+/// died for good. b comes back Outdated; it is made the good copy only with --yes and only once
+/// a is silent; a is marked outdated first. When a returns with its own newer writes DRBD keeps
+/// the two apart (split brain): a's mark stays, its data is not touched.
+#[test]
+fn force_primary_accepts_a_survivors_data_and_keeps_the_lost_node_apart() {
+    if !can_loop() {
+        return;
+    }
+    let lab = Lab::new(&["a", "b"]);
+    let res = "dp-dr";
+    lab.store.put_volume(&lab.volume(res, &["a", "b"], 4096)).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local("b"));
+    passes(&mut [&mut a, &mut b], 3);
+    let d = lab.store.volume("pool1", "dp-dr-vol").unwrap().unwrap();
+    lab.store.update_volume(&d, |d| {
+        d.state = VolumeState::Ready;
+        Ok(drbdpool::store::Change::Quiet)
+    }).unwrap();
+    let d = lab.store.volume("pool1", "dp-dr-vol").unwrap().unwrap();
+    lab.sim("a").promote(res).unwrap();
+    lab.sim("b").down(res).unwrap();
+    lab.sim("a").write(res).unwrap(); // b misses this
+    lab.sim("a").down(res).unwrap(); // a dies for good
+    b.pass().unwrap();
+    // a's fence-peer handler outdated b before a died (the sim does not keep a down node's view).
+    lab.sim("b").set_disk_as_left(res, "Outdated").unwrap();
+    let disk = |n: &str| lab.sim(n).resource_status(res).unwrap().map(|s| s.devices[0].disk.clone());
+    assert_eq!(disk("b").as_deref(), Some("Outdated"));
+
+    let lb = lab.local("b");
+    // a's agent reported just now: it may be alive.
+    let e = drbdpool::recover::force_primary(&lab.store, &lb, &d, "b", true).unwrap_err();
+    assert!(e.to_string().contains("a's agent reported"), "{e}");
+    let mut sa = lab.store.node_state("a").unwrap().unwrap();
+    sa.updated -= 3600;
+    lab.store.put_node_state(&sa).unwrap();
+    // Not on another node's behalf, and not without --yes.
+    assert_eq!(drbdpool::recover::force_primary(&lab.store, &lab.local("a"), &d, "b", true).unwrap_err().kind(), "invalid-input");
+    let e = drbdpool::recover::force_primary(&lab.store, &lb, &d, "b", false).unwrap_err();
+    assert!(e.to_string().contains("--yes") && e.to_string().contains("Outdated") && e.to_string().contains("mark a outdated"), "{e}");
+    assert_eq!(lab.store.volume("pool1", "dp-dr-vol").unwrap().unwrap(), d, "refusals change nothing");
+    assert_eq!(disk("b").as_deref(), Some("Outdated"));
+
+    let o = drbdpool::recover::force_primary(&lab.store, &lb, &d, "b", true).unwrap();
+    assert_eq!((o.disk_before.as_str(), o.over.len()), ("Outdated", 1));
+    assert_eq!(disk("b").as_deref(), Some("UpToDate"));
+    let now = lab.store.volume("pool1", "dp-dr-vol").unwrap().unwrap();
+    assert_eq!(now.outdated, ["a"]);
+    assert_eq!(now.forced.as_ref().map(|f| (f.node.as_str(), f.disk_before.as_str())), Some(("b", "Outdated")));
+    // Again: already UpToDate, nothing to force.
+    assert_eq!(drbdpool::recover::force_primary(&lab.store, &lb, &now, "b", true).unwrap_err().kind(), "refused");
+
+    // a comes back with its own writes: split brain, kept apart, a stays marked.
+    passes(&mut [&mut a, &mut b], 3);
+    let sa = lab.sim("a").resource_status(res).unwrap().unwrap();
+    assert_eq!(sa.connections[0].connection, "StandAlone", "{sa:?}");
+    assert_eq!(sa.devices[0].disk, "UpToDate", "a's own data is not discarded");
+    assert_eq!(lab.store.volume("pool1", "dp-dr-vol").unwrap().unwrap().outdated, ["a"], "the mark stays while a is apart");
+}

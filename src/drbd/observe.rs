@@ -91,39 +91,39 @@ pub fn all_uptodate(vol: &VolumeDoc, st: &ResourceStatus) -> bool {
 
 /// Outdated peers of `vol` that this node's kernel shows healed: (node, its DRBD node id).
 /// Healed = this disk UpToDate and the connection to that peer Connected, its disk UpToDate,
-/// nothing out of sync. Only for two replicas, judged by the replica that is not marked
-/// (the one that fenced): a marked node never clears its own mark, because its kernel may
-/// still show the link up for a ping timeout after the fencing side saw it go (the lab's
-/// link_cut caught exactly that), and with three replicas another node's link says nothing
-/// about the one that fenced.
+/// nothing out of sync. Judged by the replica that is not marked: with two replicas the one
+/// that fenced, and with any number the one `volume force-primary` made the good copy (its
+/// data is what the others resync to). A marked node never clears its own mark, because its
+/// kernel may still show the link up for a ping timeout after the fencing side saw it go (the
+/// lab's link_cut caught exactly that), and with three replicas another node's link says
+/// nothing about the one that fenced.
 pub fn healed_outdated(vol: &VolumeDoc, me: &str, st: &ResourceStatus) -> Vec<(String, u8)> {
-    if vol.replicas.len() != 2 || vol.outdated.iter().any(|n| n == me) {
+    let forced_here = vol.forced.as_ref().is_some_and(|f| f.node == me);
+    if (vol.replicas.len() != 2 && !forced_here) || vol.outdated.iter().any(|n| n == me) {
         return Vec::new();
     }
     if st.devices.is_empty() || !st.devices.iter().all(|d| d.disk == "UpToDate") {
         return Vec::new();
     }
-    let Some(peer) = vol.replicas.iter().find(|r| r.node != me) else { return Vec::new() };
-    if !vol.outdated.contains(&peer.node) {
-        return Vec::new();
+    let mut out = Vec::new();
+    for peer in vol.replicas.iter().filter(|r| r.node != me && vol.outdated.contains(&r.node)) {
+        // The connection to that peer: with two replicas and one connection it is that one (8.4's
+        // events2 says peer-node-id:0 whatever the peer's id is, as `volume` above knows); else
+        // DRBD 9's node id names it (a diskless tie-breaker is a second connection).
+        let conn = match st.connections.as_slice() {
+            [only] if vol.replicas.len() == 2 => Some(only),
+            all => all.iter().find(|c| c.peer_node_id == Some(u32::from(peer.node_id))),
+        };
+        let healed = conn.is_some_and(|c| {
+            c.connection == "Connected"
+                && !c.peer_devices.is_empty()
+                && c.peer_devices.iter().all(|p| super::peer_in_sync(&p.replication, &p.peer_disk, p.out_of_sync_kib))
+        });
+        if healed {
+            out.push((peer.node.clone(), peer.node_id));
+        }
     }
-    // The connection to that peer: with two replicas and one connection it is that one (8.4's
-    // events2 says peer-node-id:0 whatever the peer's id is, as `volume` above knows); else
-    // DRBD 9's node id names it (a diskless tie-breaker is a second connection).
-    let conn = match st.connections.as_slice() {
-        [only] => Some(only),
-        all => all.iter().find(|c| c.peer_node_id == Some(u32::from(peer.node_id))),
-    };
-    let healed = conn.is_some_and(|c| {
-        c.connection == "Connected"
-            && !c.peer_devices.is_empty()
-            && c.peer_devices.iter().all(|p| super::peer_in_sync(&p.replication, &p.peer_disk, p.out_of_sync_kib))
-    });
-    if healed {
-        vec![(peer.node.clone(), peer.node_id)]
-    } else {
-        Vec::new()
-    }
+    out
 }
 
 #[cfg(test)]

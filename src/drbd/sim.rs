@@ -383,6 +383,20 @@ impl SimDrbd {
         })
     }
 
+    /// Test hook: the disk state a lost peer leaves behind where the sim cannot derive it,
+    /// because a node that is down is not in its world: `Consistent` (DRBD 8.4 after a power
+    /// loss of both nodes) or `Outdated` (the peer fenced this node, then died).
+    pub fn set_disk_as_left(&self, res: &str, disk: &str) -> Result<()> {
+        if disk != "Consistent" && disk != "Outdated" {
+            return Err(Error::InvalidInput(format!("set_disk_as_left: {disk}: use Consistent or Outdated")));
+        }
+        self.with_world(res, |w| {
+            let me = w.get_mut(&self.node).filter(|r| r.up).ok_or_else(|| Error::NotFound(format!("{res}: not up")))?;
+            me.md.disk = disk.to_string();
+            Ok(())
+        })
+    }
+
     /// Test hook: a guest opens (true) or closes the device.
     /// The resync settings this node last applied to `res` (tests).
     pub fn resync_of(&self, res: &str) -> Result<Option<crate::store::docs::Resync>> {

@@ -210,6 +210,21 @@ impl LocalNode {
         }
     }
 
+    /// `volume force-primary` (src/recover.rs): this replica's Consistent or Outdated data
+    /// becomes the good copy, under the local lock and only while no peer is connected.
+    pub fn force_good_copy(&self, vol: &VolumeDoc) -> Result<()> {
+        self.check_replica(vol)?;
+        let _lock = self.lock(&vol.resource)?;
+        let st = self.status_of(&vol.resource)?.ok_or_else(|| Error::Refused(format!("{}: not up on {}", vol.resource, self.node)))?;
+        if let Some(c) = st.connections.iter().find(|c| c.connection == "Connected") {
+            return Err(Error::Refused(format!("{}: Connected to {} now: not forcing this replica", vol.resource, c.conn_name)));
+        }
+        if st.devices.iter().all(|d| d.disk == "UpToDate") {
+            return Ok(()); // done already (a second run after a crash)
+        }
+        self.repl.make_sync_source(&vol.resource)
+    }
+
     /// Whether the backend reads zeroes where nothing was written (no initial sync needed).
     pub fn is_thin(&self, spec: &BackendSpec) -> Result<bool> {
         Ok(self.backend(spec)?.thin())

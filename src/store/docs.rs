@@ -82,6 +82,17 @@ pub struct DualPrimary {
     pub since: u64,
 }
 
+/// `drbdpool volume force-primary`: the admin accepted `node`'s data as the good copy after
+/// the replica with the newest data was lost (src/recover.rs); `over` were marked outdated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forced {
+    pub node: String,
+    pub at: u64,
+    pub over: Vec<String>,
+    /// The disk state DRBD showed on `node` before (Consistent, Outdated).
+    pub disk_before: String,
+}
+
 /// Desired state of one volume (`volumes/<storeid>/<volname>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeDoc {
@@ -114,6 +125,9 @@ pub struct VolumeDoc {
     pub outdated: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dual_primary: Option<DualPrimary>,
+    /// The last `volume force-primary`, kept for `volume show` and the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<Forced>,
     pub created: u64,
     /// Bumped on every change of desired state (resize, replicas, ...).
     #[serde(default)]
@@ -144,6 +158,7 @@ impl VolumeDoc {
             snapshots: vec![],
             outdated: vec![],
             dual_primary: None,
+            forced: None,
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             generation: 1,
         }
