@@ -78,9 +78,12 @@ pub fn decide(
         let list: Vec<String> = stale_good.iter().map(|(n, a)| format!("{n} reported UpToDate data {a}s ago")).collect();
         format!(
             "no node reports UpToDate data now: {} (its last report, older than {STALE_AFTER_SECS}s: that node or its agent may be down); \
-             bring {} back and start the guest there once it reports again (`drbdpool status`)",
+             bring {} back and start the guest there once it reports again (`drbdpool status`); \
+             only if it is gone for good, accept this replica's data with `drbdpool volume force-primary {}:{} --node {local}`",
             list.join(", "),
-            stale_good.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" or ")
+            stale_good.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" or "),
+            doc.storeid,
+            doc.volname
         )
     } else {
         "no other node reports an UpToDate replica; check `drbdpool status`".to_string()
