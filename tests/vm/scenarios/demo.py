@@ -41,6 +41,31 @@ def record(n):
     return f"record {n:08d} {'x' * 40}"
 
 
+def start_logger(cluster, i, log, at_least=50):
+    """The log writer on guest i appending to `log` (a file on a drbdpool volume), its pid in
+    /run/logger.pid. Returns the host's path of its acknowledgements (/share/acks) once `at_least` records
+    are acknowledged; LabError after 60 s."""
+    acks = os.path.join(cluster.share, "acks")
+    if os.path.exists(acks):  # a run directory reused under the same LAB_RUN_NAME
+        os.remove(acks)
+    cluster.write_file(i, "/root/logger.pl", LOGGER, 0o755)
+    cluster.check(i, f"setsid perl /root/logger.pl {log} /share/acks >/share/logger.err 2>&1 </dev/null & "
+                     "echo $! >/run/logger.pid")
+    deadline = time.time() + 60
+    while acked(acks) < at_least:
+        if time.time() > deadline:
+            raise LabError(f"the log writer on node{i} acknowledged only {acked(acks)} records in 60 s; "
+                           f"see {cluster.share}/logger.err")
+        time.sleep(0.5)
+    return acks
+
+
+def stop_logger(cluster, i):
+    """Stop guest i's log writer and wait until it is gone (10 s at most)."""
+    cluster.check(i, "kill $(cat /run/logger.pid); for n in $(seq 50); do "
+                     "kill -0 $(cat /run/logger.pid) 2>/dev/null || exit 0; sleep 0.2; done; exit 1", 30)
+
+
 def test(cluster):
     figures = {"boot both guests (parallel), s": cluster.boot_seconds}
     tl = cluster.timeline
@@ -74,16 +99,7 @@ def test(cluster):
         figures[f"activate + mkfs.ext4 -O mmp + mount + write 8 MiB {vol}, s"] = elapsed(t)
     tl.mark("3 disks Primary on node1, ext4 (MMP) mounted, files written and checksummed")
 
-    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
-    cluster.check(1, f"setsid perl /root/logger.pl /mnt/{VMIDS[0]}/journal.log /share/acks "
-                     ">/share/logger.err 2>&1 </dev/null &")
-    acks_path = os.path.join(cluster.share, "acks")
-    deadline = time.time() + 60
-    while acked(acks_path) < 50:
-        if time.time() > deadline:
-            raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s; "
-                           f"see {cluster.share}/logger.err")
-        time.sleep(0.5)
+    acks_path = start_logger(cluster, 1, f"/mnt/{VMIDS[0]}/journal.log")
     tl.mark(f"append-only log running ({acked(acks_path)} records acknowledged so far)")
 
     tl.zero("node1 powered off (SIGKILL of its qemu) while the log is written")

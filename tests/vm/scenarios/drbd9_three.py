@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dp import LabError, Result, activate_retrying, elapsed, main, pve, voldoc  # noqa: E402
-from demo import LOGGER, acked, record  # noqa: E402
+from demo import acked, record, start_logger  # noqa: E402
 
 SIZE_KIB = 256 * 1024
 R3 = {"DP_REPLICAS": "3"}
@@ -88,14 +88,7 @@ def test(cluster):
     pve(cluster, 1, "activate", vol)
     cluster.check(1, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p /mnt/101 && mount {path} /mnt/101", 120)
     figures["activate + mkfs.ext4 -O mmp + mount on node1, s"] = elapsed(t)
-    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
-    cluster.check(1, "setsid perl /root/logger.pl /mnt/101/journal.log /share/acks >/share/logger.err 2>&1 </dev/null &")
-    acks_path = os.path.join(cluster.share, "acks")
-    deadline = time.time() + 60
-    while acked(acks_path) < 50:
-        if time.time() > deadline:
-            raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s")
-        time.sleep(0.5)
+    acks_path = start_logger(cluster, 1, "/mnt/101/journal.log")
     tl.mark(f"append-only log running on node1 ({acked(acks_path)} records acknowledged)")
 
     tl.zero("node1 powered off (SIGKILL of its qemu) while the log is written")

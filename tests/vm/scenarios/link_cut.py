@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import LOGGER, acked, record  # noqa: E402
+from demo import acked, record, start_logger, stop_logger  # noqa: E402
 from dp import LabError, Result, elapsed, main, minor_of, proc_drbd, pve, pve_try, voldoc  # noqa: E402
 
 VMID = 301
@@ -64,13 +64,7 @@ def test(cluster):
     cluster.check(1, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p {MNT} && mount {path} {MNT}", 120)
     tl.mark(f"{vol} ({path}, resource {res}) Primary on node1, ext4 (MMP) mounted")
 
-    acks = os.path.join(cluster.share, "acks")
-    if os.path.exists(acks):  # a run directory reused under the same LAB_RUN_NAME
-        os.remove(acks)
-    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
-    cluster.check(1, f"setsid perl /root/logger.pl {MNT}/journal.log /share/acks >/share/logger.err 2>&1 "
-                     "</dev/null & echo $! >/run/logger.pid")
-    wait_acks(acks, 49, 60, "before the cut")
+    acks = start_logger(cluster, 1, f"{MNT}/journal.log")
     tl.mark(f"writer running on node1 ({acked(acks)} records acknowledged)")
 
     # ---- cut only the replication link (the 9p store stays reachable for both)
@@ -152,8 +146,7 @@ def test(cluster):
     tl.mark("no split brain in either kernel log; node2 was SyncTarget")
 
     # ---- stop the writer, verify on node1, hand over to node2, verify there
-    cluster.check(1, "kill $(cat /run/logger.pid); for n in $(seq 50); do "
-                     "kill -0 $(cat /run/logger.pid) 2>/dev/null || exit 0; sleep 0.2; done; exit 1", 30)
+    stop_logger(cluster, 1)
     n_acked = acked(acks)
     lines = cluster.check(1, f"cat {MNT}/journal.log", 120).split("\n")
     missing = [n for n in range(1, n_acked + 1) if n > len(lines) or lines[n - 1] != record(n)]

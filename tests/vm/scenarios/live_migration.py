@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import LOGGER, acked, record  # noqa: E402
+from demo import acked, record, start_logger, stop_logger  # noqa: E402
 from dp import (LabError, Result, drbdsetup_show, elapsed, main, minor_of, proc_drbd, pve,  # noqa: E402
                 pve_try, voldoc)
 
@@ -42,13 +42,7 @@ def test(cluster):
             raise LabError(f"node{i} allows two primaries for {res} before any migration")
     tl.mark(f"{vol} ({path}) Primary on node1, ext4 (MMP) mounted; no dual-primary on either kernel")
 
-    acks = os.path.join(cluster.share, "acks")
-    if os.path.exists(acks):  # a run directory reused under the same LAB_RUN_NAME
-        os.remove(acks)
-    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
-    cluster.check(1, f"setsid perl /root/logger.pl {MNT}/journal.log /share/acks >/share/logger.err 2>&1 "
-                     "</dev/null & echo $! >/run/logger.pid")
-    cluster.wait_until(1, "true", lambda o: acked(acks) >= 50, 60, every=0.5, what="50 acknowledged records")
+    acks = start_logger(cluster, 1, f"{MNT}/journal.log")
     tl.mark(f"writer running on node1 ({acked(acks)} records acknowledged)")
 
     # ---- a plain activate on the other node is refused
@@ -83,8 +77,7 @@ def test(cluster):
     tl.mark(f"node1 keeps writing during the window ({acked(acks) - n0} records since it opened)")
 
     # ---- the source stops and lets go
-    cluster.check(1, "kill $(cat /run/logger.pid); for n in $(seq 50); do "
-                     "kill -0 $(cat /run/logger.pid) 2>/dev/null || exit 0; sleep 0.2; done; exit 1", 30)
+    stop_logger(cluster, 1)
     n_acked = acked(acks)
     lines = cluster.check(1, f"cat {MNT}/journal.log", 120).split("\n")
     missing = [n for n in range(1, n_acked + 1) if n > len(lines) or lines[n - 1] != record(n)]

@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dp import ENV, LabError, Result, elapsed, main, minor_of, proc_drbd, pve, voldoc  # noqa: E402
-from demo import LOGGER, acked, record  # noqa: E402
+from demo import acked, record, start_logger, stop_logger  # noqa: E402
 
 VMID = 101
 SIZE_KIB = 256 * 1024
@@ -46,15 +46,7 @@ def test(cluster):
     cluster.check(2, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p /mnt/{VMID} && mount {path} /mnt/{VMID}", 120)
     sums = cluster.check(2, f"cd /mnt/{VMID} && for n in 1 2; do dd if=/dev/urandom of=f$n bs=1M count=16 "
                             "status=none || exit 1; done && sync && sha256sum f1 f2", 120)
-    cluster.write_file(2, "/root/logger.pl", LOGGER, 0o755)
-    cluster.check(2, f"setsid perl /root/logger.pl /mnt/{VMID}/journal.log /share/acks "
-                     ">/share/logger.err 2>&1 </dev/null & echo $! >/run/logger.pid")
-    acks_path = os.path.join(cluster.share, "acks")
-    deadline = time.time() + 60
-    while acked(acks_path) < 50:
-        if time.time() > deadline:
-            raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s")
-        time.sleep(0.5)
+    acks_path = start_logger(cluster, 2, f"/mnt/{VMID}/journal.log")
     tl.mark(f"node2 Primary: ext4 mounted, 32 MiB checksummed, log running ({acked(acks_path)} acknowledged)")
 
     # While P is alive, nothing moves.
@@ -105,8 +97,7 @@ def test(cluster):
     tl.mark(f"two UpToDate replicas (node2, node{q}); the writer went on ({after - before} records meanwhile)")
 
     # Q holds the data: move the disk there and read it.
-    cluster.check(2, "kill $(cat /run/logger.pid); for n in $(seq 50); do "
-                     "kill -0 $(cat /run/logger.pid) 2>/dev/null || exit 0; sleep 0.2; done; exit 1", 30)
+    stop_logger(cluster, 2)
     n_acked = acked(acks_path)
     cluster.check(2, f"umount /mnt/{VMID}", 60)
     pve(cluster, 2, "deactivate", vol)

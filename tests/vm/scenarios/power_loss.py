@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dp import ENV, LabError, Result, activate_retrying, elapsed, main, minor_of, pve, pve_try, voldoc  # noqa: E402
-from demo import LOGGER, acked, record  # noqa: E402
+from demo import acked, record, start_logger  # noqa: E402
 
 VMID = 101
 SIZE_KIB = 256 * 1024
@@ -40,15 +40,7 @@ def test(cluster):
     cluster.check(1, f"mkfs.ext4 -q -F -O mmp {path} && mkdir -p /mnt/{VMID} && mount {path} /mnt/{VMID}", 120)
     sums = cluster.check(1, f"cd /mnt/{VMID} && for n in 1 2; do dd if=/dev/urandom of=f$n bs=1M count=8 "
                             "status=none || exit 1; done && sync && sha256sum f1 f2", 120)
-    cluster.write_file(1, "/root/logger.pl", LOGGER, 0o755)
-    cluster.check(1, f"setsid perl /root/logger.pl /mnt/{VMID}/journal.log /share/acks "
-                     ">/share/logger.err 2>&1 </dev/null &")
-    acks_path = os.path.join(cluster.share, "acks")
-    deadline = time.time() + 60
-    while acked(acks_path) < 50:
-        if time.time() > deadline:
-            raise LabError(f"the log writer acknowledged only {acked(acks_path)} records in 60 s")
-        time.sleep(0.5)
+    acks_path = start_logger(cluster, 1, f"/mnt/{VMID}/journal.log")
     tl.mark(f"{vol} Primary on node1: ext4, 16 MiB checksummed, log running ({acked(acks_path)} acknowledged)")
 
     tl.zero("power loss: node1 and node2 SIGKILLed at once")
