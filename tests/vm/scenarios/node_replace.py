@@ -12,6 +12,7 @@ never stopped, and Q holds the data: node 2 lets the disk go, Q activates it, ev
 every checksum is there and e2fsck is clean.
 """
 import os
+import shlex
 import sys
 import time
 
@@ -24,6 +25,27 @@ SIZE_KIB = 256 * 1024
 # A node whose agent stopped this long ago may be replaced (src/replace.rs; 150 s by default: the lab
 # kills the node and goes on).
 GONE = "DRBDPOOL_NODE_GONE_SECS=5 "
+
+
+# The raw replication link for comparison: MIB MiB over one TCP connection from guest src to guest dst, with
+# perl on both ends (the guests have no iperf3); the receiver counts what it got.
+SINK = ("perl -MIO::Socket::INET -e '$l = IO::Socket::INET->new(LocalPort => 5001, Listen => 1, ReuseAddr => 1) or die; "
+        "$c = $l->accept; $n += $r while ($r = sysread($c, $b, 1 << 20)); print \"$n\\n\"' >/tmp/sink.out 2>&1")
+SEND = ("perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(PeerAddr => \"10.99.0.{dst}:5001\") or die \"$!\"; "
+        "$b = \"\\0\" x (1 << 20); syswrite($s, $b) == length($b) or die for 1 .. {mib}'")
+
+
+def raw_link_mib_s(cluster, src, dst, mib=128):
+    cluster.check(dst, f"setsid sh -c {shlex.quote(SINK)} </dev/null >/dev/null 2>&1 &")
+    time.sleep(1)
+    t = time.time()
+    cluster.check(src, SEND.format(dst=dst, mib=mib), 300)
+    cluster.wait_until(dst, "cat /tmp/sink.out", lambda o: o.strip().isdigit(), 60, every=0.2, what="the sink to finish")
+    took = elapsed(t)
+    got = int(cluster.check(dst, "cat /tmp/sink.out").strip())
+    if got != mib << 20:
+        raise LabError(f"the raw link test moved {got} bytes, not {mib << 20}")
+    return mib / took
 
 
 def test(cluster):
@@ -90,6 +112,8 @@ def test(cluster):
     for i in (2, q):
         pct = cluster.check(i, f"lvs --noheadings -o data_percent ssd/{res}").strip()
         figures[f"node{i}'s thin LV allocated after the sync, %"] = float(pct)
+    link = raw_link_mib_s(cluster, 2, q)
+    figures[f"raw link node2 -> node{q} (one TCP stream, 128 MiB, perl on both ends), MiB/s"] = link
     after = acked(acks_path)
     if after <= before + 10:
         raise LabError(f"the log writer on node2 stalled: {before} acknowledged at the kill, {after} now")
