@@ -9,6 +9,10 @@ gets `mkfs.ext4 -O mmp` and an append-only log written with an fsync after every
 record counted on the host, in /share). Node 1 is powered off while the log is written; on node 2 the disk
 is activated through the shim (two of three replicas: DRBD's quorum holds), the file system checks clean
 and every acknowledged record is there; node 3 stays a connected, UpToDate Secondary of the new Primary.
+Then quorum (issue 14): node 3 is powered off too, and node 2, one replica of three, must lose quorum: a
+write with fsync there fails (on-no-quorum io-error: no silent writes), and activating a second, idle
+3-replica disk there is refused with a message about quorum. Node 3 boots again: node 2 regains quorum,
+the idle disk activates, and node 3 is Connected and UpToDate for both resources (no split brain).
 """
 import os
 import re
@@ -16,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import LabError, Result, activate_retrying, elapsed, main, pve, voldoc  # noqa: E402
+from dp import LabError, Result, activate_retrying, elapsed, main, pve, pve_try, voldoc  # noqa: E402
 from demo import acked, record, start_logger  # noqa: E402
 
 SIZE_KIB = 256 * 1024
@@ -73,6 +77,8 @@ def test(cluster):
     if moved:
         raise LabError(f"{vol}: {moved} KiB moved between the replicas at creation; a thin volume needs no initial sync")
     tl.mark(f"{vol} ({res}) UpToDate on all three nodes, nothing resynced")
+    idle = pve(cluster, 1, "alloc", 102, SIZE_KIB, env=R3, timeout=180)["volname"]  # for the quorum part
+    idle_res = voldoc(cluster, idle)["resource"]
     # Issue 18: a full resync of a thin replica discards zeroes instead of writing them only while the
     # kernel keeps rs-discard-granularity. The in-tree 8.4 wrapped a thin LV's discard limit and turned it
     # off (src/drbd/discard.rs; crash_resync); DRBD 9 must keep what the resource file sets.
@@ -126,7 +132,48 @@ def test(cluster):
     if rc != 0:
         raise LabError(f"e2fsck -f -n on node2 is not clean (rc {rc}):\n{out}\n{err}")
     tl.mark("e2fsck clean; node3 UpToDate Secondary of the new Primary")
+    quorum_lost_and_back(cluster, vol, res, path, idle, idle_res, figures)
     return Result(figures)
+
+
+def quorum(cluster, i, res):
+    """DRBD 9's quorum of res's device on node i (events2 `quorum:yes|no`)."""
+    return next((d.get("quorum") for k, d in events(cluster, i, res) if k == "device"), "?")
+
+
+def quorum_lost_and_back(cluster, vol, res, path, idle, idle_res, figures):
+    """Issue 14: node1 is dead; node3 is killed too. node2 alone is one of three: it loses quorum, its I/O
+    fails instead of going on silently, and activation of the idle volume there is refused naming quorum.
+    node3 back: quorum returns, the idle volume activates on node2, both resources Connected and UpToDate
+    (no split brain)."""
+    tl = cluster.timeline
+    cluster.check(2, f"mount {path} /mnt/101", 240)
+    tl.zero("node3 powered off too: node2 is one replica of three")
+    cluster.kill(3)
+    cluster.wait_until(2, "true", lambda _: quorum(cluster, 2, res) == "no", 60, every=0.5, what="node2 to lose quorum")
+    figures["node3 killed -> node2 without quorum, s"] = tl.mark("node2 lost quorum")
+    rc, out, err = cluster.run_full(2, "dd if=/dev/zero of=/mnt/101/after-quorum bs=4k count=1 conv=fsync status=none", 60)
+    if rc == 0:
+        raise LabError("a write with fsync on node2 succeeded without quorum: I/O must not go on silently")
+    figures["a write + fsync on node2 without quorum"] = f"failed (rc {rc}): {err.strip()[-120:]}"
+    ok, r = pve_try(cluster, 2, "activate", idle)
+    if ok or "quorum" not in r.lower():
+        raise LabError(f"activation of {idle} on node2 without quorum: {'succeeded' if ok else r}")
+    figures["activation on node2 without quorum (refused)"] = r.strip().splitlines()[-1][-220:]
+    tl.mark("node2 without quorum: the write failed, activation refused naming quorum")
+
+    t = time.time()
+    cluster.restart(3)
+    cluster.start_agent(3)
+    cluster.wait_until(2, "true", lambda _: quorum(cluster, 2, idle_res) == "yes", 180, every=1,
+                       what="node2 to regain quorum")
+    figures["node3 back (boot + agent) -> node2 has quorum again, s"] = elapsed(t)
+    took, tries, _ = activate_retrying(cluster, 2, idle, limit=120)
+    figures["activation of the idle volume on node2 with quorum back, s"] = took
+    for r in (res, idle_res):
+        cluster.wait_until(2, "true", lambda _, r=r: view(cluster, 2, r)[2].get("node3") == ("Connected", "UpToDate"),
+                           120, every=1, what=f"node3 connected and UpToDate for {r}")
+    tl.mark(f"quorum back: {idle} activated on node2; node3 Connected UpToDate for both, no split brain")
 
 
 if __name__ == "__main__":
