@@ -108,7 +108,6 @@ pub fn force_primary(store: &Store, local: &LocalNode, vol: &VolumeDoc, node: &s
     }
 
     // The store first: once DRBD calls this data good, no passed-over replica may be promoted.
-    let mut wrote = false;
     store.update_volume(vol, |cur| {
         if cur.resource != *res || cur.state != VolumeState::Ready || cur.replica(node).is_none() {
             return Err(Error::Conflict(format!("{id} changed meanwhile; look at `drbdpool volume show {id}` and run this again")));
@@ -120,11 +119,9 @@ pub fn force_primary(store: &Store, local: &LocalNode, vol: &VolumeDoc, node: &s
             }
         }
         cur.forced = Some(Forced { node: node.to_string(), at: now, over: others.iter().map(|s| s.to_string()).collect(), disk_before: disk.clone() });
-        wrote = true;
         Ok(Change::Quiet)
     })?
     .ok_or_else(|| Error::NotFound(format!("{id} was removed meanwhile")))?;
-    debug_assert!(wrote);
     for m in store.fence_marks_of(res)?.iter().filter(|m| m.target == node) {
         store.remove_fence_mark(m)?;
     }
