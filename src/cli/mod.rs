@@ -167,7 +167,8 @@ pub fn wait_synced(store: &Store, node: &str, resources: &[String], print: bool)
         for res in resources {
             let o = st.as_ref().and_then(|s| s.volumes.get(res));
             match o {
-                Some(o) if o.disk == "UpToDate" && o.ready => {}
+                // UpToDate, and no peer still in a sync with it (the source's side may lag a moment).
+                Some(o) if o.disk == "UpToDate" && o.ready && o.peers.iter().all(|p| p.connection == "Connected" && !p.replication.contains("Sync")) => {}
                 Some(o) => pending.push(format!("{res} {} {}", o.disk, sync_cell(res, node, &o.peers, Some(&mut tracker))).trim_end().to_string()),
                 None => pending.push(format!("{res} not reported by {node} yet")),
             }
