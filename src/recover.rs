@@ -19,6 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::membership::Membership;
+use crate::replace::AliveSign;
 use crate::node::{LocalNode, NodeOps};
 use crate::store::docs::{Forced, VolumeDoc, VolumeState};
 use crate::store::{Change, Store};
@@ -78,19 +79,21 @@ pub fn force_primary(store: &Store, local: &LocalNode, vol: &VolumeDoc, node: &s
     let gone = crate::replace::gone_after().as_secs_f64().ceil() as u64;
     let mut over = Vec::new();
     for o in &others {
-        if membership.as_ref().is_some_and(|m| m.online.get(*o) == Some(&true)) {
-            return Err(crate::refused!(
-                "{o} is online in the cluster membership: its replica of {id} may hold newer data; start its agent so it resyncs, \
-                 or shut it down for good first"
-            ));
-        }
         let seen = store.node_state(o)?.map(|s| s.updated);
-        if let Some(t) = seen.filter(|t| now.saturating_sub(*t) < gone) {
-            return Err(crate::refused!(
-                "{o}'s agent reported {}s ago: its replica of {id} may hold newer data; bring it up so it resyncs, \
-                 or power it off and run this again after {gone}s",
-                now.saturating_sub(t)
-            ));
+        match crate::replace::alive_sign(o, membership.as_ref(), seen, now, crate::replace::gone_after()) {
+            Some(AliveSign::Online) => {
+                return Err(crate::refused!(
+                    "{o} is online in the cluster membership: its replica of {id} may hold newer data; start its agent so it resyncs, \
+                     or shut it down for good first"
+                ))
+            }
+            Some(AliveSign::Reported(age)) => {
+                return Err(crate::refused!(
+                    "{o}'s agent reported {age}s ago: its replica of {id} may hold newer data; bring it up so it resyncs, \
+                     or power it off and run this again after {gone}s"
+                ))
+            }
+            None => {}
         }
         over.push((o.to_string(), seen));
     }

@@ -44,6 +44,25 @@ pub fn gone_after() -> Duration {
         .unwrap_or(REPORTS_WITHIN)
 }
 
+/// Why a node may still be alive (node replace and force-primary both refuse then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AliveSign {
+    /// Online in the quorate membership.
+    Online,
+    /// Its agent reported this many seconds ago, less than `gone_after`.
+    Reported(u64),
+}
+
+/// Whether `node` may be alive by the membership and its agent's last report (`updated`,
+/// unix seconds; None: never reported). None: it looks gone.
+pub fn alive_sign(node: &str, membership: Option<&Membership>, updated: Option<u64>, now: u64, gone_after: Duration) -> Option<AliveSign> {
+    if membership.is_some_and(|m| m.online.get(node) == Some(&true)) {
+        return Some(AliveSign::Online);
+    }
+    let age = now.saturating_sub(updated?);
+    (age < gone_after.as_secs_f64().ceil() as u64).then_some(AliveSign::Reported(age))
+}
+
 /// One volume that moves from OLD to NEW.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Move {
@@ -180,22 +199,22 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
 /// OLD must look dead: out of the membership, silent, and no survivor connected to it.
 fn check_gone(i: &Inputs) -> Result<()> {
     let old = i.old;
-    if let Some(m) = i.membership {
-        if m.online.get(old) == Some(&true) {
+    match alive_sign(old, i.membership, i.state(old).map(|s| s.updated), i.now, i.gone_after) {
+        Some(AliveSign::Online) => {
             return Err(crate::refused!(
                 "node {old} is online in the cluster membership ({}): node replace is for a node that is gone for good; \
                  shut it down first (a node in maintenance keeps its replicas)",
-                m.source.display()
-            ));
+                i.membership.map(|m| m.source.display().to_string()).unwrap_or_default()
+            ))
         }
-    }
-    if let Some(s) = i.state(old).filter(|s| i.now.saturating_sub(s.updated) < i.gone_after.as_secs_f64().ceil() as u64) {
-        return Err(crate::refused!(
-            "node {old}'s agent reported {}s ago: it may be alive; node replace is for a node that is gone for good. \
-             Stop it (or wait {}s after it died) and run this again",
-            i.now.saturating_sub(s.updated),
-            i.gone_after.as_secs()
-        ));
+        Some(AliveSign::Reported(age)) => {
+            return Err(crate::refused!(
+                "node {old}'s agent reported {age}s ago: it may be alive; node replace is for a node that is gone for good. \
+                 Stop it (or wait {}s after it died) and run this again",
+                i.gone_after.as_secs()
+            ))
+        }
+        None => {}
     }
     for s in i.states.iter().filter(|s| s.node != old && i.fresh(s)) {
         if let Some((res, _)) = s.volumes.iter().find(|(_, o)| o.peers.iter().any(|p| p.node == old && p.connection == "Connected")) {
