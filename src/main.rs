@@ -119,6 +119,17 @@ enum Cmd {
         #[arg(long, env = "DRBD_RESOURCE")]
         resource: String,
     },
+    /// The second half of an alloc or linked clone, started detached by `plugin alloc`/`clone`
+    /// (outside PVE's storage lock): make the replicas, mark the volume ready, or roll it back
+    #[command(hide = true)]
+    FinishCreate {
+        storeid: String,
+        volname: String,
+        /// The DRBD resource the call recorded (a volume of the same name made later is left alone)
+        resource: String,
+        #[arg(long, value_name = "MS")]
+        budget_ms: u64,
+    },
     /// DRBD's unfence handler: DRBD 9 `unfence-peer` on the fencing node (peer from $DRBD_PEER_NODE_ID),
     /// 8.4 `after-resync-target` on the resynced node itself: drop the outdated mark of the now UpToDate replica
     #[command(hide = true, alias = "after-resync-target")]
@@ -301,6 +312,15 @@ fn run(o: &Opts) -> Result<()> {
             // DRBD logs the exit code; the reason goes to the journal via stderr.
             eprintln!("drbdpool fence-peer: {}", d.message);
             std::process::exit(d.exit);
+        }
+        Cmd::FinishCreate { storeid, volname, resource, budget_ms } => {
+            let store = open_store(o)?;
+            let node = cli::node_name(o.node.as_deref(), None)?;
+            let lazy = drbdpool::node::lazy::LazyNode::new(&store, node);
+            let mut ctx = drbdpool::protocol::Ctx::new(&store, &lazy);
+            ctx.alloc_budget = Duration::from_millis(*budget_ms);
+            drbdpool::protocol::finish::run(&ctx, storeid, volname, resource, Duration::from_millis(*budget_ms))?;
+            return Ok(());
         }
         Cmd::UnfencePeer { resource, peer_node_id } => {
             let store = open_store(o)?;

@@ -365,6 +365,7 @@ fn alloc_is_not_ready_while_the_peer_never_reported_uptodate() {
         poll: Duration::from_millis(20),
         started: None,
         alloc_budget: Duration::from_secs(3),
+        creation: drbdpool::protocol::Creation::Inline,
     };
     let scfg = serde_json::json!({"type": "drbdpool", "drbdpool-backend": "file", "drbdpool-dir": lab.shared_dir()});
     let req = serde_json::json!({"version": 1, "storeid": "pool1", "node": "a", "scfg": scfg, "args": {"vmid": 100, "size_kib": 4096}});

@@ -50,7 +50,7 @@ impl Drop for Bg {
 }
 
 fn call(node: &LocalNode, store: &drbdpool::store::Store, method: &str, args: Value) -> Reply {
-    let ctx = Ctx { store, node, peer_timeout: Duration::from_secs(20), poll: Duration::from_millis(20), started: None, alloc_budget: Duration::from_secs(20) };
+    let ctx = Ctx { store, node, peer_timeout: Duration::from_secs(20), poll: Duration::from_millis(20), started: None, alloc_budget: Duration::from_secs(20), creation: drbdpool::protocol::Creation::Inline };
     let req = json!({"version": 1, "storeid": "pool1", "node": "a", "scfg": {"type": "drbdpool", "drbdpool-backend": "file", "drbdpool-dir": "/x"}, "args": args});
     drbdpool::protocol::handle(&ctx, method, req.to_string().as_bytes())
 }

@@ -439,6 +439,71 @@ fn wait_doc(w: &World, what: &str, f: impl Fn(&drbdpool::store::docs::VolumeDoc)
     }
 }
 
+/// What `drbdpool plugin alloc` does inside PVE's storage lock (protocol::Creation::Background):
+/// it records the volume and returns while b's agent has not even looked at it; the replicas
+/// are made by the detached `finish-create`, and an activation right after waits for them.
+#[test]
+fn background_alloc_returns_at_once_and_activation_waits_for_the_replicas() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new(&["a", "b"]);
+    w.unset_env("DRBDPOOL_CREATE_INLINE");
+    let t = std::time::Instant::now();
+    let (o, v) = w.plugin("a", "alloc", json!({"vmid": 100, "size_kib": 4096}), &[]);
+    let took = t.elapsed();
+    assert_eq!((o.code, &v["result"]["volname"]), (0, &json!(VOL)), "{} {}", o.stdout, o.stderr);
+    // No agent has run: an inline alloc would still be waiting for b (10 s peer timeout here).
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    assert_eq!(d.state, VolumeState::Creating, "the alloc returned before b has a replica");
+    assert!(published(&w, "b").is_none(), "b's agent never ran");
+    assert!(took < Duration::from_secs(5), "alloc took {took:?}");
+    // The guest is started at once: activation waits (agents running) until the volume is ready.
+    let (o, v) = w.plugin_pumped("a", "activate", json!({"volname": VOL}), &[]);
+    assert_eq!((o.code, &v["result"]["path"]), (0, &json!("/dev/drbd1000")), "{} {}\n{}", o.stdout, o.stderr, w.dump());
+    assert_eq!(w.store.volume(&w.sid, VOL).unwrap().unwrap().state, VolumeState::Ready);
+    w.rounds_until("a Primary, b Secondary UpToDate", 5, || {
+        published(&w, "a").is_some_and(|o| o.role == "Primary")
+            && published(&w, "b").is_some_and(|o| o.role == "Secondary" && o.disk == "UpToDate")
+    });
+    let log = std::fs::read_to_string(w.base().join("create.log")).unwrap_or_default();
+    assert!(!log.contains("ERROR"), "the background creation logged an error: {log}");
+    w.assert_clean("after the background alloc and activation");
+    let (o, _) = w.plugin("a", "deactivate", json!({"volname": VOL}), &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+/// The detached creation dies half-way (its failpoint): the alloc had already answered, so
+/// nobody rolls it back at once; the agents do once the create expiry has passed, and
+/// nothing is left behind. An activation meanwhile is refused, naming the creation log.
+#[test]
+fn a_background_creation_that_dies_is_rolled_back_by_the_agents() {
+    if !can_run() {
+        return;
+    }
+    let fp = "alloc.after-local-replica";
+    let mut w = World::new(&["a", "b"]);
+    w.unset_env("DRBDPOOL_CREATE_INLINE");
+    let (o, v) = w.plugin_pumped("a", "alloc", json!({"vmid": 100, "size_kib": 4096}), &fp_env(fp));
+    assert_eq!((o.code, &v["result"]["volname"]), (0, &json!(VOL)), "{} {}", o.stdout, o.stderr);
+    let log = w.base().join("create.log");
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(&format!("failpoint {fp} hit")) {
+        assert!(t.elapsed() < Duration::from_secs(20), "the background creation did not reach {fp}: {:?}", std::fs::read_to_string(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.set_env("DRBDPOOL_PEER_TIMEOUT_SECS", "1");
+    let (o, _) = w.plugin("a", "activate", json!({"volname": VOL}), &[]);
+    assert_ne!(o.code, 0);
+    assert!(o.stdout.contains("still being created") && o.stdout.contains("create.log"), "{}", o.stdout);
+    w.rounds_until("the dead creation's volume rolled back", 300, || {
+        std::thread::sleep(Duration::from_millis(100));
+        w.store.all_volumes().unwrap().is_empty()
+    });
+    w.round();
+    w.assert_clean_but("after the roll back of a dead background creation", &["stale-lock"]);
+}
+
 macro_rules! cases {
     ($($f:ident => $case:ident($fp:literal);)*) => {
         $(#[test] fn $f() { $case($fp) })*

@@ -336,6 +336,9 @@ subtest 'used is the allocation' => sub {
         as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 120, 'raw', undef, 32 * 1024) }) });
     # The file backend's image on each node is sparse: write 4 MiB into pve1's, as a guest would.
     my $img = "$tmp/backing-pve1/dpool.vm-120-disk-0.img";
+    # The alloc returned once the volume was recorded; its replicas are made after the call.
+    my $made = time() + 20;
+    sleep(0.2) while !-f $img && time() < $made;
     ok(-f $img, "pve1's backing image $img") or return;
     open(my $fh, '+<', $img) or die "open $img: $!";
     syswrite($fh, "\x5a" x (4 * $MiB)) == 4 * $MiB or die "write: $!";
@@ -439,18 +442,27 @@ CFG
 
 # --- a wait that lasts shows progress in the task log, while it lasts (issue 16) -----------------------------------------
 subtest 'progress of a long wait' => sub {
-    kill('STOP', $agent{pve2}); # pve2's agent does not answer: the alloc waits for it
-    my ($log, $err);
+    kill('STOP', $agent{pve2}); # pve2's agent does not answer: its replica is not made
+    my ($log, $err, $v);
     {
         local $ENV{DRBDPOOL_PEER_TIMEOUT_SECS} = 5;
-        ($log, $err) = stderr_of(sub {
+        my $t0 = time();
+        ($log, $err, $v) = stderr_of(sub {
             as_node('pve1', sub { PVE::Storage::vdisk_alloc($cfg, 'dpool', 130, 'raw', undef, 16 * 1024) }) });
+        is($err, '', 'the alloc does not wait for pve2 inside the storage lock');
+        ok(time() - $t0 < 4, sprintf('... it returned in %.1f s', time() - $t0));
+        # The guest is started at once: activation waits for the replicas, and says so.
+        ($log, $err) = stderr_of(sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$v]) }) });
     }
     kill('CONT', $agent{pve2});
-    like($err, qr/pve2 did not report the new replica ready within 5s/, 'the alloc timed out on pve2');
-    like($log, qr/^drbdpool: still waiting for the replica of dpool:vm-130-disk-0 to be ready on pve2 \(\d+s so far, at most \d+s more\)$/m,
+    like($err, qr/vm-130-disk-0 is still being created/, 'activation gave up after 5 s: still being created');
+    like($log, qr/^drbdpool: still waiting for dpool:vm-130-disk-0 to be created on pve2 \(\d+s so far, at most \d+s more\)$/m,
         'the task log showed the wait');
     unlike($log, qr/\bINFO\b/, '... and no routine INFO lines');
+    # pve2's agent is back: the creation finishes in the background, the next start works.
+    lives('activate once pve2 is back', sub { as_node('pve1', sub { PVE::Storage::activate_volumes($cfg, [$v]) }) });
+    lives('deactivate', sub { as_node('pve1', sub { PVE::Storage::deactivate_volumes($cfg, [$v]) }) });
+    lives('vdisk_free', sub { as_node('pve1', sub { PVE::Storage::vdisk_free($cfg, $v) }) });
 };
 
 # --- destroy: refused while active, then gone ----------------------------------------------------------------------

@@ -42,7 +42,11 @@ fn call(method: &str, input: &[u8], store_flag: Option<&std::path::Path>, node_f
         let node = super::node_name(node_flag, req.node.as_deref())?;
         let store = Store::open(Store::resolve_root(store_flag))?;
         let lazy = LazyNode::new(&store, node);
-        let ctx = Ctx::new(&store, &lazy);
+        let mut ctx = Ctx::new(&store, &lazy);
+        // Inside PVE's storage lock: record the volume, make the replicas after the call.
+        if std::env::var("DRBDPOOL_CREATE_INLINE").map_or(true, |v| v != "1") {
+            ctx.creation = protocol::Creation::Background;
+        }
         protocol::dispatch_answer(&ctx, method, &req)
     })();
     if let Err(e) = &r {

@@ -9,7 +9,7 @@ use crate::refused;
 use crate::store::docs::{DualPrimary, NodeState, VolumeDoc, VolumeObserved, VolumeState};
 use crate::store::Change;
 
-use super::{load, now, Args, Ctx};
+use super::{load, load_created, now, Args, Ctx};
 
 /// A published Primary claim older than this is not trusted. Agents refresh their
 /// state at least every 60 s; a node that cannot (no quorum: /etc/pve is read-only)
@@ -54,7 +54,13 @@ pub fn decide(
     }
     match doc.state {
         VolumeState::Ready => {}
-        VolumeState::Creating => return Err(refused!("volume {name} is still being created; retry when `drbdpool status` shows it ready")),
+        VolumeState::Creating => {
+            return Err(refused!(
+                "volume {name} is still being created: its replicas are made after the alloc; retry when `drbdpool status` shows it ready \
+                 (why it is not: `drbdpool volume show {name}`, and {} on the node that allocated it)",
+                super::finish::log_path().display()
+            ))
+        }
         VolumeState::Deleting => return Err(refused!("volume {name} is being deleted")),
     }
     let published = |n: &str| states.iter().find(|s| s.node == n).and_then(|s| s.volumes.get(&doc.resource).map(|v| (s, v)));
@@ -251,7 +257,7 @@ pub fn activate(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     if let Some(m) = migrated_from {
         crate::naming::check_node_name(m)?;
     }
-    let doc = load(ctx, sid, volname)?;
+    let doc = load_created(ctx, sid, volname)?;
     let local = ctx.node.name().to_string();
     let obs = if doc.replica(&local).is_some() { settled_view(ctx, &doc)? } else { None };
     let states = ctx.store.node_states_of(&doc.resource)?;

@@ -7,6 +7,7 @@ mod args;
 mod query;
 pub mod scfg;
 pub mod snapshot;
+pub mod finish;
 mod volume;
 mod wait;
 
@@ -105,7 +106,32 @@ pub struct Ctx<'a> {
     /// How long an alloc or clone may take before it gives up and rolls back, counted from
     /// `started` (lock waits included): `peer_timeout`, at most ALLOC_BUDGET.
     pub alloc_budget: Duration,
+    /// Where alloc and clone wait for the replicas (see `Creation`).
+    pub creation: Creation,
 }
+
+/// Where an alloc or a linked clone makes its replicas after it has recorded the volume.
+/// PVE holds its storage lock (cluster-wide for shared storage: 10 s to get it, 60 s to run)
+/// around `alloc_image` and `clone_image`, so every second a call spends waiting for replicas
+/// is a second every other alloc in the cluster waits: three parallel clones were enough for
+/// "got lock request timeout" with linstor-proxmox (issue 16, "Many at once").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Creation {
+    /// In the call: it returns once every replica is ready (UpToDate on thin backing).
+    /// Library callers and the handler tests.
+    Inline,
+    /// The call decides and records under the lock, starts `drbdpool finish-create` detached
+    /// (it makes the local replica, waits for the peers, skips the initial sync and marks the
+    /// volume ready, or rolls it back), and returns; activation waits for `ready`. What
+    /// `drbdpool plugin` does unless `DRBDPOOL_CREATE_INLINE=1`.
+    Background,
+}
+
+/// The budget of a creation finished in the background (`drbdpool finish-create`): outside
+/// PVE's lock it may wait longer than an inline alloc, since many creations queue on the same
+/// nodes (the peers' agents make replicas one after the other), but it stays well below the
+/// agents' `create_expiry` (300 s), after which they roll back a volume still `creating`.
+pub const BACKGROUND_CREATE_BUDGET: Duration = Duration::from_secs(150);
 
 /// The longest an alloc (or clone) works before it gives up, from the start of the call. The
 /// Perl shim kills the helper after 55 s (`%TIMEOUT` in perl-shim/PVE/Storage/Custom/DRBDPool/Helper.pm)
@@ -128,7 +154,15 @@ impl<'a> Ctx<'a> {
             .filter(|s| *s >= 0.0)
             .map(Duration::from_secs_f64)
             .unwrap_or(Duration::from_secs(45));
-        Ctx { store, node, peer_timeout, poll: Duration::from_millis(200), started: Some(Instant::now()), alloc_budget: peer_timeout.min(ALLOC_BUDGET) }
+        Ctx {
+            store,
+            node,
+            peer_timeout,
+            poll: Duration::from_millis(200),
+            started: Some(Instant::now()),
+            alloc_budget: peer_timeout.min(ALLOC_BUDGET),
+            creation: Creation::Inline,
+        }
     }
 }
 
@@ -250,6 +284,48 @@ fn own_volname(ctx: &Ctx, sid: &str, args: &Map<String, Value>) -> Result<Option
 pub(crate) fn load(ctx: &Ctx, storeid: &str, volname: &str) -> Result<crate::store::docs::VolumeDoc> {
     crate::naming::parse_volname(volname)?;
     ctx.store.volume(storeid, volname)?.ok_or_else(|| not_found(storeid, volname))
+}
+
+/// `load`, and for a volume still `creating` (its alloc or clone has returned and its replicas
+/// are made after the call, protocol::finish) wait for it to be `ready` first, bounded by the
+/// peer timeout: a guest started, a template made or a disk resized right after `qm create`
+/// waits here instead of being refused. Still `creating` at the end: the caller refuses as
+/// before (activate's `decide` says how to find out why).
+pub(crate) fn load_created(ctx: &Ctx, storeid: &str, volname: &str) -> Result<crate::store::docs::VolumeDoc> {
+    use crate::store::docs::VolumeState;
+    let doc = load(ctx, storeid, volname)?;
+    if doc.state != VolumeState::Creating {
+        return Ok(doc);
+    }
+    let name = format!("{storeid}:{volname}");
+    let mut cur = doc.clone();
+    let nodes: Vec<String> = doc.replicas.iter().map(|r| r.node.clone()).collect();
+    wait::until_done(ctx.peer_timeout, ctx.poll, &format!("{name} to be created"), || {
+        cur = load(ctx, storeid, volname)?;
+        if cur.state != VolumeState::Creating || cur.resource != doc.resource {
+            return Ok(Vec::new());
+        }
+        // Whose replica is not there yet (all of them there: the sync skip is left). Each node by
+        // its agent's report; this node also by its kernel, since its agent leaves a creation that
+        // a finisher here is doing alone and publishes it only once that is over.
+        let pubd = wait::published(ctx.store, &nodes, &doc.resource)?;
+        let local = ctx.node.name();
+        let here = || -> Result<bool> {
+            Ok(ctx.node.ops()?.kernel_view(&cur)?.is_some_and(|o| crate::drbd::observe::attached(&o.disk)))
+        };
+        let mut waiting = Vec::new();
+        for (n, o) in &pubd {
+            if o.as_ref().is_some_and(|o| o.ready && o.generation >= cur.generation) || (n == local && here()?) {
+                continue;
+            }
+            waiting.push(n.clone());
+        }
+        Ok(if waiting.is_empty() { vec![format!("the initial-sync skip on {}", doc.replicas[0].node)] } else { waiting })
+    })?;
+    if cur.resource != doc.resource {
+        return Err(Error::NotFound(format!("volume {name} was rolled back and allocated again while this call waited for it")));
+    }
+    Ok(cur)
 }
 
 fn not_found(storeid: &str, volname: &str) -> Error {

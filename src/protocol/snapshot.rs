@@ -66,7 +66,7 @@ fn agent_hint(nodes: &[String]) -> String {
 
 /// The volume, checked to be a ready volume of a backend with snapshots.
 fn load_snapshottable(ctx: &Ctx, sid: &str, volname: &str, method: &str) -> Result<VolumeDoc> {
-    let doc = load(ctx, sid, volname)?;
+    let doc = super::load_created(ctx, sid, volname)?;
     if !doc.backend.kind.caps().snapshots {
         return Err(refused!(
             "{method} of {sid}:{volname} refused: the {:?} backend has no snapshots; use an lvmthin storage for snapshots",

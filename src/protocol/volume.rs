@@ -18,7 +18,7 @@ use crate::store::Change;
 use super::scfg::StorageCfg;
 use super::wait::{published, until_done, until_published};
 use super::peers_of;
-use super::{load, now, update, Args, Ctx};
+use super::{load_created, now, update, Args, Creation, Ctx, BACKGROUND_CREATE_BUDGET};
 
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
@@ -120,13 +120,24 @@ pub fn alloc(ctx: &Ctx, sid: &str, cfg: &StorageCfg, a: &Args) -> Result<Value> 
         doc.port,
         doc.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(", ")
     );
-    match finish_create(ctx, &doc, deadline) {
-        Ok(()) => Ok(json!({"volname": doc.volname})),
-        Err(e) => {
-            roll_back_create(ctx, &doc, deadline);
-            Err(e)
+    finish_or_hand_off(ctx, &doc, deadline)?;
+    Ok(json!({"volname": doc.volname}))
+}
+
+/// After the document is written: make the replicas in this call, or hand that to a detached
+/// `drbdpool finish-create` and return (Creation, in protocol/mod.rs, says why). A finisher
+/// that cannot be started leaves the work to this call.
+fn finish_or_hand_off(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
+    if ctx.creation == Creation::Background {
+        match super::finish::spawn(ctx, doc, BACKGROUND_CREATE_BUDGET) {
+            Ok(()) => {
+                tracing::info!("{}:{}: recorded; its replicas are made in the background (activation waits for them)", doc.storeid, doc.volname);
+                return Ok(());
+            }
+            Err(e) => tracing::warn!("{e}; making the replicas in this call instead"),
         }
     }
+    finish_create(ctx, doc, deadline).inspect_err(|_| roll_back_create(ctx, doc, deadline))
 }
 
 /// "already exists", and when the existing volume is being removed (a free, or the roll-back of
@@ -166,7 +177,7 @@ fn exists_conflict(ctx: &Ctx, sid: &str, volname: &str) -> Error {
     ))
 }
 
-fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
+pub(super) fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let local = ctx.node.name().to_string();
     let name = format!("{}:{}", doc.storeid, doc.volname);
     let t0 = Instant::now();
@@ -276,7 +287,7 @@ fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
 
 /// A failed create: mark the document `deleting` so every agent removes what it
 /// made (the last one removes the document), and remove our own replica now.
-fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
+pub(super) fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     // Bounded: the call must return inside the shim's limit (ROLLBACK_ALLOWANCE).
     let by = deadline + super::ROLLBACK_ALLOWANCE;
     let r = ctx.store.update_volume_timeout(doc, left(by).max(Duration::from_secs(1)), |d| {
@@ -399,7 +410,7 @@ pub fn resize(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
     let want_kib = naming::check_size_bytes(a.raw("size_bytes").ok_or_else(|| crate::invalid!("argument 'size_bytes' is missing"))?)?;
     let _running = a.flag("running")?;
-    let doc = load(ctx, sid, volname)?;
+    let doc = load_created(ctx, sid, volname)?;
     let local = ctx.node.name().to_string();
     if doc.replica(&local).is_none() {
         return Err(refused!(
@@ -465,7 +476,7 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     if parsed.base {
         return Err(crate::invalid!("{sid}:{volname} is already a template volume"));
     }
-    let doc = load(ctx, sid, volname)?;
+    let doc = load_created(ctx, sid, volname)?;
     if doc.state != VolumeState::Ready {
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
     }
@@ -484,7 +495,7 @@ pub fn create_base(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
 pub fn rename(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
     let target_vmid = a.vmid("target_vmid")?;
-    let doc = load(ctx, sid, volname)?;
+    let doc = load_created(ctx, sid, volname)?;
     if doc.state != VolumeState::Ready {
         return Err(refused!("volume {sid}:{volname} is not ready (state {:?})", doc.state));
     }
@@ -512,7 +523,7 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     let volname = a.str("volname")?;
     let vmid = a.vmid("vmid")?;
     let snap = a.opt_str("snap")?;
-    let base = load(ctx, sid, volname)?;
+    let base = load_created(ctx, sid, volname)?;
     let name = format!("{sid}:{volname}");
     if !base.base {
         return Err(refused!("{name} is not a template: linked clones are made from templates (create_base first), else use a full clone"));
@@ -557,14 +568,9 @@ pub fn clone(ctx: &Ctx, sid: &str, a: &Args) -> Result<Value> {
     };
     poke_peers(ctx, &doc, "clone");
     tracing::info!("linked clone {sid}:{} of {name} allocated as {} (minor {}, port {})", doc.volname, doc.resource, doc.minor, doc.port);
-    match finish_create(ctx, &doc, deadline) {
-        // PVE's name for it: `<base>/<name>`, so PVE sees the base is in use (naming::pve_volname).
-        Ok(()) => Ok(json!({"volname": naming::pve_volname(&doc.volname, doc.parent.as_deref())})),
-        Err(e) => {
-            roll_back_create(ctx, &doc, deadline);
-            Err(e)
-        }
-    }
+    finish_or_hand_off(ctx, &doc, deadline)?;
+    // PVE's name for it: `<base>/<name>`, so PVE sees the base is in use (naming::pve_volname).
+    Ok(json!({"volname": naming::pve_volname(&doc.volname, doc.parent.as_deref())}))
 }
 
 /// Replicas of `doc` that are not known to hold the same data as the others, with why.

@@ -262,7 +262,7 @@ pub fn call(ctx: &drbdpool::protocol::Ctx, method: &str, storeid: &str, args: se
 }
 
 pub fn ctx<'a>(store: &'a Store, node: &'a dyn NodeHandle, peer_timeout_ms: u64) -> drbdpool::protocol::Ctx<'a> {
-    drbdpool::protocol::Ctx { store, node, peer_timeout: Duration::from_millis(peer_timeout_ms), poll: Duration::from_millis(10), started: None, alloc_budget: Duration::from_millis(peer_timeout_ms) }
+    drbdpool::protocol::Ctx { store, node, peer_timeout: Duration::from_millis(peer_timeout_ms), poll: Duration::from_millis(10), started: None, alloc_budget: Duration::from_millis(peer_timeout_ms), creation: drbdpool::protocol::Creation::Inline }
 }
 
 /// Re-exec this test binary to run `test_name` as a separate OS process with `env`.
