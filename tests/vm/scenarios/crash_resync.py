@@ -63,10 +63,12 @@ def alloc_peer_dies(cluster, vmid, figures):
     tl = cluster.timeline
     name = f"vm-{vmid}-disk-0"
     # The alloc in the background on node 1 (the control channel runs one command at a time), with its
-    # exit code and start/end times in /tmp/alloc-<vmid>.rc.
+    # exit code and start/end times in /tmp/alloc-<vmid>.rc. DRBDPOOL_CREATE_INLINE=1: the creation in
+    # the call, so its error reaches the caller; `finish-create` runs the same steps after the call
+    # (protocol/finish.rs) and rolls back the same way.
     out = f"/tmp/alloc-{vmid}"
     now = '$(perl -MTime::HiRes=time -e "printf q(%.3f), time")'   # busybox date has no %N
-    cluster.check(1, ENV + f"DRBDPOOL_FAILPOINTS=alloc.after-peers-ready=pause:{PAUSE_MS} setsid sh -c "
+    cluster.check(1, ENV + f"DRBDPOOL_CREATE_INLINE=1 DRBDPOOL_FAILPOINTS=alloc.after-peers-ready=pause:{PAUSE_MS} setsid sh -c "
                            f"'t0={now}; perl -T /root/pve.pl alloc {vmid} 262144 {name} >{out}.out 2>{out}.err; "
                            f"echo $? $t0 {now} >{out}.rc.tmp; mv {out}.rc.tmp {out}.rc' "
                            "</dev/null >/dev/null 2>&1 &")

@@ -31,6 +31,20 @@ def pve(cluster, i, *args, timeout=120, env=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def alloc_ready(cluster, i, vmid, size_kib, env=None, timeout=180):
+    """alloc_image through the shim on guest i, then wait until the volume's document says ready: the
+    call returns once the volume is recorded and its replicas are made after it (src/protocol/finish.rs).
+    (volname, seconds of the call, seconds from the call's start until ready)."""
+    t = time.time()
+    vol = pve(cluster, i, "alloc", vmid, size_kib, timeout=timeout, env=env)["volname"]
+    call = elapsed(t)
+    while voldoc(cluster, vol).get("state") != "ready":
+        if elapsed(t) > timeout:
+            raise LabError(f"{vol} not ready {timeout} s after its alloc: {voldoc(cluster, vol).get('state')}")
+        time.sleep(0.2)
+    return vol, call, elapsed(t)
+
+
 def pve_try(cluster, i, *args, timeout=120, env=None):
     """(ok, result or error message)."""
     try:
