@@ -319,7 +319,7 @@ fn run(o: &Opts) -> Result<()> {
             let lazy = drbdpool::node::lazy::LazyNode::new(&store, node);
             let mut ctx = drbdpool::protocol::Ctx::new(&store, &lazy);
             ctx.alloc_budget = Duration::from_millis(*budget_ms);
-            drbdpool::protocol::finish::run(&ctx, storeid, volname, resource, Duration::from_millis(*budget_ms))?;
+            drbdpool::protocol::finish::run(&ctx, storeid, volname, resource)?;
             return Ok(());
         }
         Cmd::UnfencePeer { resource, peer_node_id } => {

@@ -2,8 +2,9 @@
 //! (`Creation::Background`): `drbdpool finish-create`, started detached by the call
 //! that recorded the volume, makes this node's replica, waits for the peers', skips
 //! the initial sync and marks the volume `ready`, or rolls it back, exactly as an
-//! inline alloc does (volume::finish_create and roll_back_create are the one home of
-//! those steps). Activation waits for `ready` (activate::wait_created).
+//! inline alloc does (volume::finish_or_roll_back is the one home of those steps).
+//! Activation and the other methods that need a ready volume wait for it (load_created
+//! in protocol/mod.rs).
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -75,9 +76,10 @@ pub fn spawn(ctx: &Ctx, doc: &VolumeDoc, budget: Duration) -> Result<()> {
 /// `drbdpool finish-create STOREID VOLNAME RESOURCE`: finish what the call recorded. Nothing
 /// to do when the document is gone, is another volume by now (same name, other resource) or
 /// is no longer `creating` (a free or an agent's expiry rolled it back; another finisher
-/// marked it ready). On failure the volume is rolled back, as an inline alloc would.
-pub fn run(ctx: &Ctx, storeid: &str, volname: &str, resource: &str, budget: Duration) -> Result<()> {
-    let deadline = Instant::now() + budget;
+/// marked it ready). On failure the volume is rolled back, as an inline alloc would. The
+/// budget is `ctx.alloc_budget`, from now.
+pub fn run(ctx: &Ctx, storeid: &str, volname: &str, resource: &str) -> Result<()> {
+    let deadline = Instant::now() + ctx.alloc_budget;
     let Some(doc) = ctx.store.volume(storeid, volname)? else {
         tracing::info!("{storeid}:{volname} is gone; nothing to finish");
         return Ok(());
@@ -87,14 +89,13 @@ pub fn run(ctx: &Ctx, storeid: &str, volname: &str, resource: &str, budget: Dura
         return Ok(());
     }
     let t0 = Instant::now();
-    match super::volume::finish_create(ctx, &doc, deadline) {
+    match super::volume::finish_or_roll_back(ctx, &doc, deadline) {
         Ok(()) => {
             tracing::info!(resource = %doc.resource, ms = t0.elapsed().as_millis() as u64, "{storeid}:{volname} created: ready");
             Ok(())
         }
         Err(e) => {
-            tracing::error!(resource = %doc.resource, "{storeid}:{volname} could not be created, rolling it back: {e}");
-            super::volume::roll_back_create(ctx, &doc, deadline);
+            tracing::error!(resource = %doc.resource, "{storeid}:{volname} could not be created and was rolled back: {e}");
             Err(e)
         }
     }

@@ -137,6 +137,12 @@ fn finish_or_hand_off(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<(
             Err(e) => tracing::warn!("{e}; making the replicas in this call instead"),
         }
     }
+    finish_or_roll_back(ctx, doc, deadline)
+}
+
+/// The second half of a create, wherever it runs (this call, or `finish-create`): the
+/// replicas and `ready`, or on failure the roll-back.
+pub(super) fn finish_or_roll_back(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     finish_create(ctx, doc, deadline).inspect_err(|_| roll_back_create(ctx, doc, deadline))
 }
 
@@ -177,7 +183,7 @@ fn exists_conflict(ctx: &Ctx, sid: &str, volname: &str) -> Error {
     ))
 }
 
-pub(super) fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
+fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Result<()> {
     let local = ctx.node.name().to_string();
     let name = format!("{}:{}", doc.storeid, doc.volname);
     let t0 = Instant::now();
@@ -287,7 +293,7 @@ pub(super) fn finish_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) -> Re
 
 /// A failed create: mark the document `deleting` so every agent removes what it
 /// made (the last one removes the document), and remove our own replica now.
-pub(super) fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
+fn roll_back_create(ctx: &Ctx, doc: &VolumeDoc, deadline: Instant) {
     // Bounded: the call must return inside the shim's limit (ROLLBACK_ALLOWANCE).
     let by = deadline + super::ROLLBACK_ALLOWANCE;
     let r = ctx.store.update_volume_timeout(doc, left(by).max(Duration::from_secs(1)), |d| {

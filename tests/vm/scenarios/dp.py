@@ -31,6 +31,20 @@ def pve(cluster, i, *args, timeout=120, env=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def wait_ready(cluster, vols, limit, i=1, log="/var/log/drbdpool/create.log"):
+    """Seconds until every volume's document says ready; raises after `limit` with the states and the tail of
+    guest i's creation log (`log`: where its `drbdpool finish-create` wrote, DRBDPOOL_CREATE_LOG)."""
+    t = time.time()
+    while True:
+        states = {v: voldoc(cluster, v).get("state") for v in vols}
+        if all(s == "ready" for s in states.values()):
+            return elapsed(t)
+        if elapsed(t) > limit:
+            raise LabError(f"not ready {limit} s on: {states}; node{i}'s {log}:\n"
+                           + cluster.check(i, f"tail -30 {log} 2>/dev/null || true"))
+        time.sleep(0.2)
+
+
 def alloc_ready(cluster, i, vmid, size_kib, env=None, timeout=180):
     """alloc_image through the shim on guest i, then wait until the volume's document says ready: the
     call returns once the volume is recorded and its replicas are made after it (src/protocol/finish.rs).
@@ -38,10 +52,7 @@ def alloc_ready(cluster, i, vmid, size_kib, env=None, timeout=180):
     t = time.time()
     vol = pve(cluster, i, "alloc", vmid, size_kib, timeout=timeout, env=env)["volname"]
     call = elapsed(t)
-    while voldoc(cluster, vol).get("state") != "ready":
-        if elapsed(t) > timeout:
-            raise LabError(f"{vol} not ready {timeout} s after its alloc: {voldoc(cluster, vol).get('state')}")
-        time.sleep(0.2)
+    wait_ready(cluster, [vol], timeout, i, (env or {}).get("DRBDPOOL_CREATE_LOG", "/var/log/drbdpool/create.log"))
     return vol, call, elapsed(t)
 
 

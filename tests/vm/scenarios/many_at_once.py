@@ -27,7 +27,7 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dp import LabError, Result, elapsed, main, proc_drbd, pve, voldoc  # noqa: E402
+from dp import LabError, Result, elapsed, main, proc_drbd, pve, voldoc, wait_ready  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
@@ -71,19 +71,6 @@ def summary(calls):
             "errors": sorted({c.get("error", "") for c in calls if not c["ok"]})}
 
 
-def wait_ready(cluster, vols, limit):
-    """Seconds until every volume's document says ready (raises after `limit`)."""
-    t = time.time()
-    while True:
-        states = {v: voldoc(cluster, v).get("state") for v in vols}
-        if all(s == "ready" for s in states.values()):
-            return elapsed(t)
-        if elapsed(t) > limit:
-            raise LabError(f"not ready after {limit} s: {states}; node1's create log:\n"
-                           + cluster.check(1, "tail -30 /share/node1-create.log 2>/dev/null || true"))
-        time.sleep(1)
-
-
 def test(cluster):
     tl = cluster.timeline
     figures = {"boot both guests (parallel), s": cluster.boot_seconds}
@@ -101,7 +88,7 @@ def test(cluster):
     if o["ok"] != N_ALLOC:
         raise LabError(f"parallel allocs failed: {o['errors']}; calls {ours}")
     vols = [c["volname"] for c in ours]
-    ready = wait_ready(cluster, vols, 240)
+    ready = wait_ready(cluster, vols, 240, 1, env["DRBDPOOL_CREATE_LOG"])
     tl.mark(f"all {N_ALLOC} volumes ready {ready:.1f} s later")
     figures["10 parallel allocs: all returned, s"] = round(elapsed(t) - ready, 1)
     figures["10 parallel allocs: all ready after the calls returned, s"] = round(ready, 1)
