@@ -402,8 +402,11 @@ fn check_local(
     o: &CheckOpts,
     out: &mut Vec<Finding>,
 ) {
-    let mine: BTreeMap<&str, &VolumeDoc> = docs.iter().filter(|v| v.replica(node).is_some()).map(|v| (v.resource.as_str(), v)).collect();
+    // Replicas a finished move released here are this node's until its agent removed them.
+    let mine: BTreeMap<&str, &VolumeDoc> =
+        docs.iter().filter(|v| v.replica(node).is_some() || v.released.iter().any(|n| n == node)).map(|v| (v.resource.as_str(), v)).collect();
     let all: BTreeSet<&str> = docs.iter().map(|v| v.resource.as_str()).collect();
+    let max_hosts = repl.max_hosts().unwrap_or(32);
     let configured: BTreeSet<String> = match repl.configured() {
         Ok(c) => c.into_iter().collect(),
         Err(e) => {
@@ -467,7 +470,7 @@ fn check_local(
     for (r, v) in &mine {
         // Replicas of `creating` volumes are made right now; `deleting` ones are going.
         let settled = v.state == VolumeState::Ready || (v.state == VolumeState::Creating && now.saturating_sub(v.created) > o.stuck_after.as_secs());
-        if !settled {
+        if !settled || v.replica(node).is_none() {
             continue;
         }
         if !backings.contains(*r) {
@@ -480,7 +483,8 @@ fn check_local(
         let down_for_rollback = v.snapshots.iter().filter_map(|s| s.rollback.as_ref()).any(|m| {
             m.source != node || now.saturating_sub(m.since) <= o.stuck_after.as_secs()
         });
-        if !configured.contains(*r) && !down_for_rollback {
+        // A move's source that DRBD 8.4 leaves out is down on purpose, its backing kept.
+        if !configured.contains(*r) && !down_for_rollback && !v.parked_on(node, max_hosts) {
             out.push(f("missing-resource", format!("{node}:{r}"), format!("{} lists {node} as a replica but DRBD resource {r} is not configured there: check that the agent runs (`systemctl status drbdpool-agent`)", vid(v))));
         }
     }

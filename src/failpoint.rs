@@ -60,6 +60,9 @@ pub const ALL: &[&str] = &[
     "agent.before-publish",
     "agent.after-snapshot",
     "agent.after-discard",
+    "relocate.after-volume",
+    "move.after-finish",
+    "move.after-release-remove",
 ];
 
 /// Parse the env value; unknown names are kept (a typo then simply never fires,

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod fence;
 pub mod membership;
 pub mod replace;
+pub mod relocate;
 pub mod recover;
 pub mod check;
 pub mod store;

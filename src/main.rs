@@ -155,6 +155,45 @@ enum VolumeCmd {
         /// storeid:volname, or a volname that exists in one storage only
         id: String,
     },
+    /// Move one replica of a volume to another node while the guest keeps running
+    #[command(after_help = "Examples:\n  drbdpool volume move dp:vm-100-disk-0 --from pve1 --to pve3 --dry-run\n  drbdpool volume move dp:vm-100-disk-0 --from pve1 --to pve3 --wait\n\n\
+TO gets a new replica, synced in full from an UpToDate one; FROM's replica is removed only once TO's is\n\
+UpToDate. DRBD 9: FROM stays connected meanwhile (a guest may keep running there; FROM's replica goes\n\
+once it has left). DRBD 8.4 (two nodes per resource): FROM leaves the resource at once, its data kept\n\
+until TO is UpToDate, so FROM must not be in use (migrate the guest first) and the staying replica must\n\
+be UpToDate. The agents carry the move out; a crash or kill of this command stops nothing.")]
+    Move {
+        id: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Show what would move, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until the move is over, printing the sync's progress
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change how many replicas a volume has (DRBD 9: 1 to 3; DRBD 8.4 takes exactly 2)
+    #[command(after_help = "Examples:\n  drbdpool volume replicas dp:vm-100-disk-0 3 --wait\n  drbdpool volume replicas dp:vm-100-disk-0 2\n\n\
+A new replica goes to the node with the most room that holds none (and that the storage's `nodes` list\n\
+allows) and syncs in full from an UpToDate one. Dropping takes a replica that is not in use, the ones\n\
+not UpToDate first; the last UpToDate replica always stays.")]
+    Replicas {
+        id: String,
+        count: usize,
+        /// Show what would change, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until new replicas are UpToDate and dropped ones removed
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Disaster recovery: accept this node's Consistent/Outdated replica as the good copy
     #[command(after_help = "Example (on pve2, after pve1 with the newest data was lost for good):\n  drbdpool volume force-primary dp:vm-100-disk-0 --node pve2 --yes\n\n\
 Runs on NODE itself. Refused while another replica may be reachable (DRBD connected, online in the\n\
@@ -191,6 +230,23 @@ enum NodeCmd {
     },
     /// Unregister a node (refused while it holds replicas)
     Remove { name: String },
+    /// Move every replica off a live node (maintenance, retiring it), while guests keep running
+    #[command(after_help = "Examples:\n  drbdpool node evacuate pve2 --dry-run\n  drbdpool node evacuate pve2 --wait\n\n\
+Each replica on NODE moves to the node with the most room that holds none of that volume (and that the\n\
+storage's `nodes` list allows), as `volume move` does. Refused when nothing can move; a volume that\n\
+cannot (no room, no UpToDate copy elsewhere, DRBD 8.4 with its guest on NODE) is named.\n\
+Exit code 0: every replica moves; 9: some were left as they are (each line says why).")]
+    Evacuate {
+        node: String,
+        /// Show what would move, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until every move is over, printing the syncs' progress
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Give the replicas of a node that is gone for good to another node (full sync from a survivor)
     #[command(after_help = "Examples:\n  drbdpool node replace pve1 pve3 --dry-run\n  drbdpool node replace pve1 pve3 --wait\n\n\
 Refused while OLD may be alive (online in the membership, its agent reported within 150 s, or DRBD still\n\
@@ -208,6 +264,39 @@ Exit code 0: every volume moved; 9: some were left as they are (each line says w
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `volume move` and `node evacuate`: record, report, optionally wait; exit 9 if a volume was left.
+fn relocate(o: &Opts, store: &Store, target: drbdpool::relocate::Target, dry_run: bool, wait: bool, json: bool) -> Result<()> {
+    let here = cli::node_name(o.node.as_deref(), None)?;
+    let max_hosts = drbdpool::node::LocalNode::from_env(store, &here)?.max_hosts()?;
+    let p = drbdpool::relocate::relocate(store, max_hosts, target, dry_run)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"dry_run": dry_run, "moves": p.moves, "replicas": p.resizes, "under_way": p.under_way, "skipped": p.skipped}))
+                .unwrap()
+        );
+    } else {
+        print!("{}", drbdpool::relocate::render(&p, dry_run));
+    }
+    if wait && !dry_run {
+        let mut ids: Vec<(String, String)> = p.moves.iter().map(|m| (m.storeid.clone(), m.volname.clone())).collect();
+        for v in &p.under_way {
+            if let Some((s, n)) = v.split_once(':') {
+                ids.push((s.to_string(), n.to_string()));
+            }
+        }
+        for r in p.resizes.iter().filter(|r| r.add) {
+            cli::wait_synced(store, &r.node, std::slice::from_ref(&r.resource), !json)?;
+        }
+        ids.extend(p.resizes.iter().filter(|r| !r.add).map(|r| (r.storeid.clone(), r.volname.clone())).take(1));
+        cli::wait_moved(store, &ids, !json)?;
+    }
+    if !p.skipped.is_empty() {
+        std::process::exit(9);
+    }
+    Ok(())
 }
 
 fn open_store(o: &Opts) -> Result<Store> {
@@ -245,6 +334,21 @@ fn run(o: &Opts) -> Result<()> {
             } else {
                 drbdpool::recover::render(&out).trim_end().to_string()
             }
+        }
+        Cmd::Volume(VolumeCmd::Move { id, from, to, dry_run, wait, json }) => {
+            let store = open_store(o)?;
+            let vol = cli::find_volume(&store, id)?;
+            let target = drbdpool::relocate::Target::Volume { resource: &vol.resource, from, to };
+            return relocate(o, &store, target, *dry_run, *wait, *json);
+        }
+        Cmd::Volume(VolumeCmd::Replicas { id, count, dry_run, wait, json }) => {
+            let store = open_store(o)?;
+            let vol = cli::find_volume(&store, id)?;
+            return relocate(o, &store, drbdpool::relocate::Target::Replicas { resource: &vol.resource, count: *count }, *dry_run, *wait, *json);
+        }
+        Cmd::Node(NodeCmd::Evacuate { node, dry_run, wait, json }) => {
+            let store = open_store(o)?;
+            return relocate(o, &store, drbdpool::relocate::Target::Evacuate { node }, *dry_run, *wait, *json);
         }
         Cmd::Node(NodeCmd::Add { name, address }) => cli::node_add(&open_store(o)?, name, address)?,
         Cmd::Node(NodeCmd::List { json }) => cli::node_list(&open_store(o)?, *json)?,

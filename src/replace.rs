@@ -31,7 +31,7 @@ use crate::store::{Change, Store};
 
 /// A live agent writes its state at least every 60 s (reconcile::HEARTBEAT_SECS): a node
 /// that published within twice that, and some slack, counts as reporting.
-const REPORTS_WITHIN: Duration = Duration::from_secs(150);
+pub const REPORTS_WITHIN: Duration = Duration::from_secs(150);
 
 /// How long OLD must have been silent to be taken as gone: REPORTS_WITHIN, or
 /// `DRBDPOOL_NODE_GONE_SECS` (the lab kills a node and goes on at once).
@@ -170,7 +170,7 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
             size_kib: v.size_kib,
             source,
             node_id: new_node_id(v, old)?,
-            port: new_port(v, old, new, &world)?,
+            port: new_port(v, Some(old), new, &world)?,
         };
         moved(&mut world[at], &m, old, new);
         out.moves.push(m);
@@ -273,7 +273,7 @@ fn moved(d: &mut VolumeDoc, m: &Move, old: &str, new: &str) {
 
 /// The lowest node id neither a survivor nor OLD used: the survivors' metadata may still
 /// hold a bitmap for OLD's id (DRBD 9), which says nothing about NEW's empty disk.
-fn new_node_id(v: &VolumeDoc, old: &str) -> Result<u8> {
+pub(crate) fn new_node_id(v: &VolumeDoc, old: &str) -> Result<u8> {
     let used: BTreeSet<u8> = v.replicas.iter().map(|r| r.node_id).collect();
     (0..=MAX_NODE_ID)
         .find(|id| !used.contains(id))
@@ -281,13 +281,14 @@ fn new_node_id(v: &VolumeDoc, old: &str) -> Result<u8> {
 }
 
 /// The port stays unless NEW already listens on it for another volume; then the lowest
-/// port free on every node of the new replica set (store/alloc.rs's rule).
-fn new_port(v: &VolumeDoc, old: &str, new: &str, docs: &[VolumeDoc]) -> Result<Option<u16>> {
+/// port free on every node of the new replica set (store/alloc.rs's rule). `old`: the
+/// replica that leaves the set (None: every replica stays connected, as during a move).
+pub(crate) fn new_port(v: &VolumeDoc, old: Option<&str>, new: &str, docs: &[VolumeDoc]) -> Result<Option<u16>> {
     let others = || docs.iter().filter(|d| d.resource != v.resource);
     if !others().any(|d| d.port == v.port && d.replica(new).is_some()) {
         return Ok(None);
     }
-    let set: Vec<&str> = v.replicas.iter().map(|r| r.node.as_str()).filter(|n| *n != old).chain([new]).collect();
+    let set: Vec<&str> = v.replicas.iter().map(|r| r.node.as_str()).filter(|n| Some(*n) != old).chain([new]).collect();
     let used: BTreeSet<u16> =
         others().filter(|d| d.replicas.iter().any(|r| set.contains(&r.node.as_str()))).map(|d| d.port).collect();
     PORTS.clone().find(|p| !used.contains(p)).map(Some).ok_or_else(|| {

@@ -135,7 +135,7 @@ fn resync_settings_reach_every_replica() {
         assert_eq!(lab.sim(n).resync_of("dp-rs").unwrap(), Some(Resync::default()), "{n}: the defaults without a storage document");
     }
     let capped = Resync { max_kib: 50 * 1024, min_kib: 10 * 1024 };
-    lab.store.put_storage_doc(&StorageDoc { format: 1, storeid: vol.storeid.clone(), resync: capped }).unwrap();
+    lab.store.put_storage_doc(&StorageDoc { format: 1, storeid: vol.storeid.clone(), resync: capped, nodes: None }).unwrap();
     passes(&mut [&mut a, &mut b], 1);
     for n in ["a", "b"] {
         assert_eq!(lab.sim(n).resync_of("dp-rs").unwrap(), Some(capped), "{n}: applied at the next pass");
@@ -562,4 +562,150 @@ fn force_primary_accepts_a_survivors_data_and_keeps_the_lost_node_apart() {
     assert_eq!(sa.connections[0].connection, "StandAlone", "{sa:?}");
     assert_eq!(sa.devices[0].disk, "UpToDate", "a's own data is not discarded");
     assert_eq!(lab.store.volume("pool1", "dp-dr-vol").unwrap().unwrap().outdated, ["a"], "the mark stays while a is apart");
+}
+
+/// A volume on a and b, Ready, both holding MOVED_RECORD at offset 0; the agents of a, b and c.
+fn moving_lab(max_hosts: usize) -> (Lab, Agent, Agent, Agent, drbdpool::store::docs::VolumeDoc) {
+    use std::io::{Seek, SeekFrom, Write};
+    let lab = Lab::new(&["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        lab.sim(n).set_max_hosts(max_hosts).unwrap();
+    }
+    let res = "dp-mv";
+    lab.store.put_volume(&lab.volume(res, &["a", "b"], 4096)).unwrap();
+    let mut a = Agent::new(lab.store.clone(), lab.local("a"));
+    let mut b = Agent::new(lab.store.clone(), lab.local("b"));
+    let mut c = Agent::new(lab.store.clone(), lab.local("c"));
+    passes(&mut [&mut a, &mut b, &mut c], 3);
+    let d = lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap();
+    lab.store.update_volume(&d, |d| {
+        d.state = VolumeState::Ready;
+        Ok(drbdpool::store::Change::Quiet)
+    }).unwrap();
+    // A replicated write: on both (the sim's full sync copies the data area from its source).
+    for n in ["a", "b"] {
+        let mut f = std::fs::OpenOptions::new().write(true).open(lab.image(n, res)).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(MOVED_RECORD).unwrap();
+    }
+    let d = lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap();
+    (lab, a, b, c, d)
+}
+
+const MOVED_RECORD: &[u8] = b"acknowledged record 7\n";
+
+fn move_a_to_c(lab: &Lab, max_hosts: usize) -> drbdpool::error::Result<drbdpool::relocate::Plan> {
+    let t = drbdpool::relocate::Target::Volume { resource: "dp-mv", from: "a", to: "c" };
+    drbdpool::relocate::relocate(&lab.store, max_hosts, t, false)
+}
+
+fn assert_moved_to_c(lab: &Lab) {
+    let res = "dp-mv";
+    let now = lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap();
+    assert_eq!(now.replicas.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    assert!(now.moving.is_none() && now.released.is_empty(), "{now:?}");
+    for n in ["b", "c"] {
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes[res];
+        assert_eq!((o.disk.as_str(), o.generation, o.error.as_deref()), ("UpToDate", now.generation, None), "{n}: {o:?}");
+        let peers: Vec<(&str, &str)> = o.peers.iter().map(|p| (p.node.as_str(), p.connection.as_str())).collect();
+        assert_eq!(peers, [(if n == "b" { "c" } else { "b" }, "Connected")], "{n}");
+    }
+    assert_eq!(full_syncs(lab, "c", res), 1, "c was synced in full");
+    assert_eq!(&std::fs::read(lab.image("c", res)).unwrap()[..MOVED_RECORD.len()], MOVED_RECORD, "c holds the data");
+    assert!(!lab.image("a", res).exists(), "a's replica is removed once the move is over");
+    assert!(!lab.store.node_state("a").unwrap().unwrap().volumes.contains_key(res), "a publishes nothing of it");
+    // Again: a holds nothing any more.
+    let e = move_a_to_c(lab, 2).unwrap_err();
+    assert!(e.to_string().contains("no replica on a"), "{e}");
+}
+
+/// `volume move` on DRBD 8.4 (two hosts per resource, issue 16): the source may not be in
+/// use; it leaves the resource at once and keeps its data until c, synced from b, is UpToDate.
+#[test]
+fn volume_move_on_a_two_host_drbd_switches_the_peer_and_keeps_the_source_until_done() {
+    if !can_loop() {
+        return;
+    }
+    let res = "dp-mv";
+    let (lab, mut a, mut b, mut c, d) = moving_lab(2);
+    // A guest runs on a: refused, nothing written.
+    lab.sim("a").promote(res).unwrap();
+    passes(&mut [&mut a], 1);
+    let e = move_a_to_c(&lab, 2).unwrap_err();
+    assert!(e.to_string().contains("in use on a") && e.to_string().contains("qm migrate"), "{e}");
+    assert_eq!(lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap().generation, d.generation);
+    lab.sim("a").demote(res).unwrap();
+    passes(&mut [&mut a], 1);
+
+    let p = move_a_to_c(&lab, 2).unwrap();
+    assert_eq!((p.moves.len(), p.moves[0].source.as_str()), (1, "b"), "{p:?}");
+    // One pass each: a is taken down with its data kept, b switches to c, c starts its sync.
+    passes(&mut [&mut a, &mut b, &mut c], 1);
+    assert!(lab.image("a", res).exists(), "a's data stays until c is UpToDate");
+    assert!(lab.sim("a").status().unwrap().iter().all(|s| s.name != res), "a is down");
+    let oa = &lab.store.node_state("a").unwrap().unwrap().volumes[res];
+    assert_eq!(oa.disk, "Outdated");
+    passes(&mut [&mut a, &mut b, &mut c], 3);
+    assert_moved_to_c(&lab);
+}
+
+/// `volume move` on DRBD 9: c joins as a third peer while the guest keeps running on a; a's
+/// replica goes only after c is UpToDate and the guest has left a.
+#[test]
+fn volume_move_on_drbd9_keeps_the_source_connected_until_the_guest_left() {
+    if !can_loop() {
+        return;
+    }
+    let res = "dp-mv";
+    let (lab, mut a, mut b, mut c, _) = moving_lab(32);
+    lab.sim("a").promote(res).unwrap();
+    passes(&mut [&mut a], 1);
+    let p = move_a_to_c(&lab, 32).unwrap();
+    assert_eq!(p.moves.len(), 1, "{p:?}");
+    passes(&mut [&mut a, &mut b, &mut c], 3);
+    let oc = &lab.store.node_state("c").unwrap().unwrap().volumes[res];
+    assert_eq!(oc.disk, "UpToDate", "{oc:?}");
+    let doc = lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap();
+    assert!(doc.moving.is_some() && doc.replica("a").is_some(), "a stays while the guest runs there: {doc:?}");
+    let oa = &lab.store.node_state("a").unwrap().unwrap().volumes[res];
+    assert_eq!((oa.role.as_str(), oa.peers.len()), ("Primary", 2), "{oa:?}");
+    // The guest left a (migrated to b).
+    lab.sim("a").demote(res).unwrap();
+    passes(&mut [&mut a, &mut b, &mut c], 3);
+    assert_moved_to_c(&lab);
+}
+
+/// `volume replicas` (DRBD 9): 2 -> 3 adds c, synced in full; 3 -> 1 with the guest on a drops
+/// c and b, whose agents remove them; a keeps the data.
+#[test]
+fn volume_replicas_adds_a_synced_replica_and_drops_the_ones_not_in_use() {
+    if !can_loop() {
+        return;
+    }
+    let res = "dp-mv";
+    let (lab, mut a, mut b, mut c, _) = moving_lab(32);
+    let set = |n| drbdpool::relocate::relocate(&lab.store, 32, drbdpool::relocate::Target::Replicas { resource: res, count: n }, false);
+    let p = set(3).unwrap();
+    assert_eq!(p.resizes.iter().map(|r| (r.node.as_str(), r.add)).collect::<Vec<_>>(), [("c", true)]);
+    passes(&mut [&mut a, &mut b, &mut c], 3);
+    let doc = lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap();
+    for n in ["a", "b", "c"] {
+        let o = &lab.store.node_state(n).unwrap().unwrap().volumes[res];
+        assert_eq!((o.disk.as_str(), o.generation, o.peers.len()), ("UpToDate", doc.generation, 2), "{n}: {o:?}");
+    }
+    assert_eq!(full_syncs(&lab, "c", res), 1);
+    assert_eq!(&std::fs::read(lab.image("c", res)).unwrap()[..MOVED_RECORD.len()], MOVED_RECORD);
+
+    lab.sim("a").promote(res).unwrap();
+    passes(&mut [&mut a], 1);
+    let p = set(1).unwrap();
+    assert_eq!(p.resizes.iter().map(|r| (r.node.as_str(), r.add)).collect::<Vec<_>>(), [("c", false), ("b", false)]);
+    passes(&mut [&mut a, &mut b, &mut c], 2);
+    let doc = lab.store.volume("pool1", "dp-mv-vol").unwrap().unwrap();
+    assert_eq!((doc.replicas.len(), doc.released.len()), (1, 0), "{doc:?}");
+    for n in ["b", "c"] {
+        assert!(!lab.image(n, res).exists(), "{n}'s replica is removed");
+    }
+    let o = &lab.store.node_state("a").unwrap().unwrap().volumes[res];
+    assert_eq!((o.role.as_str(), o.disk.as_str(), o.peers.len()), ("Primary", "UpToDate", 0), "{o:?}");
 }

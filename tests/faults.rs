@@ -504,6 +504,66 @@ fn a_background_creation_that_dies_is_rolled_back_by_the_agents() {
     w.assert_clean_but("after the roll back of a dead background creation", &["stale-lock"]);
 }
 
+/// `volume move` (issue 16) stopped at `fp`, in the command or in the agents that carry it
+/// out: the agents finish the move, the old replica goes only after the new one is UpToDate,
+/// and nothing is left behind.
+fn move_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = World::new(&["a", "b", "c"]);
+    alloc(&w);
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    let to = ["b", "c"].into_iter().find(|n| d.replica(n).is_none()).unwrap();
+    let stays = ["b", "c"].into_iter().find(|n| *n != to).unwrap();
+    w.rounds_until("both replicas UpToDate", 10, || d.replicas.iter().all(|r| published(&w, &r.node).is_some_and(|o| o.disk == "UpToDate")));
+    let id = format!("{}:{VOL}", w.sid);
+    let args = ["volume", "move", id.as_str(), "--from", "a", "--to", to];
+    if fp.starts_with("relocate.") {
+        assert_crashed(&w.run(stays, &args, &fp_env(fp)), fp);
+    } else {
+        let o = w.run(stays, &args, &[]);
+        assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+        // The node whose agent passes the failpoint: the target finishes, the source releases.
+        let at = if fp == "move.after-finish" { to } else { "a" };
+        let mut hit = false;
+        for _ in 0..20 {
+            let o = w.agent_once(at, &fp_env(fp));
+            if o.code == EXIT_CODE {
+                assert_crashed(&o, fp);
+                hit = true;
+                break;
+            }
+            assert_eq!(o.code, 0, "{}", o.stderr);
+            for n in ["a", "b", "c"].into_iter().filter(|n| *n != at) {
+                assert_eq!(w.agent_once(n, &[]).code, 0);
+            }
+        }
+        assert!(hit, "{fp} never hit\n{}", w.dump());
+    }
+    // The old replica is kept as long as the new one is not UpToDate.
+    w.rounds_until("the move is over", 20, || {
+        let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+        assert!(
+            d.replica("a").is_some() || published(&w, to).is_some_and(|o| o.disk == "UpToDate"),
+            "{fp}: a dropped before {to} was UpToDate\n{}",
+            w.dump()
+        );
+        d.moving.is_none() && d.released.is_empty() && d.replica("a").is_none()
+    });
+    w.round();
+    for n in [stays, to] {
+        let p = published(&w, n).unwrap_or_else(|| panic!("{fp}: {n} publishes nothing\n{}", w.dump()));
+        assert_eq!((p.disk.as_str(), p.error), ("UpToDate", None), "{fp}: {n}");
+    }
+    assert!(published(&w, "a").is_none(), "{fp}: a still publishes the volume");
+    w.assert_clean(&format!("{fp}: after the move"));
+    // Running it again: a holds no replica any more, refused, nothing changes.
+    let o = w.run(stays, &args, &[]);
+    assert_eq!(o.code, 4, "{} {}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("no replica on a"), "{}", o.stderr);
+}
+
 macro_rules! cases {
     ($($f:ident => $case:ident($fp:literal);)*) => {
         $(#[test] fn $f() { $case($fp) })*
@@ -538,6 +598,9 @@ cases! {
     agent_after_resource_file => agent_case("agent.after-resource-file");
     agent_after_apply => agent_case("agent.after-apply");
     agent_before_publish => agent_case("agent.before-publish");
+    relocate_after_volume => move_case("relocate.after-volume");
+    move_after_finish => move_case("move.after-finish");
+    move_after_release_remove => move_case("move.after-release-remove");
     snapshot_after_local => snapshot_case("snapshot.after-local");
     snapshot_after_doc => snapshot_case("snapshot.after-doc");
     snapshot_after_peers => snapshot_case("snapshot.after-peers");

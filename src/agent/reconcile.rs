@@ -138,8 +138,17 @@ impl Agent {
             self.local.replication().status()?.into_iter().map(|s| (s.name.clone(), s)).collect();
         let mut volumes = BTreeMap::new();
         let mut mine = BTreeSet::new();
+        // Moves to this node that may be finished once this pass's state is published.
+        let mut finishing = Vec::new();
 
         let me = self.node().to_string();
+        let max_hosts = self.local.max_hosts()?;
+        for vol in docs.iter().filter(|v| v.released.contains(&me) && v.replica(&me).is_none()) {
+            mine.insert(vol.resource.clone()); // not an orphan: this handles it
+            if let Some(o) = self.reconcile_released(vol, status.get(&vol.resource)) {
+                volumes.insert(vol.resource.clone(), o);
+            }
+        }
         for vol in docs.iter().filter(|v| v.replica(&me).is_some()) {
             mine.insert(vol.resource.clone());
             let res = vol.resource.clone();
@@ -153,14 +162,18 @@ impl Agent {
                 continue;
             }
             let r = match vol.state {
+                VolumeState::Creating | VolumeState::Ready if vol.parked_on(&me, max_hosts) => self.reconcile_parked(vol, status.get(&res)),
                 VolumeState::Creating | VolumeState::Ready => match rollback_elsewhere(vol, &me) {
                     Some(since) => self.reconcile_discard(vol, since).map(Some),
-                    None => self.reconcile_live(vol, &mut status, &states).map(|o| o.map(|o| self.reconcile_snapshots(vol, o))),
+                    None => self.reconcile_live(vol, &mut status, &states, max_hosts).map(|o| o.map(|o| self.reconcile_snapshots(vol, o))),
                 },
                 VolumeState::Deleting => self.reconcile_delete(vol, status.get(&res)),
             };
             match r {
                 Ok(Some(o)) => {
+                    if vol.moving.as_ref().is_some_and(|m| m.to == me) {
+                        finishing.push((vol.clone(), o.clone()));
+                    }
                     volumes.insert(res, o);
                 }
                 Ok(None) => {}
@@ -219,6 +232,11 @@ impl Agent {
         let storages = self.storages(&docs);
         crate::failpoint!("agent.before-publish");
         self.publish(storages, volumes)?;
+        // After publishing: whoever reads the document without the old replica finds this
+        // node's UpToDate report already there.
+        for (vol, o) in &finishing {
+            self.finish_move(vol, o, &states);
+        }
 
         // A deleting doc that no node lists anymore is finished: remove it.
         if complete {
@@ -294,8 +312,22 @@ impl Agent {
         vol: &VolumeDoc,
         status: &mut BTreeMap<String, ResourceStatus>,
         states: &[NodeState],
+        max_hosts: usize,
     ) -> Result<Option<VolumeObserved>> {
         let res = &vol.resource;
+        // DRBD 8.4 during a move: this replica stays and its peer changes from the move's
+        // source to its target. Never while the source is Primary: it would lose its only
+        // peer under a running guest (the move refuses that; this closes the race with a
+        // guest started meanwhile, as DRBD here sees it).
+        if let Some(m) = vol.moving.as_ref().filter(|_| vol.replicas.len() > max_hosts) {
+            if let Some(c) = status.get(res).and_then(|st| st.connections.iter().find(|c| c.conn_name == m.from && c.peer_role == "Primary")) {
+                return Err(Error::Refused(format!(
+                    "{res}: moving {} to {}, but {} is Primary here ({}): not switching peers under a running guest; \
+                     migrate the guest off {} (or stop it), then the move goes on",
+                    m.from, m.to, m.from, c.connection, m.from
+                )));
+            }
+        }
         // Not up here: (re)create it only if the document still wants it. A new replica is
         // first announced (listed, not ready): a `deleting` document is removed only once no
         // node lists its resource, so either that removal sees the announcement and waits,
@@ -360,6 +392,101 @@ impl Agent {
         }
         let st = status.get(res).ok_or_else(|| Error::Tool(format!("{res}: not up after apply")))?;
         Ok(Some(self.local.observed_from(vol, st)))
+    }
+
+    /// A move's source that DRBD leaves out here (8.4): down, backing kept, published
+    /// Outdated (its data stops at the switch) until the move is over.
+    fn reconcile_parked(&mut self, vol: &VolumeDoc, st: Option<&ResourceStatus>) -> Result<Option<VolumeObserved>> {
+        let res = &vol.resource;
+        if st.is_some() {
+            self.local.park_replica(vol)?;
+            self.applied.remove(res);
+            tracing::info!(resource = %res, to = %vol.moving.as_ref().map(|m| m.to.as_str()).unwrap_or(""), "replica moving away: taken down, backing kept until the new one is UpToDate");
+        }
+        Ok(Some(VolumeObserved {
+            ready: false,
+            generation: vol.generation,
+            role: "Secondary".into(),
+            disk: "Outdated".into(),
+            snapshots: self.published_snapshots(res),
+            ..Default::default()
+        }))
+    }
+
+    /// On a move's target: once this replica is UpToDate at the document's generation and
+    /// the source is not in use (or its agent is silent), drop the source from the document
+    /// (it goes to `released`; its agent removes it). Under the volume lock, only if the
+    /// same move is still recorded.
+    fn finish_move(&self, vol: &VolumeDoc, o: &VolumeObserved, states: &[NodeState]) {
+        let Some(m) = vol.moving.as_ref().filter(|m| m.to == self.node()) else { return };
+        if o.disk != "UpToDate" || o.generation != vol.generation || o.error.is_some() {
+            return;
+        }
+        let fresh = |s: &&NodeState| now().saturating_sub(s.updated) < crate::replace::REPORTS_WITHIN.as_secs();
+        let in_use = states
+            .iter()
+            .filter(fresh)
+            .find(|s| s.node == m.from)
+            .and_then(|s| s.volumes.get(&vol.resource))
+            .is_some_and(|f| f.role == "Primary" || f.open);
+        if in_use {
+            tracing::info!(resource = %vol.resource, from = %m.from, "new replica UpToDate; the old one goes once the guest has left {}", m.from);
+            return;
+        }
+        let r = self.store.update_volume(vol, |cur| {
+            if cur.moving.as_ref() != Some(m) || cur.resource != vol.resource {
+                return Ok(crate::store::Change::Unchanged);
+            }
+            cur.replicas.retain(|r| r.node != m.from);
+            cur.outdated.retain(|n| *n != m.from);
+            if !cur.released.contains(&m.from) {
+                cur.released.push(m.from.clone());
+            }
+            cur.moving = None;
+            Ok(crate::store::Change::Desired)
+        });
+        match r {
+            Ok(_) => {
+                crate::failpoint!("move.after-finish");
+                for mark in self.store.fence_marks().unwrap_or_default().iter().filter(|k| k.resource == vol.resource && k.target == m.from) {
+                    let _ = self.store.remove_fence_mark(mark);
+                }
+                tracing::info!(resource = %vol.resource, from = %m.from, to = %m.to, "move finished: the new replica is UpToDate, the old one is released")
+            }
+            Err(e) => tracing::warn!(resource = %vol.resource, error = %e, "cannot record the finished move; trying again next pass"),
+        }
+    }
+
+    /// A replica a finished move dropped: remove it here once it is not in use, then take
+    /// this node's name off the document's `released` list. None: nothing left to publish.
+    fn reconcile_released(&mut self, vol: &VolumeDoc, st: Option<&ResourceStatus>) -> Option<VolumeObserved> {
+        let res = &vol.resource;
+        if let Err(e) = self.local.remove_released(vol) {
+            tracing::warn!(resource = %res, error = %e, "released replica not removed yet");
+            let mut o = match st {
+                Some(st) => self.local.observed_from(vol, st),
+                None => VolumeObserved { role: "Unknown".into(), disk: "Unknown".into(), ..Default::default() },
+            };
+            o.ready = false;
+            o.error = Some(format!("{e} (this replica was moved away; it is removed once the guest has left)"));
+            return Some(o);
+        }
+        self.applied.remove(res);
+        crate::failpoint!("move.after-release-remove");
+        let me = self.node().to_string();
+        let r = self.store.update_volume(vol, |cur| {
+            if cur.resource != vol.resource || !cur.released.contains(&me) {
+                return Ok(crate::store::Change::Unchanged);
+            }
+            cur.released.retain(|n| *n != me);
+            Ok(crate::store::Change::Quiet)
+        });
+        if let Err(e) = r {
+            tracing::warn!(resource = %res, error = %e, "released replica removed; cannot update the document yet");
+        } else {
+            tracing::info!(resource = %res, "released replica removed");
+        }
+        None
     }
 
     fn published_snapshots(&self, res: &str) -> Vec<String> {

@@ -187,6 +187,41 @@ pub fn wait_synced(store: &Store, node: &str, resources: &[String], print: bool)
     }
 }
 
+/// `volume move --wait` / `node evacuate --wait`: until each volume's move is over (its old
+/// replica dropped from the document and removed there), a line every 5 s (when `print`)
+/// with the new replica's disk and the sync's progress, rate and ETA.
+pub fn wait_moved(store: &Store, vols: &[(String, String)], print: bool) -> Result<()> {
+    let mut tracker = SyncTracker::default();
+    let mut last_print: Option<std::time::Instant> = None;
+    loop {
+        let mut pending = Vec::new();
+        for (sid, name) in vols {
+            let Some(d) = store.volume(sid, name)? else { continue }; // freed meanwhile
+            if let Some(m) = &d.moving {
+                let o = store.node_state(&m.to)?.and_then(|s| s.volumes.get(&d.resource).cloned());
+                pending.push(match o {
+                    Some(o) if o.disk == "UpToDate" => format!("{sid}:{name} {} UpToDate, waiting for {} to be left (a guest still runs there?)", m.to, m.from),
+                    Some(o) => format!("{sid}:{name} {} {} {}", m.to, o.disk, sync_cell(&d.resource, &m.to, &o.peers, Some(&mut tracker))).trim_end().to_string(),
+                    None => format!("{sid}:{name} {} not reported yet", m.to),
+                });
+            } else if let Some(from) = d.released.first() {
+                pending.push(format!("{sid}:{name} {from} removing its old replica"));
+            }
+        }
+        if pending.is_empty() {
+            if print {
+                println!("all {} move(s) over", vols.len());
+            }
+            return Ok(());
+        }
+        if print && last_print.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+            println!("{} of {} moving: {}", pending.len(), vols.len(), pending.join("; "));
+            last_print = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// The status table; with a tracker, resyncs show their rate and ETA.
 pub fn status_table_with(store: &Store, mut tracker: Option<&mut SyncTracker>) -> Result<String> {
     let (vols, states) = status_rows(store)?;

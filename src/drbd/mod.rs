@@ -146,6 +146,10 @@ pub trait Replication: Send + Sync {
         let _ = on;
         Err(crate::error::Error::Refused(format!("{resource}: this replication side cannot toggle allow-two-primaries")))
     }
+    /// Most hosts one resource may have here (DRBD 8.4: 2). Default: DRBD 9's 32.
+    fn max_hosts(&self) -> Result<usize> {
+        Ok(32)
+    }
     /// Names of the resources configured on this node (resource files), up or not.
     /// Default: the resources `status` reports.
     fn configured(&self) -> Result<Vec<String>> {

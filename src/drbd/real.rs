@@ -592,6 +592,10 @@ impl Replication for DrbdAdm {
     }
 
     /// Our resource files (`drbdpool-<res>.res`), whether the resource is up or not.
+    fn max_hosts(&self) -> Result<usize> {
+        Ok(self.flavor()?.max_hosts())
+    }
+
     fn configured(&self) -> Result<Vec<String>> {
         let rd = match std::fs::read_dir(&self.res_dir) {
             Ok(rd) => rd,

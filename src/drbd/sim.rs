@@ -403,6 +403,12 @@ impl SimDrbd {
         Ok(self.load(&self.node, res)?.map(|r| r.resync))
     }
 
+    /// Make this simulated node take at most `n` hosts per resource (2: as DRBD 8.4).
+    pub fn set_max_hosts(&self, n: usize) -> Result<()> {
+        let p = self.dir.join(&self.node).join("max-hosts");
+        fs::write(&p, n.to_string()).map_err(|e| serr("write", &p, e))
+    }
+
     pub fn set_open(&self, res: &str, open: bool) -> Result<()> {
         self.with_world(res, |w| {
             let me = w.get_mut(&self.node).filter(|r| r.up).ok_or_else(|| Error::NotFound(format!("{res}: not up")))?;
@@ -725,6 +731,15 @@ impl Replication for SimDrbd {
             }
             Ok(())
         })
+    }
+
+    fn max_hosts(&self) -> Result<usize> {
+        let p = self.dir.join(&self.node).join("max-hosts");
+        match fs::read_to_string(&p) {
+            Ok(t) => t.trim().parse().map_err(|e| serr("parse", &p, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(32),
+            Err(e) => Err(serr("read", &p, e)),
+        }
     }
 
     fn configured(&self) -> Result<Vec<String>> {

@@ -137,7 +137,14 @@ impl LocalNode {
     /// The resource plan for this node, with addresses from the node registry.
     pub fn plan(&self, vol: &VolumeDoc, backing: &Backing, thin: bool, dual_primary: bool) -> Result<ResourcePlan> {
         let mut hosts = Vec::new();
-        for r in &vol.replicas {
+        if vol.parked_on(&self.node, self.repl.max_hosts()?) {
+            return Err(Error::Refused(format!(
+                "{}: this node's replica is moving away and DRBD here takes only {} hosts per resource: it stays down until the move is over",
+                vol.resource,
+                self.repl.max_hosts()?
+            )));
+        }
+        for r in vol.drbd_replicas(self.repl.max_hosts()?) {
             let n = self.store.node(&r.node)?.ok_or_else(|| {
                 Error::NotFound(format!(
                     "{}: replica node {} has no entry in the node registry (nodes/{}.json): add it with `drbdpool node add`",
@@ -291,18 +298,7 @@ impl NodeOps for LocalNode {
 
     fn remove_replica(&self, vol: &VolumeDoc) -> Result<()> {
         self.check_replica(vol)?;
-        let _lock = self.lock(&vol.resource)?;
-        self.refuse_in_use(vol, "removed")?;
-        self.repl.down(&vol.resource)?;
-        let backend = self.backend(&vol.backend)?;
-        if backend.can_snapshot() {
-            for s in &vol.snapshots {
-                backend.remove_snapshot(&vol.resource, &s.name)?;
-            }
-        }
-        backend.remove(&vol.resource)?;
-        tracing::info!(resource = %vol.resource, "replica removed");
-        Ok(())
+        self.remove_here(vol)
     }
 
     fn observe(&self, vol: &VolumeDoc) -> Result<Option<VolumeObserved>> {
@@ -545,6 +541,44 @@ impl LocalNode {
     }
 
     /// Invariant 2: never remove or change the data under a Primary or an open device.
+    /// Take `vol` down here and remove its backing device and snapshots; refused while in use.
+    fn remove_here(&self, vol: &VolumeDoc) -> Result<()> {
+        let _lock = self.lock(&vol.resource)?;
+        self.refuse_in_use(vol, "removed")?;
+        self.repl.down(&vol.resource)?;
+        let backend = self.backend(&vol.backend)?;
+        if backend.can_snapshot() {
+            for s in &vol.snapshots {
+                backend.remove_snapshot(&vol.resource, &s.name)?;
+            }
+        }
+        backend.remove(&vol.resource)?;
+        tracing::info!(resource = %vol.resource, "replica removed");
+        Ok(())
+    }
+
+    /// A finished move dropped this node's replica (`vol.released` lists it): remove it.
+    pub fn remove_released(&self, vol: &VolumeDoc) -> Result<()> {
+        if !vol.released.contains(&self.node) || vol.replica(&self.node).is_some() {
+            return Err(Error::InvalidInput(format!("{}: node {} holds no released replica of it", vol.resource, self.node)));
+        }
+        self.remove_here(vol)
+    }
+
+    /// This node's replica is a move's source that DRBD leaves out (`VolumeDoc::parked_on`):
+    /// take it down and keep the backing device, whose data is the fallback until the new
+    /// replica is UpToDate. Refused while in use: a guest runs on it.
+    pub fn park_replica(&self, vol: &VolumeDoc) -> Result<()> {
+        let _lock = self.lock(&vol.resource)?;
+        self.refuse_in_use(vol, "taken down for the move")?;
+        self.repl.down(&vol.resource)
+    }
+
+    /// Most hosts one resource may have here.
+    pub fn max_hosts(&self) -> Result<usize> {
+        self.repl.max_hosts()
+    }
+
     fn refuse_in_use(&self, vol: &VolumeDoc, what: &str) -> Result<()> {
         if let Some(st) = self.status_of(&vol.resource)? {
             let open = observe::open_note(&st);

@@ -63,6 +63,17 @@ pub fn decide(
         }
         VolumeState::Deleting => return Err(refused!("volume {name} is being deleted")),
     }
+    if let Some(m) = doc.moving.as_ref().filter(|m| m.from == local) {
+        if local_obs.is_none_or(|o| o.role != "Primary") {
+            return Err(refused!(
+                "the replica of {name} on {local} is moving to {} (`drbdpool volume move`, `node evacuate`): start the guest on {} instead \
+                 ({}), or wait until the move is over",
+                m.to,
+                replica_nodes.iter().filter(|n| **n != local).copied().collect::<Vec<_>>().join(" or "),
+                "`drbdpool status` shows its progress"
+            ));
+        }
+    }
     let published = |n: &str| states.iter().find(|s| s.node == n).and_then(|s| s.volumes.get(&doc.resource).map(|v| (s, v)));
     // Where good data is, by the other nodes' own reports: only a fresh report says where it
     // is now; a stale one is named with its age (that node may be down).
@@ -381,6 +392,18 @@ mod tests {
         let e = decide(&doc(), "c", None, &[], &[], None, NOW).unwrap_err();
         assert_eq!(e.kind(), "refused");
         assert!(e.to_string().contains("replicas are on a, b"), "{e}");
+    }
+
+    #[test]
+    fn a_replica_moving_away_is_not_promoted_but_a_running_guest_keeps_it() {
+        let d = VolumeDoc {
+            moving: Some(crate::store::docs::ReplicaMove { from: "a".into(), to: "c".into(), since: 1 }),
+            ..VolumeDoc::for_test("pool", "vm-100-disk-0", &["a", "b", "c"])
+        };
+        let e = decide(&d, "a", Some(&obs("Secondary", "UpToDate", &[])), &[], &[], None, NOW).unwrap_err();
+        assert_eq!(e.kind(), "refused");
+        assert!(e.to_string().contains("moving to c") && e.to_string().contains("start the guest on b or c"), "{e}");
+        assert!(matches!(decide(&d, "a", Some(&obs("Primary", "UpToDate", &[])), &[], &[], None, NOW), Ok(Decision::AlreadyPrimary)));
     }
 
     #[test]

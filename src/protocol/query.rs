@@ -44,11 +44,12 @@ fn record_storage_settings(ctx: &Ctx, sid: &str, scfg: &Map<String, Value>) {
             return;
         }
     };
+    let nodes = super::scfg::StorageCfg::parse(scfg).ok().and_then(|c| c.nodes);
     let r = (|| -> Result<()> {
-        if ctx.store.storage_doc(sid)?.is_some_and(|d| d.resync == resync) {
+        if ctx.store.storage_doc(sid)?.is_some_and(|d| d.resync == resync && d.nodes == nodes) {
             return Ok(());
         }
-        ctx.store.put_storage_doc(&crate::store::docs::StorageDoc { format: crate::store::docs::FORMAT, storeid: sid.to_string(), resync })?;
+        ctx.store.put_storage_doc(&crate::store::docs::StorageDoc { format: crate::store::docs::FORMAT, storeid: sid.to_string(), resync, nodes })?;
         tracing::info!(
             "storage {sid}: resync settings recorded (max {}K/s, min {}K/s); the agents apply them to every volume",
             resync.max_kib,

@@ -93,6 +93,17 @@ pub struct Forced {
     pub disk_before: String,
 }
 
+/// `drbdpool volume move` / `node evacuate` under way (src/relocate.rs): `to` is listed in
+/// `replicas` next to `from` and syncs; once `to` is UpToDate, `to`'s agent drops `from` (it
+/// goes to `released`). Where DRBD takes fewer hosts than are listed (8.4: two), `from` is
+/// left out of the resource during the move and keeps its backing, idle, until then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMove {
+    pub from: String,
+    pub to: String,
+    pub since: u64,
+}
+
 /// Desired state of one volume (`volumes/<storeid>/<volname>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeDoc {
@@ -128,6 +139,12 @@ pub struct VolumeDoc {
     /// The last `volume force-primary`, kept for `volume show` and the agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced: Option<Forced>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<ReplicaMove>,
+    /// Nodes whose replica a finished move dropped: each one's agent removes its backing
+    /// (once it is not in use there) and then its own name from here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
     pub created: u64,
     /// Bumped on every change of desired state (resize, replicas, ...).
     #[serde(default)]
@@ -159,6 +176,8 @@ impl VolumeDoc {
             outdated: vec![],
             dual_primary: None,
             forced: None,
+            moving: None,
+            released: vec![],
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             generation: 1,
         }
@@ -187,6 +206,17 @@ impl VolumeDoc {
     }
     pub fn device_path(&self) -> String {
         device_path(self.minor)
+    }
+    /// The replicas DRBD connects when it takes at most `max_hosts` per resource: all of
+    /// them, except that a move's source is left out while the list is longer (DRBD 8.4
+    /// during `volume move`: the new pair is the staying replica and the new one).
+    pub fn drbd_replicas(&self, max_hosts: usize) -> impl Iterator<Item = &Replica> {
+        let drop = self.moving.as_ref().filter(|_| self.replicas.len() > max_hosts).map(|m| m.from.as_str());
+        self.replicas.iter().filter(move |r| Some(r.node.as_str()) != drop)
+    }
+    /// This node's replica is a move's source that DRBD leaves out for now (see `drbd_replicas`).
+    pub fn parked_on(&self, node: &str, max_hosts: usize) -> bool {
+        self.replicas.len() > max_hosts && self.moving.as_ref().is_some_and(|m| m.from == node)
     }
 }
 
@@ -306,4 +336,8 @@ pub struct StorageDoc {
     pub storeid: String,
     #[serde(default)]
     pub resync: Resync,
+    /// storage.cfg `nodes` (None: all nodes), for the commands that place replicas outside
+    /// a PVE call (`node evacuate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
 }
