@@ -58,6 +58,7 @@ MODULES = [
     "sha256_generic", "hmac",            # DRBD cram-hmac-alg sha256 (replication link authentication)
     "lru_cache", "libcrc32c", "drbd",
     "dm_mod", "dm_bufio", "dm_bio_prison", "dm_persistent_data", "dm_thin_pool",
+    "dm_snapshot",                       # lvcreate -s of a thin LV (linked clones) checks for its target
 ]
 REQUIRED_MODULES = {"virtio_blk", "virtio_net", "9p", "9pnet_virtio", "loop", "ext4", "drbd", "dm_mod",
                     "dm_thin_pool"}

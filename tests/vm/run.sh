@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run lab scenarios: tests/vm/run.sh [scenario...]   (default: raw_drbd demo resize_rejoin link_cut live_migration crash_resync node_replace power_loss many_at_once drbd9_three)
+# Run lab scenarios: tests/vm/run.sh [scenario...]   (default: raw_drbd demo resize_rejoin link_cut live_migration crash_resync node_replace evacuate power_loss many_at_once drbd9_three evacuate9)
 # Installs the host packages if missing and builds the guest if its cache does not match (seconds when it
 # does). Builds nothing of the project: the drbdpool scenarios use DRBDPOOL_BIN (default
 # target/release/drbdpool) and DRBDPOOL_SHIM (default perl-shim/), which must exist already.
@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 ./install-deps.sh >/dev/null || { echo "run.sh: installing the host packages failed" >&2; exit 2; }
 python3 build-guest.py >/dev/null || { echo "run.sh: building the guest failed" >&2; exit 2; }
-[ $# -gt 0 ] || set -- raw_drbd demo resize_rejoin link_cut live_migration crash_resync node_replace power_loss many_at_once drbd9_three
+[ $# -gt 0 ] || set -- raw_drbd demo resize_rejoin link_cut live_migration crash_resync node_replace evacuate power_loss many_at_once drbd9_three evacuate9
 run=$(date +%Y%m%d-%H%M%S)
 mkdir -p work
 failed=""

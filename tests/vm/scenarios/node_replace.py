@@ -31,7 +31,9 @@ GONE = "DRBDPOOL_NODE_GONE_SECS=5 "
 # perl on both ends (the guests have no iperf3); the receiver counts what it got.
 SINK = ("perl -MIO::Socket::INET -e '$l = IO::Socket::INET->new(LocalPort => 5001, Listen => 1, ReuseAddr => 1) or die; "
         "$c = $l->accept; $n += $r while ($r = sysread($c, $b, 1 << 20)); print \"$n\\n\"' >/tmp/sink.out 2>&1")
-SEND = ("perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(PeerAddr => \"10.99.0.{dst}:5001\") or die \"$!\"; "
+# The sender retries its connect for 10 s: the sink may not listen yet on a slow guest.
+SEND = ("perl -MIO::Socket::INET -e 'for (1 .. 50) {{ $s = IO::Socket::INET->new(PeerAddr => \"10.99.0.{dst}:5001\") "
+        "and last; select(undef, undef, undef, 0.2) }} $s or die \"$!\"; "
         "$b = \"\\0\" x (1 << 20); syswrite($s, $b) == length($b) or die for 1 .. {mib}'")
 
 
