@@ -60,6 +60,7 @@ pub const ALL: &[&str] = &[
     "agent.before-publish",
     "agent.after-snapshot",
     "agent.after-discard",
+    "replace.after-volume",
     "relocate.after-volume",
     "move.after-finish",
     "move.after-release-remove",

@@ -639,6 +639,8 @@ fn volume_move_on_a_two_host_drbd_switches_the_peer_and_keeps_the_source_until_d
 
     let p = move_a_to_c(&lab, 2).unwrap();
     assert_eq!((p.moves.len(), p.moves[0].source.as_str()), (1, "b"), "{p:?}");
+    let table = drbdpool::cli::status_table_with(&lab.store, None).unwrap();
+    assert!(table.contains("moving a>c"), "{table}");
     // One pass each: a is taken down with its data kept, b switches to c, c starts its sync.
     passes(&mut [&mut a, &mut b, &mut c], 1);
     assert!(lab.image("a", res).exists(), "a's data stays until c is UpToDate");

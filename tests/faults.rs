@@ -564,6 +564,53 @@ fn move_case(fp: &str) {
     assert!(o.stderr.contains("no replica on a"), "{}", o.stderr);
 }
 
+/// `node replace` (issue 16) stopped right after it moved a volume in the store: the agents
+/// sync the new node all the same, and running it again finds nothing left to do.
+fn replace_case(fp: &str) {
+    if !can_run() {
+        return;
+    }
+    let w = World::new(&["a", "b", "c"]);
+    alloc(&w);
+    let d = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    let dead = ["b", "c"].into_iter().find(|n| d.replica(n).is_some()).unwrap();
+    let new = ["b", "c"].into_iter().find(|n| *n != dead).unwrap();
+    w.rounds_until("both replicas UpToDate", 10, || d.replicas.iter().all(|r| published(&w, &r.node).is_some_and(|o| o.disk == "UpToDate")));
+    // `dead` dies: its DRBD goes down, its agent stops (its last report an hour old).
+    drbdpool::drbd::Replication::down(&drbdpool::drbd::sim::SimDrbd::new(w.base().join("sim"), dead).unwrap(), &w.res(VOL)).unwrap();
+    let mut st = w.store.node_state(dead).unwrap().unwrap();
+    st.updated -= 3600;
+    w.store.put_node_state(&st).unwrap();
+    let gone = [("DRBDPOOL_NODE_GONE_SECS", "0")];
+    let live = |w: &World| {
+        for n in ["a", new] {
+            assert_eq!(w.agent_once(n, &[]).code, 0);
+        }
+    };
+    live(&w);
+    let env: Vec<(&str, &str)> = gone.iter().copied().chain(fp_env(fp)).collect();
+    assert_crashed(&w.run("a", &["node", "replace", dead, new], &env), fp);
+    let now = w.store.volume(&w.sid, VOL).unwrap().unwrap();
+    assert!(now.replica(new).is_some() && now.replica(dead).is_none(), "{fp}: the move is in the store: {now:?}");
+    for _ in 0..10 {
+        live(&w);
+        if published(&w, new).is_some_and(|o| o.disk == "UpToDate") {
+            break;
+        }
+    }
+    for n in ["a", new] {
+        let p = published(&w, n).unwrap_or_else(|| panic!("{fp}: {n} publishes nothing\n{}", w.dump()));
+        assert_eq!((p.disk.as_str(), p.error), ("UpToDate", None), "{fp}: {n}\n{}", w.dump());
+    }
+    let o = w.run("a", &["node", "replace", dead, new], &gone);
+    assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("nothing to do"), "{}", o.stdout);
+    for n in ["a", new] {
+        let (code, f) = w.check(n);
+        assert!(code == 0 && f.is_empty(), "{fp}: check on {n}: {f:?}");
+    }
+}
+
 macro_rules! cases {
     ($($f:ident => $case:ident($fp:literal);)*) => {
         $(#[test] fn $f() { $case($fp) })*
@@ -598,6 +645,7 @@ cases! {
     agent_after_resource_file => agent_case("agent.after-resource-file");
     agent_after_apply => agent_case("agent.after-apply");
     agent_before_publish => agent_case("agent.before-publish");
+    replace_after_volume => replace_case("replace.after-volume");
     relocate_after_volume => move_case("relocate.after-volume");
     move_after_finish => move_case("move.after-finish");
     move_after_release_remove => move_case("move.after-release-remove");

@@ -248,7 +248,11 @@ pub fn status_table_with(store: &Store, mut tracker: Option<&mut SyncTracker>) -
             t.row(vec![
                 if first { format!("{}:{}", v.storeid, v.volname) } else { String::new() },
                 if first { human(v.e.size_kib * 1024) } else { String::new() },
-                if first { state_word(v.e.state).to_string() } else { String::new() },
+                match (&v.e.moving, first) {
+                    (Some(m), true) => format!("moving {}>{}", m.from, m.to),
+                    (None, true) => state_word(v.e.state).to_string(),
+                    (_, false) => String::new(),
+                },
                 node.clone(),
                 role,
                 disk,
@@ -374,10 +378,11 @@ pub fn node_remove(store: &Store, name: &str) -> Result<String> {
         return Err(Error::NotFound(format!("node {name} is not registered (see `drbdpool node list`)")));
     }
     let held: Vec<String> =
-        store.all_volumes()?.into_iter().filter(|v| v.replica(name).is_some()).map(|v| format!("{}:{}", v.storeid, v.volname)).collect();
+        store.all_volumes()?.into_iter().filter(|v| v.replica(name).is_some() || v.released.iter().any(|n| n == name)).map(|v| format!("{}:{}", v.storeid, v.volname)).collect();
     if !held.is_empty() {
         return Err(crate::refused!(
-            "node {name} still holds replicas of {} volume(s): {}{}; move or free them first",
+            "node {name} still holds replicas of {} volume(s): {}{}; move them (`drbdpool node evacuate {name}`) or free them first; \
+             a replica a move released goes once its agent has removed it",
             held.len(),
             held.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
             if held.len() > 10 { ", ..." } else { "" }

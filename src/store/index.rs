@@ -57,6 +57,9 @@ pub struct Entry {
     pub replicas: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outdated: Vec<String>,
+    /// A replica move under way (src/relocate.rs), for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<crate::store::docs::ReplicaMove>,
 }
 
 impl Entry {
@@ -71,6 +74,7 @@ impl Entry {
             port: d.port,
             replicas: d.replicas.iter().map(|r| r.node.clone()).collect(),
             outdated: d.outdated.clone(),
+            moving: d.moving.clone(),
         }
     }
 
