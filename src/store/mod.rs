@@ -322,9 +322,30 @@ struct FormatOnly {
     format: u32,
 }
 
-/// Read a document; `None` if it does not exist. A newer format is refused. Read again a
-/// few times when it does not parse, as `read_versioned_upto` does (a torn read on pmxcfs).
-pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+/// What one parse of a document's bytes says.
+enum Parsed<T> {
+    Doc(T),
+    /// Refused for good (a newer format).
+    Final(Error),
+    /// Does not parse: maybe torn, read it again.
+    Torn(serde_json::Error),
+}
+
+fn newer_format(path: &Path, f: u32, max: u32) -> Error {
+    Error::Store(format!(
+        "{} has format {f} but this drbdpool understands up to {max}: it was written by a newer drbdpool; upgrade this node",
+        path.display()
+    ))
+}
+
+/// Read and parse a document; `None` if it does not exist. A document that does not parse
+/// is read again a few times before it is called invalid: on the real pmxcfs a read on one
+/// node while another node replaces the document can return a torn mix of the old and the
+/// new content ("trailing characters", seen once in ~1,100 reads of tests/pmxcfs_store.rs's
+/// replace storm). Writes are whole-file renames, so a torn read heals on the next read; a
+/// document that is really damaged stays so.
+fn read_parsed<T>(path: &Path, parse: impl Fn(&[u8]) -> Parsed<T>) -> Result<Option<T>> {
+    const READS: u32 = 5;
     let mut attempt = 1;
     loop {
         let data = match crate::fsio::read_settled(path) {
@@ -332,24 +353,32 @@ pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
             Ok(None) => return Ok(None),
             Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
         };
-        if let Ok(f) = serde_json::from_slice::<FormatOnly>(&data) {
-            if f.format > FORMAT {
-                return Err(Error::Store(format!(
-                    "{} has format {} but this drbdpool understands up to {FORMAT}: it was written by a newer drbdpool; upgrade this node",
-                    path.display(),
-                    f.format
-                )));
-            }
-        }
-        match serde_json::from_slice::<T>(&data) {
-            Ok(d) => return Ok(Some(d)),
-            Err(_) if attempt < 5 => {
+        match parse(&data) {
+            Parsed::Doc(d) => return Ok(Some(d)),
+            Parsed::Final(e) => return Err(e),
+            Parsed::Torn(e) if attempt < READS => {
+                tracing::debug!(path = %path.display(), attempt, error = %e, "document did not parse; reading it again (a replace may be under way)");
                 std::thread::sleep(std::time::Duration::from_millis(2 * attempt as u64));
                 attempt += 1;
             }
-            Err(e) => return Err(Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display()))),
+            Parsed::Torn(e) => return Err(Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display()))),
         }
     }
+}
+
+/// Read a document; `None` if it does not exist. A newer format is refused.
+pub fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    read_parsed(path, |data| {
+        if let Ok(f) = serde_json::from_slice::<FormatOnly>(data) {
+            if f.format > FORMAT {
+                return Parsed::Final(newer_format(path, f.format, FORMAT));
+            }
+        }
+        match serde_json::from_slice::<T>(data) {
+            Ok(d) => Parsed::Doc(d),
+            Err(e) => Parsed::Torn(e),
+        }
+    })
 }
 
 /// `read_doc` in one parse, for types that carry their `format`: the document is
@@ -360,41 +389,15 @@ pub fn read_versioned<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -
 }
 
 /// `read_versioned` for a document with its own format line (store/state.rs), up to `max`.
-///
-/// A document that does not parse is read again a few times before it is called invalid:
-/// on the real pmxcfs a read on one node while another node replaces the document can
-/// return a torn mix of the old and the new content ("trailing characters", seen once in
-/// ~1,100 reads of tests/pmxcfs_store.rs's replace storm). Writes are whole-file renames, so
-/// a torn read heals on the next read; a document that is really damaged stays so.
 pub fn read_versioned_upto<T: DeserializeOwned>(path: &Path, format_of: impl Fn(&T) -> u32, max: u32) -> Result<Option<T>> {
-    const READS: u32 = 5;
-    let mut attempt = 1;
-    loop {
-        let data = match crate::fsio::read_settled(path) {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(Error::Store(format!("cannot read {}: {e}", path.display()))),
-        };
-        let newer = |f: u32| {
-            Error::Store(format!(
-                "{} has format {f} but this drbdpool understands up to {max}: it was written by a newer drbdpool; upgrade this node",
-                path.display()
-            ))
-        };
-        match serde_json::from_slice::<T>(&data) {
-            Ok(d) if format_of(&d) > max => return Err(newer(format_of(&d))),
-            Ok(d) => return Ok(Some(d)),
-            Err(e) => match serde_json::from_slice::<FormatOnly>(&data) {
-                Ok(f) if f.format > max => return Err(newer(f.format)),
-                _ if attempt < READS => {
-                    tracing::debug!(path = %path.display(), attempt, error = %e, "document did not parse; reading it again (a replace may be under way)");
-                    std::thread::sleep(std::time::Duration::from_millis(2 * attempt as u64));
-                    attempt += 1;
-                }
-                _ => return Err(Error::Store(format!("{} is not a valid drbdpool document: {e}", path.display()))),
-            },
-        }
-    }
+    read_parsed(path, |data| match serde_json::from_slice::<T>(data) {
+        Ok(d) if format_of(&d) > max => Parsed::Final(newer_format(path, format_of(&d), max)),
+        Ok(d) => Parsed::Doc(d),
+        Err(e) => match serde_json::from_slice::<FormatOnly>(data) {
+            Ok(f) if f.format > max => Parsed::Final(newer_format(path, f.format, max)),
+            _ => Parsed::Torn(e),
+        },
+    })
 }
 
 /// Write a document atomically: temp file in the same directory, fsync, rename, fsync the directory.
